@@ -1,0 +1,246 @@
+"""Declarative configuration: the YAML of ``dx apply -f FILE``, validated.
+
+Every problem is collected and reported at once, each naming its path in the
+file (``modules[2].source.delimiter``). Secrets are ``${ENV_VAR}`` references,
+kept as references: their values are read only by the worker that needs them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dx.shared.errors import ConfigError
+
+#: Identifiers of tenants, connections, databases, modules.
+ID_PATTERN = r"^[a-z][a-z0-9_-]{0,39}$"
+#: Field names: they become quoted column names.
+FIELD_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+#: A secret reference: the whole value is ${NAME}.
+SECRET_PATTERN = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+FieldType = Literal["text", "int", "decimal", "bool", "date", "timestamp", "email"]
+ENCODINGS = {
+    "utf-8": "utf-8", "utf8": "utf-8", "utf-8-sig": "utf-8",
+    "latin-1": "latin-1", "latin1": "latin-1", "iso-8859-1": "latin-1",
+    "windows-1252": "cp1252", "cp1252": "cp1252",
+}
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _secret(value: str | None) -> str | None:
+    if value is not None and not SECRET_PATTERN.match(value):
+        raise ValueError("secrets must be ${ENV_VAR} references, never written in clear")
+    return value
+
+
+class TenantCfg(Strict):
+    id: Id
+    notify: list[str] = []
+
+
+class ConnectionCfg(Strict):
+    id: Id
+    tenant: Id
+    type: Literal["sftp", "local"]
+    root: str
+    host: str | None = None
+    port: int = Field(22, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    private_key: str | None = None
+    passphrase: str | None = None
+    host_key: str | None = None
+    timeout_s: float = Field(15.0, gt=0)
+
+    _check_secrets = field_validator("password", "private_key", "passphrase")(_secret)
+
+    @model_validator(mode="after")
+    def _sftp_needs(self) -> ConnectionCfg:
+        if self.type == "sftp":
+            missing = [n for n in ("host", "username", "host_key") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"an sftp connection needs {', '.join(missing)} "
+                                 "(host_key: the line `ssh-keyscan -p PORT HOST` prints, without the host)")
+            if self.password is None and self.private_key is None:
+                raise ValueError("an sftp connection needs password or private_key (a ${ENV_VAR} reference)")
+            if self.host_key is not None and len(self.host_key.split()) < 2:
+                raise ValueError("host_key must look like 'ssh-ed25519 AAAA...'")
+        if not self.root.startswith("/"):
+            raise ValueError("root must be an absolute path")
+        return self
+
+
+class FieldCfg(Strict):
+    type: FieldType = "text"
+    required: bool = False
+    format: str | None = None
+    max_length: int | None = Field(None, ge=1)
+
+
+class DatabaseCfg(Strict):
+    id: Id
+    tenant: Id
+    primary_key: Annotated[str, Field(pattern=FIELD_PATTERN)]
+    fields: dict[Annotated[str, Field(pattern=FIELD_PATTERN)], FieldCfg]
+
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: ({"type": v} if isinstance(v, str) else v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _key_is_a_field(self) -> DatabaseCfg:
+        if self.primary_key not in self.fields:
+            raise ValueError(f"primary_key {self.primary_key!r} is not one of the fields")
+        return self
+
+
+class SourceCfg(Strict):
+    connection: Id
+    path: str = Field(min_length=1)
+    format: Literal["csv"] = "csv"
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    quote: str = Field('"', min_length=1, max_length=1)
+    header: bool = True
+    columns: list[str] | None = None
+    encoding: str = "utf-8"
+    compression: Literal["auto", "none", "gzip", "zip"] = "auto"
+    after: Literal["archive", "delete", "keep"] = "archive"
+    archive_dir: str = "archive"
+    settle_s: float = Field(2.0, ge=0)
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, value: str) -> str:
+        if value.lower() not in ENCODINGS:
+            raise ValueError(f"unsupported encoding {value!r}; use one of utf-8, latin-1, windows-1252")
+        return ENCODINGS[value.lower()]
+
+    @model_validator(mode="after")
+    def _columns_without_header(self) -> SourceCfg:
+        if not self.header and not self.columns:
+            raise ValueError("a source without header needs columns: [names in file order]")
+        return self
+
+
+class ModuleCfg(Strict):
+    id: Id
+    tenant: Id
+    kind: Literal["importer", "updater", "displacer", "exporter"]
+    database: Id
+    mode: Literal["overwrite", "append", "upsert"] | None = None
+    source: SourceCfg | None = None
+    max_error_ratio: float = Field(0.1, ge=0, le=1)
+    allow_empty: bool = False
+    schedule: dict[str, Any] | None = None
+    notify: list[str] = []
+    paused: bool = False
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> ModuleCfg:
+        if self.kind != "importer":
+            raise ValueError(f"kind {self.kind!r} is not available in this version yet; use importer")
+        if self.mode is None:
+            raise ValueError("an importer needs mode: overwrite, append or upsert")
+        if self.source is None:
+            raise ValueError("an importer needs a source")
+        return self
+
+
+class Config(Strict):
+    tenants: list[TenantCfg] = []
+    connections: list[ConnectionCfg] = []
+    databases: list[DatabaseCfg] = []
+    modules: list[ModuleCfg] = []
+
+
+def _path(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+@dataclass(frozen=True)
+class Known:
+    """What is already applied: references may point at it."""
+
+    tenants: frozenset[str] = frozenset()
+    connections: tuple[tuple[str, str], ...] = ()  # (id, tenant)
+    databases: frozenset[tuple[str, str]] = frozenset()  # (tenant, id)
+
+
+def _cross_checks(cfg: Config, known: Known) -> list[str]:
+    """References between sections: ids unique, tenants match, nothing dangling."""
+    problems: list[str] = []
+    tenants = known.tenants | {t.id for t in cfg.tenants}
+
+    def unique(section: str, ids: list[str]) -> None:
+        seen: set[str] = set()
+        for i, ident in enumerate(ids):
+            if ident in seen:
+                problems.append(f"{section}[{i}].id: {ident!r} is defined twice")
+            seen.add(ident)
+
+    unique("tenants", [t.id for t in cfg.tenants])
+    unique("connections", [c.id for c in cfg.connections])
+    unique("databases", [f"{d.tenant}/{d.id}" for d in cfg.databases])
+    unique("modules", [m.id for m in cfg.modules])
+    for section, items in (("connections", cfg.connections), ("databases", cfg.databases),
+                           ("modules", cfg.modules)):
+        for i, item in enumerate(items):
+            if item.tenant not in tenants:
+                problems.append(f"{section}[{i}].tenant: unknown tenant {item.tenant!r}")
+    connections = dict(known.connections) | {c.id: c.tenant for c in cfg.connections}
+    databases = known.databases | {(d.tenant, d.id) for d in cfg.databases}
+    for i, m in enumerate(cfg.modules):
+        if (m.tenant, m.database) not in databases:
+            problems.append(f"modules[{i}].database: no database {m.database!r} for tenant {m.tenant!r}")
+        if m.source is not None:
+            owner = connections.get(m.source.connection)
+            if owner is None:
+                problems.append(f"modules[{i}].source.connection: unknown connection {m.source.connection!r}")
+            elif owner != m.tenant:
+                problems.append(f"modules[{i}].source.connection: {m.source.connection!r} belongs to "
+                                f"tenant {owner!r}, not {m.tenant!r}")
+    return problems
+
+
+def parse_config(text: str, known: Known | None = None) -> Config:
+    """Parse and validate YAML text; ConfigError lists every problem with its path."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"]) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top level): expected a mapping with tenants, connections, databases, modules"])
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown key (check its spelling)"
+            problems.append(f"{_path(err['loc'])}: {message}")
+        raise ConfigError(problems) from exc
+    problems = _cross_checks(cfg, known or Known())
+    if problems:
+        raise ConfigError(problems)
+    return cfg

@@ -1,0 +1,91 @@
+"""Connections to the client's side: where sources are read and targets written.
+
+``open_remote(cfg)`` gives a ``Remote`` for a connection: ``local`` (a folder,
+the embedded default and tests) or ``sftp`` (paramiko, host key pinned).
+Every path is confined under the connection's ``root``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from dx.shared.config import SECRET_PATTERN, ConnectionCfg
+from dx.shared.errors import ErrorCode, RunError
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A file on the client's side, by its path relative to the root."""
+
+    path: str
+    size_bytes: int
+    mtime: int
+
+
+class Remote(Protocol):
+    """What the modules need of a client's file space."""
+
+    def list(self, pattern: str) -> list[FileInfo]: ...
+    def stat(self, path: str) -> FileInfo | None: ...
+    def fetch(self, path: str, staging: Path) -> Path: ...
+    def move(self, path: str, new_path: str) -> None: ...
+    def remove(self, path: str) -> None: ...
+
+
+def confine(root: str, path: str) -> str:
+    """The absolute path of ``path`` under ``root``; RunError if it leaves the root."""
+    root = posixpath.normpath(root)
+    full = posixpath.normpath(posixpath.join(root, path.lstrip("/")))
+    if full != root and not full.startswith(root.rstrip("/") + "/"):
+        raise RunError(ErrorCode.PATH_OUTSIDE_ROOT, f"{path!r} leaves the connection root {root!r}")
+    return full
+
+
+def split_pattern(pattern: str) -> tuple[str, str]:
+    """(folder, name pattern): wildcards are allowed in the file name only."""
+    folder, name = posixpath.split(pattern)
+    if any(ch in folder for ch in "*?["):
+        raise RunError(ErrorCode.CONFIG_INVALID, f"{pattern!r}: wildcards are allowed in the file name only")
+    return folder, name
+
+
+def match_names(names: list[str], name_pattern: str) -> list[str]:
+    """The names matching a file-name pattern, sorted; temporary names are never matched."""
+    return sorted(n for n in names if fnmatch.fnmatchcase(n, name_pattern) and not n.startswith(".")
+                  and not n.endswith((".part", ".tmp", ".filepart")))
+
+
+def resolve_secret(reference: str | None) -> str | None:
+    """The value of a ${ENV_VAR} reference, read now and never stored."""
+    if reference is None:
+        return None
+    m = SECRET_PATTERN.match(reference)
+    name = m.group(1) if m else reference
+    value = os.environ.get(name)
+    if value is None:
+        raise RunError(ErrorCode.SECRET_MISSING, f"the secret ${{{name}}} is not set in the worker's environment")
+    return value
+
+
+@contextmanager
+def open_remote(cfg: ConnectionCfg) -> Iterator[Remote]:
+    """A Remote for the connection, closed when the block ends."""
+    if cfg.type == "local":
+        from dx.shared.connections.local import LocalRemote
+
+        yield LocalRemote(cfg.root)
+        return
+    from dx.shared.connections.sftp import SftpRemote
+
+    remote = SftpRemote.connect(cfg)
+    try:
+        yield remote
+    finally:
+        remote.close()

@@ -1,0 +1,90 @@
+"""PostgreSQL access: the connection URL (embedded or not) and migrations.
+
+The control schema ``dx`` is created and upgraded by numbered SQL files in
+``migrations/``; ``dx migrate`` applies the missing ones in order, under a
+transaction-level advisory lock so that two replicas never migrate at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from importlib import resources
+
+import psycopg
+from psycopg.rows import dict_row
+
+from dx.shared.errors import RetriableError
+from dx.shared.settings import Settings, get_settings
+
+#: Advisory lock key that serialises migrations across processes.
+MIGRATION_LOCK_KEY = 0x6478_6D67
+
+
+@lru_cache(maxsize=4)
+def _embedded_url(home: str) -> str:
+    """Start (or reuse) the embedded PostgreSQL under DX_HOME/pgdata."""
+    import warnings
+
+    import pgserver  # imported here: only the embedded mode needs it
+
+    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on servers
+        warnings.simplefilter("ignore")
+        server = pgserver.get_server(f"{home}/pgdata", cleanup_mode=None)
+    return server.get_uri()
+
+
+def database_url(settings: Settings | None = None) -> str:
+    """The URL of the platform's PostgreSQL, starting the embedded one if needed."""
+    settings = settings or get_settings()
+    if settings.database_url:
+        return settings.database_url
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return _embedded_url(str(settings.home))
+
+
+def connect(settings: Settings | None = None, **kwargs: object) -> psycopg.Connection:
+    """A new connection with dict rows; wraps connection failures as retriable."""
+    try:
+        return psycopg.connect(database_url(settings), row_factory=dict_row, **kwargs)  # type: ignore[call-overload, no-any-return]
+    except psycopg.OperationalError as exc:
+        raise RetriableError(f"PostgreSQL is not reachable: {exc}") from exc
+
+
+@contextmanager
+def transaction(settings: Settings | None = None) -> Iterator[psycopg.Connection]:
+    """A connection inside one transaction: committed on success, rolled back on error."""
+    with connect(settings) as conn, conn.transaction():
+        yield conn
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    files = resources.files("dx.shared").joinpath("migrations")
+    found = []
+    for entry in files.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def migrate(settings: Settings | None = None) -> list[str]:
+    """Apply the missing migrations; returns the names applied."""
+    applied: list[str] = []
+    with transaction(settings) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+        conn.execute("CREATE SCHEMA IF NOT EXISTS dx")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS dx.schema_migrations ("
+            " version int PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in conn.execute("SELECT version FROM dx.schema_migrations")}
+        for version, name, sql in _migrations():
+            if version in done:
+                continue
+            conn.execute(sql)  # type: ignore[call-overload]
+            conn.execute("INSERT INTO dx.schema_migrations (version, name) VALUES (%s, %s)", (version, name))
+            applied.append(name)
+    return applied

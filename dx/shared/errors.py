@@ -1,0 +1,127 @@
+"""One tree of errors and one list of stable error codes.
+
+The tree is branched by what the caller should do (after the Singer SDK):
+
+- ``DxError``: the root.
+  - ``RetriableError``: try again later (a service restarting, a lock).
+  - ``RunError``: the run fails with a run-level ``ErrorCode``.
+  - ``ConfigError``: the configuration is wrong; carries every problem at once.
+
+Record-level problems are not exceptions: they are rows of the
+failed-operations report, each carrying a record-level ``ErrorCode``.
+``docs/error-codes.md`` is generated from ``ErrorCode`` (``dx docs``).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Level(str, Enum):
+    """Whether a code fails the whole run or one record."""
+
+    RUN = "run"
+    RECORD = "record"
+
+
+class ErrorCode(str, Enum):
+    """Stable error codes: the value is the code users see, never renamed."""
+
+    meaning: str
+    level: Level
+
+    def __new__(cls, code: str, level: Level, meaning: str) -> ErrorCode:
+        member = str.__new__(cls, code)
+        member._value_ = code
+        member.level = level
+        member.meaning = meaning
+        return member
+
+    # run-level: the run fails and the database keeps its previous content
+    SOURCE_NOT_FOUND = ("SOURCE_NOT_FOUND", Level.RUN,
+                        "No source file matches the configured path or pattern.")
+    SOURCE_NOT_READY = ("SOURCE_NOT_READY", Level.RUN,
+                        "The source file is still being written (its size or time changed while we looked).")
+    SOURCE_UNREADABLE = ("SOURCE_UNREADABLE", Level.RUN,
+                         "The source file could not be read or decompressed.")
+    SOURCE_UNDECODABLE = ("SOURCE_UNDECODABLE", Level.RUN,
+                          "The source file is not in the configured encoding.")
+    MALFORMED_HEADER = ("MALFORMED_HEADER", Level.RUN,
+                        "The header line is missing, empty or names a column twice.")
+    MISSING_REQUIRED_COLUMN = ("MISSING_REQUIRED_COLUMN", Level.RUN,
+                               "The source has no column for the primary key or a required field.")
+    EMPTY_SOURCE = ("EMPTY_SOURCE", Level.RUN,
+                    "An overwrite found no valid record; the old content is kept (allow_empty: true permits it).")
+    ERROR_RATIO_EXCEEDED = ("ERROR_RATIO_EXCEEDED", Level.RUN,
+                            "More records were rejected than the module's max_error_ratio allows.")
+    CONNECTION_FAILED = ("CONNECTION_FAILED", Level.RUN,
+                         "The client's server could not be reached.")
+    AUTHENTICATION_FAILED = ("AUTHENTICATION_FAILED", Level.RUN,
+                             "The client's server refused the configured credentials.")
+    HOST_KEY_UNKNOWN = ("HOST_KEY_UNKNOWN", Level.RUN,
+                        "The SFTP server offered a host key of a type that is not pinned in the connection.")
+    HOST_KEY_MISMATCH = ("HOST_KEY_MISMATCH", Level.RUN,
+                         "The SFTP server's host key differs from the pinned one (possible interception).")
+    PATH_OUTSIDE_ROOT = ("PATH_OUTSIDE_ROOT", Level.RUN,
+                         "A configured path leaves the connection's root.")
+    SECRET_MISSING = ("SECRET_MISSING", Level.RUN,
+                      "A ${ENV_VAR} secret reference names a variable that is not set on the worker.")
+    CONFIG_INVALID = ("CONFIG_INVALID", Level.RUN,
+                      "The module's configuration no longer matches its database or connection.")
+    INTERNAL_ERROR = ("INTERNAL_ERROR", Level.RUN,
+                      "A worker failed unexpectedly after its retries; the log of the run says why.")
+
+    # record-level: one record is rejected, the others are applied
+    MALFORMED_RECORD = ("MALFORMED_RECORD", Level.RECORD,
+                        "The record has a different number of fields than the header.")
+    KEY_MISSING = ("KEY_MISSING", Level.RECORD, "The primary-key field is empty.")
+    REQUIRED_FIELD_MISSING = ("REQUIRED_FIELD_MISSING", Level.RECORD, "A required field is empty.")
+    INVALID_VALUE = ("INVALID_VALUE", Level.RECORD, "A value does not parse as its field's type.")
+    VALUE_TOO_LONG = ("VALUE_TOO_LONG", Level.RECORD, "A text value is longer than its field's max_length.")
+    DUPLICATE_KEY = ("DUPLICATE_KEY", Level.RECORD,
+                     "The key appears earlier in the same source; the first occurrence was applied.")
+    KEY_EXISTS = ("KEY_EXISTS", Level.RECORD, "The key already exists in the database; the record was not added.")
+
+
+class DxError(Exception):
+    """Root of every error DataExchange raises on purpose."""
+
+
+class RetriableError(DxError):
+    """A transient failure: the same work may succeed when tried again."""
+
+
+class RunError(DxError):
+    """A failure that ends the run with a run-level error code."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code.value}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ConfigError(DxError):
+    """Configuration problems, all of them at once, each naming its path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def render_error_codes_markdown() -> str:
+    """The text of docs/error-codes.md, generated from ErrorCode."""
+    lines = [
+        "# Error codes",
+        "",
+        "Generated from `dx/shared/errors.py` by `dx docs`; do not edit by hand.",
+        "",
+    ]
+    titles = {
+        Level.RUN: "Run-level (the run fails; the database keeps its previous content)",
+        Level.RECORD: "Record-level (one record is rejected and reported; the others are applied)",
+    }
+    for level in Level:
+        lines += [f"## {titles[level]}", "", "| code | meaning |", "|---|---|"]
+        lines += [f"| `{c.value}` | {c.meaning} |" for c in ErrorCode if c.level is level]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,171 @@
+"""Streaming CSV reader: bounded memory, every value a string, row numbers kept.
+
+pyarrow's streaming reader parses block by block (quoted newlines, custom
+delimiter and quote, Latin-1/Windows-1252 transcoding, gzip and zip), so a
+10M-row file never sits in memory. Each batch comes back as a Polars frame
+with ``__row`` (the record's 1-based position among the data records, header
+not counted) and one String column per source column. Records with the wrong
+number of fields are returned beside the batch, never dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import zipfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from dx.shared.config import SourceCfg
+from dx.shared.errors import ErrorCode, RunError
+
+#: Bytes parsed per block: bounds memory, large enough for throughput.
+BLOCK_BYTES = 8 * 1024 * 1024
+#: Column holding each record's 1-based position among the data records.
+ROW = "__row"
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A record whose field count differs from the header's."""
+
+    row_number: int
+    text: str
+    expected: int
+    actual: int
+
+
+@contextmanager
+def _open(path: Path, compression: str) -> Iterator[IO[bytes]]:
+    kind = compression
+    if kind == "auto":
+        kind = "gzip" if path.name.endswith(".gz") else "zip" if path.name.endswith(".zip") else "none"
+    try:
+        if kind == "gzip":
+            with gzip.open(path, "rb") as fh:
+                yield fh
+        elif kind == "zip":
+            with zipfile.ZipFile(path) as zf:
+                members = [m for m in zf.infolist() if not m.is_dir()]
+                if len(members) != 1:
+                    raise RunError(ErrorCode.SOURCE_UNREADABLE,
+                                   f"{path.name}: a zip source must hold exactly one file, it holds {len(members)}")
+                with zf.open(members[0]) as fh:
+                    yield fh
+        else:
+            with open(path, "rb") as fh:
+                yield fh
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{path.name} could not be read: {exc}") from None
+
+
+def read_header(path: Path, src: SourceCfg) -> list[str]:
+    """The column names: the first record of the file, or the configured columns."""
+    if not src.header:
+        return list(src.columns or [])
+    with _open(path, src.compression) as fh:
+        head = fh.read(1024 * 1024)
+    encoding = "utf-8-sig" if src.encoding == "utf-8" else src.encoding
+    try:
+        text = head.decode(encoding)
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # a cut multi-byte character at the end is fine
+            raise RunError(ErrorCode.SOURCE_UNDECODABLE,
+                           f"{path.name} is not valid {src.encoding} (byte {exc.start} of the file)") from None
+        text = head[: exc.start].decode(encoding)
+    first = next(csv.reader(io.StringIO(text), delimiter=src.delimiter, quotechar=src.quote), None)
+    names = [n.strip() for n in first] if first else []
+    if not names or all(n == "" for n in names):
+        raise RunError(ErrorCode.MALFORMED_HEADER, f"{path.name} has no header line")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes or "" in names:
+        raise RunError(ErrorCode.MALFORMED_HEADER,
+                       f"{path.name}: the header names {', '.join(dupes) or 'an empty column'} "
+                       f"{'twice' if dupes else ''}".strip())
+    return names
+
+
+def iter_batches(path: Path, src: SourceCfg, columns: list[str]) -> Iterator[tuple[pl.DataFrame, list[Malformed]]]:
+    """Yield (batch, malformed records of that batch) in source order."""
+    malformed: list[Malformed] = []
+    skip = 1 if src.header else 0
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        malformed.append(Malformed((row.number or 0) - skip, row.text, row.expected_columns, row.actual_columns))
+        return "skip"
+
+    read_opts = pacsv.ReadOptions(use_threads=False, block_size=BLOCK_BYTES, column_names=columns,
+                                  skip_rows=skip, encoding="utf8" if src.encoding == "utf-8" else src.encoding)
+    parse_opts = pacsv.ParseOptions(delimiter=src.delimiter, quote_char=src.quote, newlines_in_values=True,
+                                    invalid_row_handler=on_invalid)
+    convert_opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns},
+                                        strings_can_be_null=False, quoted_strings_can_be_null=False)
+    numbering = _Numbering()
+    with _open(path, src.compression) as fh:
+        try:
+            reader = pacsv.open_csv(fh, read_options=read_opts, parse_options=parse_opts,
+                                    convert_options=convert_opts)
+            for batch in reader:
+                bad, malformed[:] = list(malformed), []
+                numbering.reject(m.row_number for m in bad)
+                frame = pl.from_arrow(batch)
+                assert isinstance(frame, pl.DataFrame)
+                rows = numbering.take(batch.num_rows)
+                yield frame.with_columns(rows).select(ROW, *columns), bad
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            text = str(exc)
+            near = f"near record {numbering.next}"
+            if isinstance(exc, UnicodeDecodeError) or "UTF8" in text or "decode" in text:
+                raise RunError(ErrorCode.SOURCE_UNDECODABLE, f"{path.name} is not valid {src.encoding} {near}: "
+                               "check the module's source.encoding") from None
+            if "Empty CSV file" in text:
+                return
+            raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{path.name} could not be parsed {near}: {text}") from None
+    if malformed:  # records rejected after the last batch
+        yield pl.DataFrame(schema={ROW: pl.Int64, **{c: pl.String for c in columns}}), list(malformed)
+
+
+class _Numbering:
+    """Hands out the row numbers of good records, skipping those of malformed ones.
+
+    The reader reports a malformed record by its number, sometimes before the
+    batch that precedes it is yielded; numbers are given out in order, so a
+    known rejected number is simply skipped whenever it comes up.
+    """
+
+    def __init__(self) -> None:
+        self.next = 1
+        self.rejected: set[int] = set()
+
+    def reject(self, numbers: Iterable[int]) -> None:
+        self.rejected.update(numbers)
+
+    def take(self, n: int) -> pl.Series:
+        """The next n row numbers, as a column."""
+        end = self.next + n
+        while True:  # widen the range until it holds n numbers that are not rejected
+            skipped = [r for r in self.rejected if self.next <= r < end]
+            if end - self.next - len(skipped) == n:
+                break
+            end = self.next + n + len(skipped)
+        numbers = pl.int_range(self.next, end, eager=True, dtype=pl.Int64)
+        if skipped:
+            numbers = numbers.filter(~numbers.is_in(skipped))
+            self.rejected.difference_update(skipped)
+        self.next = end
+        return numbers.alias(ROW)
+        while len(out) < n:
+            if self.next in self.rejected:
+                self.rejected.discard(self.next)
+            else:
+                out.append(self.next)
+            self.next += 1
+        return out

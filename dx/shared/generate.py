@@ -1,0 +1,76 @@
+"""Realistic contact files for demos, tests and benchmarks (``dx generate``).
+
+Vectorised with NumPy and Polars: 1,000,000 rows take about a second. With
+``bad_ratio`` some records are broken on purpose (invalid e-mail, impossible
+date, non-numeric points, repeated key), the same way every time for a seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+FIRST = ["Giulia", "Marco", "José", "Anna", "Luca", "Chiara", "François", "Sofia", "Jürgen", "Émilie",
+         "Noah", "Olivia", "Matteo", "Zoë", "Liam", "Ana María"]
+LAST = ["Rossi", "Bianchi", "O'Neil", "Müller", "García", "Dupont", "Smith", "Esposito", "Núñez", "Van der Berg"]
+CITIES = ["Milano", "Roma", "Torino", "Napoli", "Bologna", "Paris", "Zürich", "München", "Sevilla", "Ragusa, RG"]
+DOMAINS = ["example.com", "mail.example", "posta.example.it", "example.org"]
+
+#: The database fields of a generated file, as a `dx apply` fragment would declare them.
+FIELDS = {
+    "email": {"type": "email", "required": True}, "first_name": "text", "last_name": "text",
+    "city": "text", "postcode": "text", "birth_date": {"type": "date", "format": "%d/%m/%Y"},
+    "signup_at": "timestamp", "points": "int", "balance": "decimal", "vip": "bool",
+    "phone": "text", "notes": "text",
+}
+
+
+def contacts(rows: int, *, seed: int = 7, bad_ratio: float = 0.0, start: int = 0) -> pl.DataFrame:
+    """A frame of ``rows`` contacts, every value a string as in a CSV."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(start, start + rows)
+    pick = lambda items: np.asarray(items, dtype=object)[rng.integers(0, len(items), rows)]  # noqa: E731
+    day = rng.integers(0, 365 * 60, rows)
+    birth = pl.Series(day, dtype=pl.Int32).cast(pl.Date) + pl.duration(days=-20000)
+    frame = pl.DataFrame({
+        "email": [f"user{i}@{d}" for i, d in zip(ids, pick(DOMAINS), strict=True)],
+        "first_name": pick(FIRST), "last_name": pick(LAST), "city": pick(CITIES),
+        "postcode": pl.Series(rng.integers(10000, 99999, rows)).cast(pl.String),
+        "birth_date": pl.select(birth.dt.strftime("%d/%m/%Y")).to_series(),
+        "signup_at": pl.Series(rng.integers(1_500_000_000, 1_790_000_000, rows) * 1_000_000)
+            .cast(pl.Datetime("us")).dt.strftime("%Y-%m-%d %H:%M:%S"),
+        "points": pl.Series(rng.integers(0, 100_000, rows)).cast(pl.String),
+        "balance": pl.Series(rng.integers(-50_000, 500_000, rows) / 100).cast(pl.String),
+        "vip": pick(["true", "false", "yes", "no"]),
+        "phone": pl.Series(rng.integers(3_000_000_000, 3_999_999_999, rows)).cast(pl.String).str.replace(r"^", "+39 "),
+        "notes": pick(["", "likes \"quotes\"", "line one\nline two", "semi;colon", "=1+1", "plain"]),
+    })
+    if bad_ratio > 0:
+        frame = _break(frame, rng, bad_ratio)
+    return frame
+
+
+def _break(frame: pl.DataFrame, rng: np.random.Generator, ratio: float) -> pl.DataFrame:
+    """Spoil about ``ratio`` of the records, one fault each, in four kinds."""
+    n = frame.height
+    kind = np.where(rng.random(n) < ratio, rng.integers(1, 5, n), 0)
+    k = pl.Series(kind)
+    prev_email = frame["email"].shift(1).fill_null(frame["email"][0])
+    return frame.with_columns(
+        pl.when(k == 1).then(pl.col("email").str.replace("@", " at ")).when(k == 4).then(prev_email)
+        .otherwise(pl.col("email")).alias("email"),
+        pl.when(k == 2).then(pl.lit("31/02/1990")).otherwise(pl.col("birth_date")).alias("birth_date"),
+        pl.when(k == 3).then(pl.lit("lots")).otherwise(pl.col("points")).alias("points"),
+    )
+
+
+def write_csv(frame: pl.DataFrame, path: Path, *, delimiter: str = ",", encoding: str = "utf-8") -> Path:
+    """Write the frame as a CSV file in the given encoding."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if encoding == "utf-8":
+        frame.write_csv(path, separator=delimiter)
+    else:
+        path.write_bytes(frame.write_csv(separator=delimiter).encode(encoding, errors="replace"))
+    return path

@@ -1,0 +1,73 @@
+"""Actor ``chunk`` (queue ``dx.chunk``): validate and apply one chunk.
+
+Consumes ``chunk(run_id, chunk_no)`` from the plan's group; sends nothing
+(the group's completion callback sends ``reduce``). Reads the chunk's part
+files, validates them column-wise, and applies them in ONE transaction
+together with its ``dx.chunk_results`` row and its failed operations.
+
+Retries: 5 with backoff; then ``run_crashed`` fails the run.
+Idempotent: the result row is claimed first in the transaction, so a
+redelivered message (or one racing a twin) finds it and changes nothing; a
+worker killed mid-chunk leaves no trace and the chunk is applied again, whole.
+"""
+
+from __future__ import annotations
+
+import time
+
+import dramatiq
+import polars as pl
+import structlog
+from psycopg import sql
+
+from dx.shared import db
+from dx.shared.catalog import load_module
+from dx.shared.formats.csv import ROW
+from dx.shared.runs import RunStatus, get_run
+from dx.shared.validate import validate
+from dx.workers import staging
+from dx.workers.importer import apply_chunk, copy_frame
+
+log = structlog.get_logger(__name__)
+FAILED_TABLE = sql.Identifier("dx", "failed_operations")
+
+
+@dramatiq.actor(queue_name="dx.chunk", max_retries=5, min_backoff=500, max_backoff=30_000,
+                time_limit=10 * 60 * 1000)
+def chunk(run_id: int, chunk_no: int) -> None:
+    """Validate and apply chunk ``chunk_no`` of run ``run_id``, once."""
+    started = time.monotonic()
+    with db.connect() as conn:
+        run = get_run(conn, run_id)
+        if run is None or RunStatus(run["status"]).terminal:
+            log.info("chunk.skip", reason="run missing or finished")
+            return
+        structlog.contextvars.bind_contextvars(tenant=run["tenant"], module=run["module"])
+        if conn.execute("SELECT 1 FROM dx.chunk_results WHERE run_id = %s AND chunk_no = %s",
+                        (run_id, chunk_no)).fetchone():
+            log.info("chunk.skip", reason="already applied")
+            return
+        mdef = load_module(conn, run["module"])
+    columns = list(run["source_columns"])
+    frame = staging.read_chunk(run_id, chunk_no, {ROW: pl.Int64(), **{c: pl.String() for c in columns}}).sort(ROW)
+    dedupe = "last" if mdef.module.mode == "upsert" else "first"
+    validated = validate(frame, mdef.database, columns, "I", dedupe)
+    with db.transaction() as conn:
+        current = conn.execute("SELECT status FROM dx.runs WHERE id = %s FOR SHARE", (run_id,)).fetchone()
+        if current is None or RunStatus(current["status"]).terminal:
+            return
+        claimed = conn.execute(
+            "INSERT INTO dx.chunk_results (run_id, chunk_no, rows_read, duration_ms) VALUES (%s, %s, %s, 0)"
+            " ON CONFLICT DO NOTHING RETURNING chunk_no", (run_id, chunk_no, frame.height)).fetchone()
+        if claimed is None:
+            log.info("chunk.skip", reason="applied by a twin delivery")
+            return
+        outcome = apply_chunk(conn, run, mdef, validated)
+        failed = outcome.failed.with_columns(pl.lit(run_id).alias("run_id"), pl.lit(chunk_no).alias("chunk_no"))
+        copy_frame(conn, FAILED_TABLE, failed)
+        counters = {k: int(v) for k, v in outcome.counters.items()}
+        duration_ms = int((time.monotonic() - started) * 1000)
+        sets = ", ".join(f"{k} = %s" for k in counters)
+        conn.execute(f"UPDATE dx.chunk_results SET {sets}, duration_ms = %s"  # noqa: S608
+                     " WHERE run_id = %s AND chunk_no = %s", [*counters.values(), duration_ms, run_id, chunk_no])
+    log.info("chunk.done", rows=frame.height, failed=failed.height, ms=duration_ms, **counters)

@@ -1,0 +1,155 @@
+"""The Importer's set-based work: apply a validated chunk, finish a run.
+
+Every chunk is loaded with COPY and applied with one SQL statement per mode:
+- overwrite: COPY into the run's shadow table; ``finish_overwrite`` swaps it
+  in atomically (readers see the old content or the new, never a mix);
+- append: COPY into a temporary table, INSERT .. ON CONFLICT DO NOTHING;
+  keys that already exist come back as KEY_EXISTS failed operations;
+- upsert: the last occurrence of each key, INSERT .. ON CONFLICT DO UPDATE
+  of the columns the source has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+import psycopg
+from psycopg import sql
+
+from dx.shared.catalog import ModuleDef, table_ident
+from dx.shared.errors import ErrorCode
+from dx.shared.formats.csv import ROW
+from dx.shared.validate import FAILED_SCHEMA, KEY, Validated
+
+#: Name of the per-transaction load table of append and upsert.
+LOAD_TABLE = "dx_load"
+
+
+def shadow_table(database: str, run_id: int) -> str:
+    """The table an overwrite run loads before it is swapped in."""
+    return f"{database}__shadow_{run_id}"
+
+
+@dataclass
+class ChunkOutcome:
+    """Counters of one applied chunk and its failed operations."""
+
+    counters: dict[str, int]
+    failed: pl.DataFrame
+
+
+def copy_frame(conn: psycopg.Connection, table: sql.Composable, frame: pl.DataFrame) -> None:
+    """COPY a typed frame into ``table`` (columns by name); timestamps go as UTC."""
+    if frame.is_empty():
+        return
+    conn.execute("SET LOCAL TIME ZONE 'UTC'")
+    utc = [pl.col(c).dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+           for c, t in frame.schema.items() if isinstance(t, pl.Datetime) and t.time_zone]
+    data = frame.with_columns(utc).write_csv(include_header=False, quote_style="non_numeric", null_value="")
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in frame.columns)
+    with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(table, cols)) as copy:
+        copy.write(data)
+
+
+def _load_table(conn: psycopg.Connection, mdef: ModuleDef, frame: pl.DataFrame) -> sql.Identifier:
+    """A temporary table like the target plus ROW, holding ``frame``; dropped at commit."""
+    target = table_ident(mdef.database.tenant, mdef.database.id)
+    load = sql.Identifier(LOAD_TABLE)
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(load, target))
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} bigint").format(load, sql.Identifier(ROW)))
+    copy_frame(conn, load, frame)
+    return load
+
+
+def _fields(v: Validated) -> list[str]:
+    return [c for c in v.good.columns if c not in (ROW, KEY)]
+
+
+def apply_chunk(conn: psycopg.Connection, run: dict[str, Any], mdef: ModuleDef, v: Validated) -> ChunkOutcome:
+    """Apply one validated chunk in the caller's transaction."""
+    mode, pk = mdef.module.mode, mdef.database.primary_key
+    fields = _fields(v)
+    target = table_ident(mdef.database.tenant, mdef.database.id)
+    n_failed = v.failed.height
+    if mode == "overwrite":
+        copy_frame(conn, table_ident(mdef.database.tenant, shadow_table(mdef.database.id, run["id"])),
+                   v.good.select(fields))
+        return ChunkOutcome({"inserted": v.good.height, "not_inserted": n_failed}, v.failed)
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in fields)
+    key = sql.Identifier(pk)
+    if mode == "append":
+        load = _load_table(conn, mdef, v.good.select(ROW, *fields))
+        rejected = [r[ROW] for r in conn.execute(sql.SQL(
+            "WITH ins AS (INSERT INTO {t} ({c}) SELECT {c} FROM {l} ORDER BY {r} ON CONFLICT ({k}) DO NOTHING"
+            " RETURNING {k}) SELECT l.{r} FROM {l} l WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.{k} = l.{k})"
+        ).format(t=target, c=cols, l=load, r=sql.Identifier(ROW), k=key))]
+        exists = v.good.filter(pl.col(ROW).is_in(rejected)).select(
+            pl.col(ROW).alias("row_number"), pl.col(KEY).alias("key"), pl.lit("I").alias("operation"),
+            pl.lit(ErrorCode.KEY_EXISTS.value).alias("error_code"),
+            pl.lit("the key already exists in the database; the existing record was kept").alias("error_message"),
+            pl.lit(None, pl.String).alias("record"))
+        failed = _with_records(exists, v)
+        return ChunkOutcome({"inserted": v.good.height - len(rejected), "not_inserted": n_failed + len(rejected)},
+                            pl.concat([v.failed, failed]))
+    # upsert: the last occurrence of each key wins
+    latest = v.good.unique(KEY, keep="last", maintain_order=True)
+    load = _load_table(conn, mdef, latest.select(ROW, *fields))
+    updates = sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in fields)
+    rows = conn.execute(sql.SQL(
+        "INSERT INTO {t} ({c}) SELECT {c} FROM {l} ON CONFLICT ({k}) DO UPDATE SET {u} RETURNING (xmax = 0) AS new"
+    ).format(t=target, c=cols, l=load, k=key, u=updates)).fetchall()
+    inserted = sum(1 for r in rows if r["new"])
+    failed, existing = _split_failed_by_existence(conn, target, key, mdef, v.failed)
+    return ChunkOutcome({"inserted": inserted, "updated": v.good.height - inserted,
+                         "not_inserted": failed.height - existing, "not_updated": existing}, failed)
+
+
+def _with_records(failed: pl.DataFrame, v: Validated) -> pl.DataFrame:
+    """KEY_EXISTS rows carry no record yet: they are valid rows, shown by their typed values."""
+    values = v.good.select(pl.col(ROW).alias("row_number"),
+                           pl.struct(_fields(v)).struct.json_encode().alias("__values"))
+    return failed.join(values, on="row_number", how="left").with_columns(
+        pl.col("__values").alias("record")).drop("__values").cast(FAILED_SCHEMA)  # type: ignore[arg-type]
+
+
+def _split_failed_by_existence(conn: psycopg.Connection, target: sql.Composable, key: sql.Identifier,
+                               mdef: ModuleDef, failed: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Upsert failures count as not_updated when the key exists, else not_inserted."""
+    keys = [k for k in failed["key"].drop_nulls().unique().to_list()]
+    if mdef.database.fields[mdef.database.primary_key].type == "int":
+        keys = [int(k) for k in keys if k.lstrip("+-").isdigit()]
+    if not keys:
+        return failed, 0
+    found = {str(r["k"]) for r in conn.execute(
+        sql.SQL("SELECT {k}::text AS k FROM {t} WHERE {k} = ANY(%s)").format(k=key, t=target), (keys,))}
+    marked = failed.with_columns(
+        pl.when(pl.col("key").is_in(list(found))).then(pl.lit("U")).otherwise(pl.lit("I")).alias("operation"))
+    return marked, int((marked["operation"] == "U").sum())
+
+
+def finish_overwrite(conn: psycopg.Connection, run: dict[str, Any], mdef: ModuleDef,
+                     counters: dict[str, int]) -> tuple[ErrorCode | None, str | None]:
+    """Apply the guards, then swap the shadow table in; (code, message) when the run must fail."""
+    module, db = mdef.module, mdef.database
+    valid, rejected, read = counters["inserted"], counters["not_inserted"], counters["rows_read"]
+    if valid == 0 and not module.allow_empty:
+        return ErrorCode.EMPTY_SOURCE, (f"the source has no valid record ({read} read, {rejected} rejected); "
+                                        "the database keeps its previous content")
+    if read and rejected / read > module.max_error_ratio:
+        return ErrorCode.ERROR_RATIO_EXCEEDED, (
+            f"{rejected} of {read} records rejected ({rejected / read:.1%}), more than max_error_ratio "
+            f"{module.max_error_ratio:.1%}; the database keeps its previous content")
+    shadow_name = shadow_table(db.id, run["id"])
+    shadow, target = table_ident(db.tenant, shadow_name), table_ident(db.tenant, db.id)
+    old_name = f"{db.id}__old_{run['id']}"
+    conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+        shadow, sql.Identifier(f"{shadow_name}_pkey"), sql.Identifier(db.primary_key)))
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target))
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(target, sql.Identifier(old_name)))
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(shadow, sql.Identifier(db.id)))
+    conn.execute(sql.SQL("DROP TABLE {}").format(table_ident(db.tenant, old_name)))
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+        target, sql.Identifier(f"{shadow_name}_pkey"), sql.Identifier(f"{db.id}_pkey")))
+    return None, None
