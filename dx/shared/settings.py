@@ -84,7 +84,7 @@ class Settings:
             smtp_url=url("DX_SMTP_URL", ("smtp", "smtps")),
             staging_dir=Path(env.get("DX_STAGING_DIR") or home / "staging").expanduser(),
             mail_from=env.get("DX_MAIL_FROM") or "dataexchange@localhost",
-            chunk_bytes=integer("DX_CHUNK_BYTES", DEFAULT_CHUNK_BYTES, 1024),
+            chunk_bytes=integer("DX_CHUNK_BYTES", DEFAULT_CHUNK_BYTES, 1),
             worker_threads=integer("DX_WORKER_THREADS", 1, 1),
             log_level=(env.get("DX_LOG_LEVEL") or "INFO").upper(),
         )

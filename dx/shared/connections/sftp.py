@@ -91,6 +91,8 @@ class SftpRemote:
             entries = self.sftp.listdir_attr(confine(self.cfg.root, folder))
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{folder!r} cannot be listed: {exc}") from None
         regular = {e.filename: e for e in entries if e.st_mode is not None and stat.S_ISREG(e.st_mode)}
         return [FileInfo(posixpath.join(folder, n), regular[n].st_size or 0, int(regular[n].st_mtime or 0))
                 for n in match_names(list(regular), name)]
@@ -100,6 +102,8 @@ class SftpRemote:
             st = self.sftp.stat(confine(self.cfg.root, path))
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{path!r} cannot be read: {exc}") from None
         return FileInfo(path, st.st_size or 0, int(st.st_mtime or 0))
 
     def fetch(self, path: str, staging: Path) -> Path:

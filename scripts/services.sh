@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Makes sure the services the tests use answer on loopback: PostgreSQL, Redis,
+# RabbitMQ (started if down, with the machine's own start commands) and that
+# Debian's OpenSSH server is installed (the tests start their own sshd).
+set -uo pipefail
+
+up() { timeout 1 bash -c "</dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+
+wait_for() {  # name port
+  for _ in $(seq 1 90); do up "$2" && return 0; sleep 1; done
+  echo "services: $1 did not come up on 127.0.0.1:$2" >&2; return 1
+}
+
+ensure() {  # name port start-command
+  if ! up "$2"; then
+    echo "services: $1 is down, starting it" >&2
+    bash -c "$3" >/dev/null 2>&1 || true
+  fi
+  wait_for "$1" "$2"
+}
+
+ensure PostgreSQL 5432 'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start' || exit 1
+ensure Redis 6379 'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log' || exit 1
+ensure RabbitMQ 5672 'rabbitmq-server -detached' || exit 1
+for _ in $(seq 1 60); do rabbitmqctl -q status >/dev/null 2>&1 && break; sleep 1; done
+
+if [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null; then
+  echo "services: installing Debian's openssh-server for the SFTP tests" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  (apt-get update -qq && apt-get install -y -qq openssh-server >/dev/null) || {
+    echo "services: could not install openssh-server" >&2; exit 1; }
+fi
+exit 0
