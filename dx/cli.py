@@ -17,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from dx.shared import db
 from dx.shared.errors import ConfigError, DxError, render_error_codes_markdown
 from dx.shared.logging import configure
@@ -47,10 +49,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
     db.migrate()
     with db.connect() as conn:
         cfg = parse_config(text, known(conn))
-        with conn.transaction() as tx:
-            changes = apply_config(conn, cfg)
-            if args.dry_run:
-                tx.rollback()  # everything was checked against the database; nothing is kept
+        try:
+            with conn.transaction():
+                changes = apply_config(conn, cfg)
+                if args.dry_run:  # everything was checked against the database; nothing is kept
+                    raise psycopg.Rollback()
+        except psycopg.Rollback:
+            pass
     verb = "would apply" if args.dry_run else "applied"
     _out(f"{verb}: " + "; ".join(changes) if changes else "nothing to apply")
     return EXIT_OK

@@ -53,10 +53,13 @@ def run_demo(rows: int) -> int:
     code = run_module("demo-import", wait=True, requested_by="dx demo")
     with db.connect() as conn:
         last = conn.execute("SELECT id, status FROM dx.runs WHERE module = 'demo-import' ORDER BY id DESC LIMIT 1")
-        run_id, status = last.fetchone().values()
+        row = last.fetchone()
+        assert row is not None
+        run_id, status = row["id"], row["status"]
         out = io.StringIO()
         write_report(conn, run_id, out)
-        count = conn.execute('SELECT count(*) AS n FROM "tenant_demo"."newsletter"').fetchone()["n"]
+        counted = conn.execute('SELECT count(*) AS n FROM "tenant_demo"."newsletter"').fetchone()
+        count = counted["n"] if counted else 0
     print(f"4. tenant_demo.newsletter now holds {count:,} contacts; failed-operations report (first lines):")
     for line in out.getvalue().splitlines()[:REPORT_LINES]:
         print("   " + line)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from dx.shared.config import Config, ConnectionCfg, DatabaseCfg, Known, ModuleCfg
+from dx.shared.db import Conn
 from dx.shared.errors import ConfigError
 
 #: PostgreSQL column type of each field type.
@@ -28,7 +28,7 @@ def tenant_schema(tenant: str) -> str:
     return f"tenant_{tenant}"
 
 
-def table_ident(tenant: str, table: str) -> sql.Composed:
+def table_ident(tenant: str, table: str) -> sql.Identifier:
     """A quoted schema-qualified table name."""
     return sql.Identifier(tenant_schema(tenant), table)
 
@@ -43,7 +43,7 @@ class ModuleDef:
     notify: tuple[str, ...]
 
 
-def known(conn: psycopg.Connection) -> Known:
+def known(conn: Conn) -> Known:
     """What is already applied, for checking references of a new file."""
     return Known(
         tenants=frozenset(r["id"] for r in conn.execute("SELECT id FROM dx.tenants")),
@@ -52,7 +52,7 @@ def known(conn: psycopg.Connection) -> Known:
     )
 
 
-def _sync_table(conn: psycopg.Connection, db: DatabaseCfg, path: str) -> list[str]:
+def _sync_table(conn: Conn, db: DatabaseCfg, path: str) -> list[str]:
     """Create the contact table, or add new fields; refuse a change of type or key."""
     schema = tenant_schema(db.tenant)
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
@@ -87,7 +87,7 @@ def _sync_table(conn: psycopg.Connection, db: DatabaseCfg, path: str) -> list[st
     return changes
 
 
-def apply_config(conn: psycopg.Connection, cfg: Config) -> list[str]:
+def apply_config(conn: Conn, cfg: Config) -> list[str]:
     """Write the configuration into the control schema; returns what changed."""
     changes: list[str] = []
     for t in cfg.tenants:
@@ -129,7 +129,7 @@ def apply_config(conn: psycopg.Connection, cfg: Config) -> list[str]:
     return changes
 
 
-def load_module(conn: psycopg.Connection, module_id: str) -> ModuleDef:
+def load_module(conn: Conn, module_id: str) -> ModuleDef:
     """The module with its database, connection and recipients; KeyError if unknown."""
     row = conn.execute(
         "SELECT m.config AS module, d.id AS db_id, d.tenant AS db_tenant, d.primary_key, d.fields,"
@@ -148,7 +148,7 @@ def load_module(conn: psycopg.Connection, module_id: str) -> ModuleDef:
     return ModuleDef(module, database, connection, notify)
 
 
-def module_rows(conn: psycopg.Connection) -> list[dict[str, Any]]:
+def module_rows(conn: Conn) -> list[dict[str, Any]]:
     """Every module with its last run, for ``dx modules``."""
     return conn.execute(
         "SELECT m.id, m.tenant, m.kind, m.database, m.config->>'mode' AS mode, m.paused,"

@@ -200,23 +200,24 @@ def _cross_checks(cfg: Config, known: Known) -> list[str]:
     unique("connections", [c.id for c in cfg.connections])
     unique("databases", [f"{d.tenant}/{d.id}" for d in cfg.databases])
     unique("modules", [m.id for m in cfg.modules])
-    for section, items in (("connections", cfg.connections), ("databases", cfg.databases),
-                           ("modules", cfg.modules)):
-        for i, item in enumerate(items):
-            if item.tenant not in tenants:
-                problems.append(f"{section}[{i}].tenant: unknown tenant {item.tenant!r}")
+    owners = [("connections", [c.tenant for c in cfg.connections]), ("databases", [d.tenant for d in cfg.databases]),
+              ("modules", [m.tenant for m in cfg.modules])]
+    for section, owner_ids in owners:
+        for i, owner in enumerate(owner_ids):
+            if owner not in tenants:
+                problems.append(f"{section}[{i}].tenant: unknown tenant {owner!r}")
     connections = dict(known.connections) | {c.id: c.tenant for c in cfg.connections}
     databases = known.databases | {(d.tenant, d.id) for d in cfg.databases}
     for i, m in enumerate(cfg.modules):
         if (m.tenant, m.database) not in databases:
             problems.append(f"modules[{i}].database: no database {m.database!r} for tenant {m.tenant!r}")
         if m.source is not None:
-            owner = connections.get(m.source.connection)
-            if owner is None:
+            conn_owner = connections.get(m.source.connection)
+            if conn_owner is None:
                 problems.append(f"modules[{i}].source.connection: unknown connection {m.source.connection!r}")
-            elif owner != m.tenant:
+            elif conn_owner != m.tenant:
                 problems.append(f"modules[{i}].source.connection: {m.source.connection!r} belongs to "
-                                f"tenant {owner!r}, not {m.tenant!r}")
+                                f"tenant {conn_owner!r}, not {m.tenant!r}")
     return problems
 
 

@@ -13,11 +13,13 @@ from functools import lru_cache
 from importlib import resources
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 
 from dx.shared.errors import RetriableError
 from dx.shared.settings import Settings, get_settings
 
+#: A connection whose rows are dicts (every connection this project opens).
+Conn = psycopg.Connection[DictRow]
 #: Advisory lock key that serialises migrations across processes.
 MIGRATION_LOCK_KEY = 0x6478_6D67
 
@@ -44,16 +46,16 @@ def database_url(settings: Settings | None = None) -> str:
     return _embedded_url(str(settings.home))
 
 
-def connect(settings: Settings | None = None, **kwargs: object) -> psycopg.Connection:
+def connect(settings: Settings | None = None, **kwargs: object) -> Conn:
     """A new connection with dict rows; wraps connection failures as retriable."""
     try:
-        return psycopg.connect(database_url(settings), row_factory=dict_row, **kwargs)  # type: ignore[call-overload, no-any-return]
+        return psycopg.connect(database_url(settings), row_factory=dict_row, **kwargs)  # type: ignore[arg-type]
     except psycopg.OperationalError as exc:
         raise RetriableError(f"PostgreSQL is not reachable: {exc}") from exc
 
 
 @contextmanager
-def transaction(settings: Settings | None = None) -> Iterator[psycopg.Connection]:
+def transaction(settings: Settings | None = None) -> Iterator[Conn]:
     """A connection inside one transaction: committed on success, rolled back on error."""
     with connect(settings) as conn, conn.transaction():
         yield conn
@@ -84,7 +86,7 @@ def migrate(settings: Settings | None = None) -> list[str]:
         for version, name, sql in _migrations():
             if version in done:
                 continue
-            conn.execute(sql)  # type: ignore[call-overload]
+            conn.execute(sql)
             conn.execute("INSERT INTO dx.schema_migrations (version, name) VALUES (%s, %s)", (version, name))
             applied.append(name)
     return applied

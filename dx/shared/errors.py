@@ -14,17 +14,17 @@ failed-operations report, each carrying a record-level ``ErrorCode``.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Level(str, Enum):
+class Level(StrEnum):
     """Whether a code fails the whole run or one record."""
 
     RUN = "run"
     RECORD = "record"
 
 
-class ErrorCode(str, Enum):
+class ErrorCode(StrEnum):
     """Stable error codes: the value is the code users see, never renamed."""
 
     meaning: str

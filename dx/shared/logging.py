@@ -28,4 +28,4 @@ def configure(level: str = "INFO", *, json: bool = True) -> None:
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     """A logger carrying whatever context the current message bound."""
-    return structlog.get_logger(name)  # type: ignore[no-any-return]
+    return structlog.get_logger(name)

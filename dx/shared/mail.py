@@ -17,10 +17,8 @@ from dx.shared.settings import Settings
 
 
 def _meaning(code: str) -> str:
-    try:
-        return ErrorCode(code).meaning
-    except ValueError:
-        return ""
+    known = {c.value: c.meaning for c in ErrorCode}
+    return known.get(code, "")
 
 
 def compose(settings: Settings, run: dict[str, Any], errors: list[dict[str, Any]],

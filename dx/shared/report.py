@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from typing import IO
 
-import psycopg
+from dx.shared.db import Conn
 
 FIXED_COLUMNS = ["row_number", "key", "operation", "error_code", "error_message"]
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -26,7 +26,7 @@ def neutralise(cell: object) -> str:
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
-def _rows(conn: psycopg.Connection, run_id: int) -> Iterator[dict[str, object]]:
+def _rows(conn: Conn, run_id: int) -> Iterator[dict[str, object]]:
     with conn.cursor(name=f"report_{run_id}") as cur:
         cur.itersize = FETCH_ROWS
         cur.execute("SELECT row_number, key, operation, error_code, error_message, record"
@@ -35,7 +35,7 @@ def _rows(conn: psycopg.Connection, run_id: int) -> Iterator[dict[str, object]]:
         yield from cur
 
 
-def write_report(conn: psycopg.Connection, run_id: int, out: IO[str]) -> int:
+def write_report(conn: Conn, run_id: int, out: IO[str]) -> int:
     """Write the run's report to ``out``; returns the number of failed operations."""
     run = conn.execute("SELECT source_columns FROM dx.runs WHERE id = %s", (run_id,)).fetchone()
     columns = list((run or {}).get("source_columns") or [])

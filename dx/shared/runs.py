@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
-import psycopg
+from dx.shared.db import Conn
 
 #: Counters of a run, in the order reports show them.
 COUNTERS = ("rows_read", "inserted", "updated", "deleted", "not_inserted", "not_updated",
             "not_deleted", "rows_exported")
 
 
-class RunStatus(str, Enum):
+class RunStatus(StrEnum):
     """Where a run stands; the last five are terminal."""
 
     QUEUED = "queued"
@@ -29,7 +29,7 @@ class RunStatus(str, Enum):
         return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
-class Trigger(str, Enum):
+class Trigger(StrEnum):
     """What asked for a run."""
 
     MANUAL = "manual"
@@ -38,7 +38,7 @@ class Trigger(str, Enum):
     HTTP = "http"
 
 
-def create_run(conn: psycopg.Connection, tenant: str, module: str, trigger: Trigger,
+def create_run(conn: Conn, tenant: str, module: str, trigger: Trigger,
                requested_by: str | None) -> int:
     """Insert a queued run; returns its id."""
     row = conn.execute(
@@ -48,26 +48,26 @@ def create_run(conn: psycopg.Connection, tenant: str, module: str, trigger: Trig
     return int(row["id"])
 
 
-def get_run(conn: psycopg.Connection, run_id: int, *, for_update: bool = False) -> dict[str, Any] | None:
+def get_run(conn: Conn, run_id: int, *, for_update: bool = False) -> dict[str, Any] | None:
     """One run row, optionally locked for the rest of the transaction."""
     lock = " FOR UPDATE" if for_update else ""
     return conn.execute(f"SELECT * FROM dx.runs WHERE id = %s{lock}", (run_id,)).fetchone()  # noqa: S608
 
 
-def chunks_done(conn: psycopg.Connection, run_id: int) -> int:
+def chunks_done(conn: Conn, run_id: int) -> int:
     """How many chunks of the run have committed their result."""
     row = conn.execute("SELECT count(*) AS n FROM dx.chunk_results WHERE run_id = %s", (run_id,)).fetchone()
     return int(row["n"]) if row else 0
 
 
-def error_counts(conn: psycopg.Connection, run_id: int) -> list[dict[str, Any]]:
+def error_counts(conn: Conn, run_id: int) -> list[dict[str, Any]]:
     """(error_code, count) of the run's failed operations, most frequent first."""
     return conn.execute(
         "SELECT error_code, count(*) AS n FROM dx.failed_operations WHERE run_id = %s"
         " GROUP BY error_code ORDER BY n DESC, error_code", (run_id,)).fetchall()
 
 
-def finish(conn: psycopg.Connection, run_id: int, status: RunStatus, *, error_code: str | None = None,
+def finish(conn: Conn, run_id: int, status: RunStatus, *, error_code: str | None = None,
            error_message: str | None = None, counters: dict[str, int] | None = None) -> None:
     """Record the end of a run (in the caller's transaction)."""
     sets = ["status = %s", "finished_at = now()", "error_code = %s", "error_message = %s",

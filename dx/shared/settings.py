@@ -10,6 +10,7 @@ at once, each with how to fix it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -55,7 +56,14 @@ class Settings:
 
         def url(name: str, schemes: tuple[str, ...]) -> str | None:
             value = env.get(name) or None
-            if value is not None and urlsplit(value).scheme not in schemes:
+            if value is None:
+                return None
+            try:
+                scheme = urlsplit(value).scheme
+            except ValueError:
+                problems.append(f"{name}={redact_url(value)}: not a valid URL")
+                return value
+            if scheme not in schemes:
                 problems.append(
                     f"{name}={redact_url(value)!s}: expected a URL starting with "
                     f"{' or '.join(s + '://' for s in schemes)}; unset it to use the embedded default"
@@ -107,10 +115,7 @@ class Settings:
 
 def redact_url(value: str) -> str:
     """A URL with its password replaced, for messages and logs."""
-    parts = urlsplit(value)
-    if parts.password:
-        return value.replace(f":{parts.password}@", ":***@")
-    return value
+    return re.sub(r"(://[^:/@]*:).*@", r"\1***@", value)
 
 
 @lru_cache(maxsize=1)

@@ -96,7 +96,7 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], op
              dedupe: str) -> Validated:
     """Validate a chunk; ``dedupe`` is 'first' (first occurrence wins) or 'last'."""
     mapping = map_columns(source_columns, db)
-    raw = {name: pl.when(pl.col(col) == "").then(None).otherwise(pl.col(col)) for name, col in mapping.items()}
+    raw = {name: pl.when(pl.col(col).str.strip_chars() == "").then(None).otherwise(pl.col(col)) for name, col in mapping.items()}
     pk = db.primary_key
     checks: list[tuple[pl.Expr, ErrorCode, pl.Expr]] = [
         (pl.col(KEY).is_null(), ErrorCode.KEY_MISSING, pl.lit(f"{pk}: the primary key is empty")),

@@ -72,6 +72,6 @@ def run_crashed(message_data: dict[str, Any], retry_data: dict[str, Any]) -> Non
     fail_run(run_id, ErrorCode.INTERNAL_ERROR, what)
 
 
-def on_failure_options() -> dict[str, str]:
+def on_failure_options() -> dict[str, Any]:
     """Message options that route an exhausted message to ``run_crashed``."""
     return {"on_retry_exhausted": run_crashed.actor_name}

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
-import psycopg
 from psycopg import sql
 
 from dx.shared.catalog import ModuleDef, table_ident
+from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode
 from dx.shared.formats.csv import ROW
 from dx.shared.validate import FAILED_SCHEMA, KEY, Validated
@@ -40,7 +40,7 @@ class ChunkOutcome:
     failed: pl.DataFrame
 
 
-def copy_frame(conn: psycopg.Connection, table: sql.Composable, frame: pl.DataFrame) -> None:
+def copy_frame(conn: Conn, table: sql.Composable, frame: pl.DataFrame) -> None:
     """COPY a typed frame into ``table`` (columns by name); timestamps go as UTC."""
     if frame.is_empty():
         return
@@ -53,7 +53,7 @@ def copy_frame(conn: psycopg.Connection, table: sql.Composable, frame: pl.DataFr
         copy.write(data)
 
 
-def _load_table(conn: psycopg.Connection, mdef: ModuleDef, frame: pl.DataFrame) -> sql.Identifier:
+def _load_table(conn: Conn, mdef: ModuleDef, frame: pl.DataFrame) -> sql.Identifier:
     """A temporary table like the target plus ROW, holding ``frame``; dropped at commit."""
     target = table_ident(mdef.database.tenant, mdef.database.id)
     load = sql.Identifier(LOAD_TABLE)
@@ -67,7 +67,7 @@ def _fields(v: Validated) -> list[str]:
     return [c for c in v.good.columns if c not in (ROW, KEY)]
 
 
-def apply_chunk(conn: psycopg.Connection, run: dict[str, Any], mdef: ModuleDef, v: Validated) -> ChunkOutcome:
+def apply_chunk(conn: Conn, run: dict[str, Any], mdef: ModuleDef, v: Validated) -> ChunkOutcome:
     """Apply one validated chunk in the caller's transaction."""
     mode, pk = mdef.module.mode, mdef.database.primary_key
     fields = _fields(v)
@@ -114,7 +114,7 @@ def _with_records(failed: pl.DataFrame, v: Validated) -> pl.DataFrame:
         pl.col("__values").alias("record")).drop("__values").cast(FAILED_SCHEMA)  # type: ignore[arg-type]
 
 
-def _split_failed_by_existence(conn: psycopg.Connection, target: sql.Composable, key: sql.Identifier,
+def _split_failed_by_existence(conn: Conn, target: sql.Composable, key: sql.Identifier,
                                mdef: ModuleDef, failed: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     """Upsert failures count as not_updated when the key exists, else not_inserted."""
     keys = [k for k in failed["key"].drop_nulls().unique().to_list()]
@@ -129,7 +129,7 @@ def _split_failed_by_existence(conn: psycopg.Connection, target: sql.Composable,
     return marked, int((marked["operation"] == "U").sum())
 
 
-def finish_overwrite(conn: psycopg.Connection, run: dict[str, Any], mdef: ModuleDef,
+def finish_overwrite(conn: Conn, run: dict[str, Any], mdef: ModuleDef,
                      counters: dict[str, int]) -> tuple[ErrorCode | None, str | None]:
     """Apply the guards, then swap the shadow table in; (code, message) when the run must fail."""
     module, db = mdef.module, mdef.database

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import dramatiq
-import polars as pl
 import structlog
 from psycopg import sql
 

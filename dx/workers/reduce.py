@@ -16,13 +16,16 @@ disposal, e-mail once, staging), never a second swap or count.
 from __future__ import annotations
 
 import posixpath
+from typing import Any
 
 import dramatiq
 import structlog
+from psycopg import sql
 
 from dx.shared import db
 from dx.shared.catalog import ModuleDef, load_module
 from dx.shared.connections import open_remote
+from dx.shared.db import Conn
 from dx.shared.runs import COUNTERS, RunStatus, chunks_done, finish, get_run
 from dx.workers import staging
 from dx.workers.failures import drop_shadow, notify
@@ -51,12 +54,13 @@ def reduce(run_id: int) -> None:
     staging.remove_run(run_id)
 
 
-def _finish(conn, run: dict, mdef: ModuleDef) -> None:  # type: ignore[no-untyped-def, type-arg]
+def _finish(conn: Conn, run: dict[str, Any], mdef: ModuleDef) -> None:
     """Sum, guard, swap, ledger and status, in the caller's transaction."""
     run_id = run["id"]
-    sums = conn.execute(
-        "SELECT " + ", ".join(f"coalesce(sum({c}), 0)::bigint AS {c}" for c in COUNTERS if c != "rows_exported")
-        + " FROM dx.chunk_results WHERE run_id = %s", (run_id,)).fetchone()
+    sums = conn.execute(sql.SQL("SELECT {} FROM dx.chunk_results WHERE run_id = %s").format(sql.SQL(", ").join(
+        sql.SQL("coalesce(sum({c}), 0)::bigint AS {c}").format(c=sql.Identifier(c))
+        for c in COUNTERS if c != "rows_exported")), (run_id,)).fetchone()
+    assert sums is not None
     counters = {k: int(v) for k, v in sums.items()}
     counters["rows_read"] += run["plan_failed"]
     counters["not_inserted"] += run["plan_failed"]

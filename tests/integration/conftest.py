@@ -116,7 +116,7 @@ LogLevel ERROR
 """)
     Path("/run/sshd").mkdir(exist_ok=True)
     proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(work / "sshd_config")],
-                            stderr=open(work / "sshd.log", "wb"))  # noqa: SIM115
+                            stderr=open(work / "sshd.log", "wb"))
     try:
         wait_port(port)
         host_key = " ".join((work / "host_ed25519.pub").read_text().split()[:2])
@@ -149,7 +149,7 @@ def smtp() -> Iterator[Mailbox]:
     box = Mailbox(free_port())
 
     class Handler:
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
             box.messages.append(message_from_bytes(envelope.content))
             return "250 OK"
 
@@ -217,7 +217,7 @@ class Workers:
     def start(self, n: int = 2, threads: int = 1) -> list[subprocess.Popen[bytes]]:
         started = []
         for _ in range(n):
-            log = open(self.logdir / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
+            log = open(self.logdir / f"worker-{len(self.procs)}.log", "wb")
             proc = subprocess.Popen([sys.executable, "-m", "dx", "worker", "--threads", str(threads)],
                                     env={**os.environ, **self.env}, stderr=log, stdout=log)
             self.procs.append(proc)

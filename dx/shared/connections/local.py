@@ -32,7 +32,15 @@ class LocalRemote:
             names = [n for n in os.listdir(full) if os.path.isfile(os.path.join(full, n))]
         except FileNotFoundError:
             return []
-        return [self._info(os.path.join(folder, n), os.path.join(full, n)) for n in match_names(names, name)]
+        return [self._info(os.path.join(folder, n), real) for n in match_names(names, name)
+                if (real := self._inside(os.path.join(folder, n))) is not None]
+
+    def _inside(self, path: str) -> str | None:
+        """The real path of an entry, or None if a link takes it out of the root."""
+        try:
+            return self._full(path)
+        except RunError:
+            return None
 
     def stat(self, path: str) -> FileInfo | None:
         full = self._full(path)
@@ -48,7 +56,8 @@ class LocalRemote:
     def move(self, path: str, new_path: str) -> None:
         target = confine(self.root, new_path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.replace(self._full(path), target)
+        folder = self._full(os.path.relpath(os.path.dirname(target), self.root))  # no link out of the root
+        os.replace(self._full(path), os.path.join(folder, os.path.basename(target)))
 
     def remove(self, path: str) -> None:
         os.remove(self._full(path))

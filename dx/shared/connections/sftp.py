@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import posixpath
-import socket
 import stat
 from pathlib import Path
 
@@ -63,8 +62,13 @@ class SftpRemote:
             sftp = client.open_sftp()
         except paramiko.BadHostKeyException as exc:
             client.close()
+            offered = exc.key.get_name()
+            if offered != exc.expected_key.get_name():
+                raise RunError(ErrorCode.HOST_KEY_UNKNOWN,
+                               f"{where} offered a {offered} host key, none of that type is pinned ({key_type}); "
+                               f"check `ssh-keyscan -p {cfg.port} {cfg.host}` out of band and pin the key") from None
             raise RunError(ErrorCode.HOST_KEY_MISMATCH,
-                           f"{where} offered a {exc.key.get_name()} host key that differs from the pinned one; "
+                           f"{where} offered a {offered} host key that differs from the pinned one; "
                            "if the server's key really changed, check it out of band and update host_key") from None
         except paramiko.AuthenticationException:
             client.close()
@@ -77,7 +81,7 @@ class SftpRemote:
                                f"{where} offered no host key of the pinned type {key_type}; "
                                f"run `ssh-keyscan -p {cfg.port} {cfg.host}` and pin the key it prints") from None
             raise RunError(ErrorCode.CONNECTION_FAILED, f"{where}: SSH failed: {exc}") from None
-        except (OSError, socket.timeout) as exc:
+        except (TimeoutError, OSError) as exc:
             client.close()
             raise RunError(ErrorCode.CONNECTION_FAILED, f"{where} is not reachable: {exc}") from None
         return cls(client, sftp, cfg)

@@ -29,6 +29,8 @@ from dx.shared.errors import ErrorCode, RunError
 
 #: Bytes parsed per block: bounds memory, large enough for throughput.
 BLOCK_BYTES = 8 * 1024 * 1024
+#: Bytes read to find the header line.
+HEADER_BYTES = 1024 * 1024
 #: Column holding each record's 1-based position among the data records.
 ROW = "__row"
 
@@ -50,8 +52,8 @@ def _open(path: Path, compression: str) -> Iterator[IO[bytes]]:
         kind = "gzip" if path.name.endswith(".gz") else "zip" if path.name.endswith(".zip") else "none"
     try:
         if kind == "gzip":
-            with gzip.open(path, "rb") as fh:
-                yield fh
+            with gzip.open(path, "rb") as gz:
+                yield gz  # type: ignore[misc]
         elif kind == "zip":
             with zipfile.ZipFile(path) as zf:
                 members = [m for m in zf.infolist() if not m.is_dir()]
@@ -72,12 +74,13 @@ def read_header(path: Path, src: SourceCfg) -> list[str]:
     if not src.header:
         return list(src.columns or [])
     with _open(path, src.compression) as fh:
-        head = fh.read(1024 * 1024)
+        head = fh.read(HEADER_BYTES)
     encoding = "utf-8-sig" if src.encoding == "utf-8" else src.encoding
     try:
         text = head.decode(encoding)
     except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 4:  # a cut multi-byte character at the end is fine
+        cut = len(head) == HEADER_BYTES and exc.reason == "unexpected end of data"
+        if not cut:  # a multi-byte character cut by the read limit is fine; anything else is not
             raise RunError(ErrorCode.SOURCE_UNDECODABLE,
                            f"{path.name} is not valid {src.encoding} (byte {exc.start} of the file)") from None
         text = head[: exc.start].decode(encoding)
@@ -162,10 +165,3 @@ class _Numbering:
             self.rejected.difference_update(skipped)
         self.next = end
         return numbers.alias(ROW)
-        while len(out) < n:
-            if self.next in self.rejected:
-                self.rejected.discard(self.next)
-            else:
-                out.append(self.next)
-            self.next += 1
-        return out

@@ -1,0 +1,280 @@
+"""``parse_config``: the YAML of ``dx apply``, every problem reported at once with its path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+
+from dx.shared.config import FieldCfg, Known, parse_config
+from dx.shared.errors import ConfigError
+
+VALID_YAML = """
+tenants:
+  - id: acme
+    notify: [ops@acme.example]
+  - id: globex
+connections:
+  - id: acme-sftp
+    tenant: acme
+    type: sftp
+    root: /exports
+    host: sftp.acme.example
+    username: dx
+    password: "${ACME_SFTP_PASSWORD}"
+    host_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl
+  - id: globex-files
+    tenant: globex
+    type: local
+    root: /srv/globex
+databases:
+  - id: contacts
+    tenant: acme
+    primary_key: email
+    fields:
+      email: email
+      age: int
+      born: {type: date, format: "%d/%m/%Y"}
+      name: {type: text, max_length: 100, required: true}
+modules:
+  - id: acme-contacts
+    tenant: acme
+    kind: importer
+    database: contacts
+    mode: upsert
+    source:
+      connection: acme-sftp
+      path: daily/contacts_*.csv
+      delimiter: ";"
+      encoding: latin1
+"""
+
+
+def config_with(*changes: Callable[[dict[str, Any]], object]) -> str:
+    """VALID_YAML with each change applied to its parsed form, as YAML text again."""
+    raw = yaml.safe_load(VALID_YAML)
+    for change in changes:
+        change(raw)
+    return yaml.safe_dump(raw)
+
+
+def problems_of(text: str, known: Known | None = None) -> list[str]:
+    """The problems parse_config reports; fails the test if it accepts the text."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, known)
+    return info.value.problems
+
+
+def module(raw: dict[str, Any]) -> dict[str, Any]:
+    return raw["modules"][0]
+
+
+def source(raw: dict[str, Any]) -> dict[str, Any]:
+    return raw["modules"][0]["source"]
+
+
+def test_a_valid_full_configuration_parses():
+    # Given the full YAML of two tenants, an sftp and a local connection, a database, an importer
+    # When it is parsed
+    cfg = parse_config(VALID_YAML)
+    # Then every section is there, secrets stay references and shorthands are expanded
+    assert [t.id for t in cfg.tenants] == ["acme", "globex"]
+    sftp = cfg.connections[0]
+    assert (sftp.type, sftp.port, sftp.password) == ("sftp", 22, "${ACME_SFTP_PASSWORD}")
+    fields = cfg.databases[0].fields
+    assert fields["email"] == FieldCfg(type="email")
+    assert fields["age"] == FieldCfg(type="int")
+    assert fields["born"] == FieldCfg(type="date", format="%d/%m/%Y")
+    assert fields["name"].required and fields["name"].max_length == 100
+    src = cfg.modules[0].source
+    assert src is not None
+    assert (src.delimiter, src.encoding, src.header, src.after) == (";", "latin-1", True, "archive")
+
+
+def test_an_empty_document_is_an_empty_configuration():
+    # Given an empty file / When parsed / Then nothing is configured, and nothing is wrong
+    cfg = parse_config("")
+    assert (cfg.tenants, cfg.connections, cfg.databases, cfg.modules) == ([], [], [], [])
+
+
+def test_a_problem_names_its_path_in_the_file():
+    # Given a two-character delimiter in the first module's source
+    text = config_with(lambda raw: source(raw).update(delimiter=";;"))
+    # When parsed / Then the one problem names modules[0].source.delimiter
+    problems = problems_of(text)
+    assert len(problems) == 1
+    assert problems[0].startswith("modules[0].source.delimiter: ")
+
+
+def test_every_problem_is_reported_at_once():
+    # Given three mistakes in three sections
+    text = config_with(
+        lambda raw: source(raw).update(delimiter=";;"),
+        lambda raw: raw["connections"][0].update(port=0),
+        lambda raw: raw["databases"][0]["fields"].update(age="integer"),
+    )
+    # When parsed
+    problems = problems_of(text)
+    # Then all three are reported together, each with its own path
+    assert sorted(p.split(":")[0] for p in problems) == [
+        "connections[0].port", "databases[0].fields.age.type", "modules[0].source.delimiter"]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: reference checks (_cross_checks) run only when the schema is valid, "
+                                       "so a schema mistake hides every dangling reference")
+def test_schema_and_reference_problems_are_reported_together():
+    # Given a bad delimiter AND a module of a tenant that does not exist
+    text = config_with(lambda raw: source(raw).update(delimiter=";;"),
+                       lambda raw: raw["databases"][0].update(tenant="initech"))
+    # When parsed
+    problems = problems_of(text)
+    # Then both are reported in the same run of `dx apply`
+    paths = {p.split(":")[0] for p in problems}
+    assert {"modules[0].source.delimiter", "databases[0].tenant"} <= paths
+
+
+@pytest.mark.parametrize("field", ["password", "passphrase", "private_key"])
+@pytest.mark.parametrize("value", ["hunter2", "${ACME_PASSWORD}x", "$ACME_PASSWORD"])
+def test_a_secret_written_in_clear_is_rejected(field: str, value: str):
+    # Given a secret that is not exactly a ${ENV_VAR} reference
+    text = config_with(lambda raw: raw["connections"][0].update({field: value}))
+    # When parsed / Then the secret is refused, saying how to write it
+    problems = problems_of(text)
+    assert len(problems) == 1
+    assert problems[0].startswith(f"connections[0].{field}: ")
+    assert "${ENV_VAR}" in problems[0]
+    assert value not in problems[0], "the message must not echo the secret"
+
+
+@pytest.mark.parametrize(("change", "path"), [
+    (lambda raw: raw.update(modulez=[]), "modulez"),
+    (lambda raw: module(raw).update(colour="red"), "modules[0].colour"),
+    (lambda raw: source(raw).update(delimeter=","), "modules[0].source.delimeter"),
+    (lambda raw: raw["databases"][0]["fields"].update(age={"type": "int", "requried": True}),
+     "databases[0].fields.age.requried"),
+])
+def test_an_unknown_key_is_rejected(change: Callable[[dict[str, Any]], object], path: str):
+    # Given a misspelt or unknown key
+    text = config_with(change)
+    # When parsed / Then it is reported at its path as an unknown key
+    assert problems_of(text) == [f"{path}: unknown key (check its spelling)"]
+
+
+def test_a_module_cannot_read_through_a_connection_of_another_tenant():
+    # Given acme's module reading through globex's connection
+    text = config_with(lambda raw: source(raw).update(connection="globex-files"))
+    # When parsed / Then the reference is refused, naming both tenants
+    assert problems_of(text) == [
+        "modules[0].source.connection: 'globex-files' belongs to tenant 'globex', not 'acme'"]
+
+
+def test_a_connection_already_applied_for_another_tenant_is_refused_too():
+    # Given only acme's module, and a connection known from a previous apply for globex
+    text = config_with(lambda raw: raw.update(connections=[]),
+                       lambda raw: source(raw).update(connection="globex-files"))
+    known = Known(tenants=frozenset({"globex"}), connections=(("globex-files", "globex"),))
+    # When parsed against what is known / Then the tenant mismatch is found
+    problems = problems_of(text, known)
+    assert problems == ["modules[0].source.connection: 'globex-files' belongs to tenant 'globex', not 'acme'"]
+
+
+def test_an_unknown_tenant_is_rejected():
+    # Given a database of a tenant defined nowhere
+    text = config_with(lambda raw: raw["databases"][0].update(tenant="initech"))
+    # When parsed
+    problems = problems_of(text)
+    # Then the tenant is named, and so is the module's now dangling database
+    assert "databases[0].tenant: unknown tenant 'initech'" in problems
+    assert "modules[0].database: no database 'contacts' for tenant 'acme'" in problems
+
+
+def test_a_tenant_known_from_a_previous_apply_may_be_referenced():
+    # Given a configuration without its tenants section, the tenants being already applied
+    text = config_with(lambda raw: raw.pop("tenants"))
+    # When parsed with and without that knowledge
+    cfg = parse_config(text, Known(tenants=frozenset({"acme", "globex"})))
+    # Then it is valid only when the tenants are known
+    assert cfg.tenants == []
+    assert len(problems_of(text)) == 4  # two connections, one database, one module
+
+
+@pytest.mark.parametrize(("section", "duplicate"), [
+    ("tenants", {"id": "acme"}),
+    ("connections", {"id": "globex-files", "tenant": "acme", "type": "local", "root": "/srv/acme"}),
+    ("databases", {"id": "contacts", "tenant": "acme", "primary_key": "id", "fields": {"id": "text"}}),
+])
+def test_an_id_defined_twice_is_rejected(section: str, duplicate: dict[str, Any]):
+    # Given a second item reusing an id of its section
+    text = config_with(lambda raw: raw[section].append(duplicate))
+    # When parsed / Then the second occurrence is reported
+    index = len(yaml.safe_load(text)[section]) - 1
+    problems = problems_of(text)
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{section}[{index}].id: ")
+    assert "defined twice" in problems[0]
+
+
+def test_a_database_id_may_be_reused_by_another_tenant():
+    # Given globex defining a database with acme's database id
+    text = config_with(lambda raw: raw["databases"].append(
+        {"id": "contacts", "tenant": "globex", "primary_key": "id", "fields": {"id": "text"}}))
+    # When parsed / Then both databases exist
+    assert [(d.tenant, d.id) for d in parse_config(text).databases] == [("acme", "contacts"), ("globex", "contacts")]
+
+
+def test_a_source_without_header_needs_its_columns():
+    # Given a source declaring no header line and no column names
+    text = config_with(lambda raw: source(raw).update(header=False))
+    # When parsed / Then the source is refused, saying what to add
+    problems = problems_of(text)
+    assert len(problems) == 1
+    assert problems[0].startswith("modules[0].source: ")
+    assert "columns" in problems[0]
+
+
+def test_a_source_without_header_but_with_columns_is_valid():
+    # Given a headerless source listing its columns / When parsed / Then the columns are kept in order
+    text = config_with(lambda raw: source(raw).update(header=False, columns=["email", "age"]))
+    src = parse_config(text).modules[0].source
+    assert src is not None and src.columns == ["email", "age"]
+
+
+@pytest.mark.parametrize(("written", "normalised"), [
+    ("latin1", "latin-1"), ("ISO-8859-1", "latin-1"), ("windows-1252", "cp1252"), ("CP1252", "cp1252"),
+    ("UTF8", "utf-8"), ("utf-8-sig", "utf-8"),
+])
+def test_encodings_are_normalised(written: str, normalised: str):
+    # Given an encoding spelt one of the accepted ways / When parsed / Then it has its one canonical name
+    src = parse_config(config_with(lambda raw: source(raw).update(encoding=written))).modules[0].source
+    assert src is not None and src.encoding == normalised
+
+
+def test_an_unsupported_encoding_is_rejected():
+    # Given an encoding DataExchange does not read / When parsed / Then the supported ones are listed
+    problems = problems_of(config_with(lambda raw: source(raw).update(encoding="ebcdic")))
+    assert len(problems) == 1
+    assert problems[0].startswith("modules[0].source.encoding: unsupported encoding 'ebcdic'")
+    assert "windows-1252" in problems[0]
+
+
+def test_an_sftp_connection_without_pinned_host_key_is_rejected():
+    # Given an sftp connection whose host key is not pinned
+    text = config_with(lambda raw: raw["connections"][0].pop("host_key"))
+    # When parsed / Then the problem names what is missing and how to obtain it
+    problems = problems_of(text)
+    assert len(problems) == 1
+    assert problems[0].startswith("connections[0]: an sftp connection needs host_key")
+    assert "ssh-keyscan" in problems[0]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("tenants: [", "not valid YAML"),
+    ("- just\n- a list\n", "(top level): expected a mapping"),
+])
+def test_a_document_that_is_not_a_mapping_is_one_clear_problem(text: str, expected: str):
+    # Given broken YAML, or YAML that is not a mapping / When parsed / Then one problem says so
+    problems = problems_of(text)
+    assert len(problems) == 1
+    assert problems[0].startswith(expected)

@@ -1,0 +1,27 @@
+"""``neutralise``: report cells a spreadsheet would run as a formula are defused with a quote."""
+
+from __future__ import annotations
+
+import pytest
+
+from dx.shared.report import neutralise
+
+
+@pytest.mark.parametrize("cell", ["=SUM(A1:A9)", "+33 6 12 34 56 78", "-2+3", "@cmd", "\tx", "\rx",
+                                  '=HYPERLINK("http://evil.example")'])
+def test_a_cell_starting_like_a_formula_is_prefixed_with_a_quote(cell):
+    # Given a cell starting with = + - @, a tab or a carriage return / When neutralised
+    # Then it is the same text behind a single quote
+    assert neutralise(cell) == "'" + cell
+
+
+@pytest.mark.parametrize("cell", ["plain text", "a=b", "john@example.com", " =1+1", "'already quoted", ""])
+def test_other_text_is_untouched(cell):
+    # Given text that does not start like a formula / When neutralised / Then it is unchanged
+    assert neutralise(cell) == cell
+
+
+@pytest.mark.parametrize(("cell", "text"), [(None, ""), (42, "42"), (-3, "'-3"), (1.5, "1.5")])
+def test_non_text_cells_become_text_and_are_defused_too(cell, text):
+    # Given None or a number (row_number may be null) / When neutralised / Then text, negatives defused
+    assert neutralise(cell) == text

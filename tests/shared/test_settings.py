@@ -1,0 +1,110 @@
+"""``Settings.from_env``: embedded defaults, every problem at once, no password in a message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dx.shared.errors import ConfigError
+from dx.shared.settings import DEFAULT_CHUNK_BYTES, Settings, redact_url
+
+SEPARATE_WORKERS = {"DX_BROKER_URL": "amqp://mq/", "DX_REDIS_URL": "redis://cache/0",
+                    "DX_DATABASE_URL": "postgresql://db/dx"}
+
+
+def problems_of(env: dict[str, str]) -> list[str]:
+    """The problems from_env reports (after its title line); fails the test if it accepts env."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    title, *problems = info.value.problems
+    assert title == "Settings problems (environment variables):"
+    return problems
+
+
+def test_an_empty_environment_gives_the_embedded_defaults(tmp_path, monkeypatch):
+    # Given no DX_* variable, run from some folder
+    monkeypatch.chdir(tmp_path)
+    # When the settings are built
+    s = Settings.from_env({})
+    # Then everything is embedded, under ./.dx
+    assert s.home == tmp_path / ".dx"
+    assert (s.staging_dir, s.outbox_dir) == (tmp_path / ".dx" / "staging", tmp_path / ".dx" / "outbox")
+    assert s.embedded_broker is True
+    assert (s.database_url, s.broker_url, s.redis_url, s.smtp_url) == (None, None, None, None)
+    assert (s.chunk_bytes, s.worker_threads, s.log_level) == (DEFAULT_CHUNK_BYTES, 1, "INFO")
+
+
+def test_empty_variables_count_as_unset(tmp_path, monkeypatch):
+    # Given variables set to "" (as `VAR= dx ...` does) / When built / Then the defaults apply
+    monkeypatch.chdir(tmp_path)
+    s = Settings.from_env(dict.fromkeys(["DX_HOME", "DX_DATABASE_URL", "DX_CHUNK_BYTES", "DX_LOG_LEVEL"], ""))
+    assert (s.home, s.database_url, s.chunk_bytes, s.log_level) == (tmp_path / ".dx", None, DEFAULT_CHUNK_BYTES,
+                                                                    "INFO")
+
+
+def test_separate_services_are_configured_from_urls():
+    # Given a broker, Redis and PostgreSQL, a home and a lower-case log level / When built
+    s = Settings.from_env({**SEPARATE_WORKERS, "DX_HOME": "/var/lib/dx", "DX_LOG_LEVEL": "debug",
+                           "DX_WORKER_THREADS": "8"})
+    # Then workers are separate processes and the values are kept
+    assert s.embedded_broker is False
+    assert (s.home, s.staging_dir) == (Path("/var/lib/dx"), Path("/var/lib/dx/staging"))
+    assert (s.broker_url, s.log_level, s.worker_threads) == ("amqp://mq/", "DEBUG", 8)
+
+
+def test_several_bad_variables_are_reported_together():
+    # Given four wrong variables
+    env = {"DX_DATABASE_URL": "mysql://db/dx", "DX_CHUNK_BYTES": "lots", "DX_WORKER_THREADS": "0",
+           "DX_LOG_LEVEL": "loud"}
+    # When built / Then one ConfigError names each of them
+    problems = problems_of(env)
+    assert [p.split("=")[0] for p in problems] == ["DX_DATABASE_URL", "DX_CHUNK_BYTES", "DX_WORKER_THREADS",
+                                                   "DX_LOG_LEVEL"]
+    assert "postgresql://" in problems[0] and "whole number" in problems[1] and "at least 1" in problems[2]
+
+
+def test_a_password_in_a_url_is_redacted_in_the_message():
+    # Given a database URL with a password and the wrong scheme
+    problems = problems_of({"DX_DATABASE_URL": "mysql://app:s3cr3t-pw@db.internal:3306/dx"})
+    # When reported / Then the URL is shown without its password
+    assert len(problems) == 1
+    assert "s3cr3t-pw" not in problems[0]
+    assert problems[0].startswith("DX_DATABASE_URL=mysql://app:***@db.internal:3306/dx:")
+
+
+def test_a_password_with_special_characters_is_redacted_too():
+    # Given a SQLAlchemy-style URL (wrong scheme) whose password holds a '#'
+    problems = problems_of({"DX_DATABASE_URL": "postgresql+psycopg://app:s3c#r3t@db/dx"})
+    # When reported / Then no part of the password is shown
+    assert "s3c#r3t" not in problems[0]
+
+
+def test_redact_url_leaves_a_url_without_password_unchanged():
+    # Given URLs without a password / When redacted / Then unchanged
+    assert redact_url("redis://cache:6379/0") == "redis://cache:6379/0"
+    assert redact_url("amqp://guest@mq/") == "amqp://guest@mq/"
+
+
+def test_a_broker_without_redis_is_a_problem():
+    # Given separate workers through a broker, but no Redis for the chunk barrier
+    env = {k: v for k, v in SEPARATE_WORKERS.items() if k != "DX_REDIS_URL"}
+    # When built / Then the problem says which variable to set, with an example
+    [problem] = problems_of(env)
+    assert problem.startswith("DX_REDIS_URL is unset while DX_BROKER_URL is set")
+    assert "DX_REDIS_URL=redis://" in problem
+
+
+def test_a_broker_without_database_is_a_problem_too():
+    # Given a broker and Redis but the embedded database / When built / Then DX_DATABASE_URL is asked for
+    env = {k: v for k, v in SEPARATE_WORKERS.items() if k != "DX_DATABASE_URL"}
+    [problem] = problems_of(env)
+    assert problem.startswith("DX_DATABASE_URL is unset while DX_BROKER_URL is set")
+
+
+def test_a_malformed_url_is_reported_as_a_problem():
+    # Given an unparseable URL (unclosed IPv6 bracket) and another mistake
+    env = {"DX_DATABASE_URL": "postgresql://[::1/dx", "DX_LOG_LEVEL": "loud"}
+    # When built / Then both are reported in the ConfigError
+    problems = problems_of(env)
+    assert [p.split("=")[0] for p in problems] == ["DX_DATABASE_URL", "DX_LOG_LEVEL"]
