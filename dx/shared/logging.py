@@ -25,7 +25,3 @@ def configure(level: str = "INFO", *, json: bool = True) -> None:
         cache_logger_on_first_use=False,
     )
 
-
-def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    """A logger carrying whatever context the current message bound."""
-    return structlog.get_logger(name)
