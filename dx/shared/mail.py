@@ -15,10 +15,8 @@ from dx.shared.errors import ErrorCode
 from dx.shared.runs import COUNTERS
 from dx.shared.settings import Settings
 
-
-def _meaning(code: str) -> str:
-    known = {c.value: c.meaning for c in ErrorCode}
-    return known.get(code, "")
+#: Meaning of each error code, for the e-mail's table.
+MEANINGS = {c.value: c.meaning for c in ErrorCode}
 
 
 def compose(settings: Settings, run: dict[str, Any], errors: list[dict[str, Any]],
@@ -44,7 +42,7 @@ def compose(settings: Settings, run: dict[str, Any], errors: list[dict[str, Any]
     lines += ["", "Counters:"] + [f"  {name:<13} {run.get(name, 0):>12,}" for name in COUNTERS]
     if errors:
         lines += ["", "Failed operations by error code:", f"  {'code':<24} {'count':>10}  meaning"]
-        lines += [f"  {e['error_code']:<24} {e['n']:>10,}  {_meaning(e['error_code'])}" for e in errors]
+        lines += [f"  {e['error_code']:<24} {e['n']:>10,}  {MEANINGS.get(e['error_code'], '')}" for e in errors]
         lines += ["", f"Every failed record, with its row number and reason: dx report {run['id']} -o failures.csv"]
     msg.set_content("\n".join(lines) + "\n")
     return msg

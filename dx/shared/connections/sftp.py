@@ -32,6 +32,13 @@ def _private_key(text: str, passphrase: str | None) -> paramiko.PKey:
     raise RunError(ErrorCode.AUTHENTICATION_FAILED, "the private key could not be read (wrong format or passphrase)")
 
 
+def _unknown_key(cfg: ConnectionCfg, offered: str, pinned: str) -> RunError:
+    """HOST_KEY_UNKNOWN: the server's key is not of the pinned type; never accepted."""
+    return RunError(ErrorCode.HOST_KEY_UNKNOWN,
+                    f"{cfg.host}:{cfg.port} offered a {offered} host key, none of that type is pinned ({pinned}); "
+                    f"check `ssh-keyscan -p {cfg.port} {cfg.host}` out of band and pin the key")
+
+
 class SftpRemote:
     """A client space on an SFTP server, confined under the connection's root."""
 
@@ -64,9 +71,7 @@ class SftpRemote:
             client.close()
             offered = exc.key.get_name()
             if offered != exc.expected_key.get_name():
-                raise RunError(ErrorCode.HOST_KEY_UNKNOWN,
-                               f"{where} offered a {offered} host key, none of that type is pinned ({key_type}); "
-                               f"check `ssh-keyscan -p {cfg.port} {cfg.host}` out of band and pin the key") from None
+                raise _unknown_key(cfg, offered, key_type) from None
             raise RunError(ErrorCode.HOST_KEY_MISMATCH,
                            f"{where} offered a {offered} host key that differs from the pinned one; "
                            "if the server's key really changed, check it out of band and update host_key") from None
@@ -76,10 +81,8 @@ class SftpRemote:
                            f"{where} refused user {cfg.username!r}: check the secret the connection names") from None
         except paramiko.SSHException as exc:
             client.close()
-            if "known_hosts" in str(exc):
-                raise RunError(ErrorCode.HOST_KEY_UNKNOWN,
-                               f"{where} offered no host key of the pinned type {key_type}; "
-                               f"run `ssh-keyscan -p {cfg.port} {cfg.host}` and pin the key it prints") from None
+            if "known_hosts" in str(exc):  # paramiko's RejectPolicy: no pinned key matched the host name
+                raise _unknown_key(cfg, "unpinned", key_type) from None
             raise RunError(ErrorCode.CONNECTION_FAILED, f"{where}: SSH failed: {exc}") from None
         except (TimeoutError, OSError) as exc:
             client.close()
