@@ -237,11 +237,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from dx.shared.generate import contacts, write_csv
+    from dx.shared.generate import contacts, updates, write_csv
 
-    frame = contacts(args.rows, seed=args.seed, bad_ratio=args.bad_ratio, start=args.start)
+    if args.what == "updates":
+        frame = updates(args.rows, base_rows=args.base_rows, seed=args.seed, bad_ratio=args.bad_ratio)
+    else:
+        frame = contacts(args.rows, seed=args.seed, bad_ratio=args.bad_ratio, start=args.start)
     write_csv(frame, Path(args.output), delimiter=args.delimiter, encoding=args.encoding)
-    print(f"{args.rows:,} contacts written to {args.output}", file=sys.stderr)
+    print(f"{args.rows:,} {args.what} written to {args.output}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -299,14 +302,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p = add("generate", cmd_generate, "generate demo and benchmark data")
     gen = p.add_subparsers(dest="what", required=True)
-    g = gen.add_parser("contacts", help="a contact CSV file")
-    g.add_argument("--rows", type=int, default=10_000)
-    g.add_argument("--bad-ratio", type=float, default=0.0)
-    g.add_argument("--seed", type=int, default=7)
-    g.add_argument("--start", type=int, default=0, help="number of the first contact")
-    g.add_argument("--delimiter", default=",")
-    g.add_argument("--encoding", default="utf-8")
-    g.add_argument("-o", "--output", required=True)
+    for what, help_text in (("contacts", "a contact CSV file"),
+                            ("updates", "an Updater CSV file: ~60%% U, 25%% I, 15%% D over the contacts of "
+                                        "`generate contacts --rows BASE_ROWS` with the same seed")):
+        g = gen.add_parser(what, help=help_text)
+        g.add_argument("--rows", type=int, default=10_000)
+        g.add_argument("--bad-ratio", type=float, default=0.0 if what == "contacts" else 0.01)
+        g.add_argument("--seed", type=int, default=7)
+        if what == "contacts":
+            g.add_argument("--start", type=int, default=0, help="number of the first contact")
+        else:
+            g.add_argument("--base-rows", type=int, required=True, help="contacts already in the database")
+        g.add_argument("--delimiter", default=",")
+        g.add_argument("--encoding", default="utf-8")
+        g.add_argument("-o", "--output", required=True)
     p = add("demo", cmd_demo, "import a generated file end to end on embedded defaults")
     p.add_argument("--rows", type=int, default=100_000)
     p = add("docs", cmd_docs, "regenerate docs/error-codes.md from the code")

@@ -146,18 +146,26 @@ class ModuleCfg(Strict):
     source: SourceCfg | None = None
     max_error_ratio: float = Field(0.1, ge=0, le=1)
     allow_empty: bool = False
+    #: updater: the source column holding each record's operation (I, U, D).
+    operation_field: str = Field("operation", min_length=1)
+    #: updater: what a U on a key that is not there does: fail, or insert the record.
+    update_missing: Literal["fail", "insert"] = "fail"
+    #: bytes of source per chunk for this module (default: DX_CHUNK_BYTES).
+    chunk_bytes: int | None = Field(None, ge=1)
     schedule: dict[str, Any] | None = None
     notify: list[str] = []
     paused: bool = False
 
     @model_validator(mode="after")
     def _kind_needs(self) -> ModuleCfg:
-        if self.kind != "importer":
-            raise ValueError(f"kind {self.kind!r} is not available in this version yet; use importer")
-        if self.mode is None:
+        if self.kind not in ("importer", "updater"):
+            raise ValueError(f"kind {self.kind!r} is not available in this version yet; use importer or updater")
+        if self.kind == "importer" and self.mode is None:
             raise ValueError("an importer needs mode: overwrite, append or upsert")
+        if self.kind == "updater" and self.mode is not None:
+            raise ValueError("an updater takes no mode: each record's operation field says what to do")
         if self.source is None:
-            raise ValueError("an importer needs a source")
+            raise ValueError(f"an {self.kind} needs a source")
         return self
 
 

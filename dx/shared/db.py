@@ -7,6 +7,7 @@ transaction-level advisory lock so that two replicas never migrate at once.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -49,6 +50,8 @@ def database_url(settings: Settings | None = None) -> str:
 def connect(settings: Settings | None = None, **kwargs: object) -> Conn:
     """A new connection with dict rows; wraps connection failures as retriable."""
     try:
+        # the process id in pg_stat_activity tells operators (and tests) which worker holds a session
+        kwargs.setdefault("application_name", f"dx pid {os.getpid()}")
         return psycopg.connect(database_url(settings), row_factory=dict_row, **kwargs)  # type: ignore[arg-type]
     except psycopg.OperationalError as exc:
         raise RetriableError(f"PostgreSQL is not reachable: {exc}") from exc

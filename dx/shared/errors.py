@@ -81,6 +81,10 @@ class ErrorCode(StrEnum):
     DUPLICATE_KEY = ("DUPLICATE_KEY", Level.RECORD,
                      "The key appears earlier in the same source; the first occurrence was applied.")
     KEY_EXISTS = ("KEY_EXISTS", Level.RECORD, "The key already exists in the database; the record was not added.")
+    KEY_NOT_FOUND = ("KEY_NOT_FOUND", Level.RECORD,
+                     "An update or delete names a key that is not in the database (at that point of the source).")
+    BAD_OPERATION = ("BAD_OPERATION", Level.RECORD,
+                     "The record's operation is not I (insert), U (update) or D (delete).")
 
 
 class DxError(Exception):

@@ -52,6 +52,23 @@ def contacts(rows: int, *, seed: int = 7, bad_ratio: float = 0.0, start: int = 0
     return frame
 
 
+def updates(rows: int, *, base_rows: int, seed: int = 7, bad_ratio: float = 0.01) -> pl.DataFrame:
+    """Mixed Updater records over the contacts of ``contacts(base_rows, seed=seed)``:
+    about 60% U and 15% D of existing keys, 25% I of new keys; ``bad_ratio`` of them
+    spoiled (an unknown operation or a non-numeric ``points``). Column ``operation`` first."""
+    rng = np.random.default_rng(seed + 1)
+    base = contacts(base_rows, seed=seed)["email"]
+    fresh = contacts(rows, seed=seed + 2, start=base_rows)
+    op = pl.Series(np.asarray(["U", "I", "D"])[rng.choice(3, rows, p=[0.6, 0.25, 0.15])])
+    old = base.gather(rng.integers(0, base_rows, rows)) if base_rows else fresh["email"]
+    fault = pl.Series(np.where(rng.random(rows) < bad_ratio, rng.integers(1, 3, rows), 0))
+    return fresh.with_columns(
+        pl.when(fault == 1).then(pl.lit("X")).otherwise(op).alias("operation"),
+        pl.when(op == "I").then(pl.col("email")).otherwise(old).alias("email"),
+        pl.when(fault == 2).then(pl.lit("lots")).otherwise(pl.col("points")).alias("points"),
+    ).select("operation", *FIELDS)
+
+
 def _break(frame: pl.DataFrame, rng: np.random.Generator, ratio: float) -> pl.DataFrame:
     """Spoil about ``ratio`` of the records, one fault each, in four kinds."""
     n = frame.height

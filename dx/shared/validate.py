@@ -17,6 +17,9 @@ from dx.shared.formats.csv import ROW
 
 #: Column with the normalised primary key (partitioning, duplicates, reports).
 KEY = "__key"
+#: Column with each record's operation, upper-cased: I, U or D (the importer's are all I).
+OP = "__op"
+OPERATIONS = ["I", "U", "D"]
 TRUE_WORDS = ["true", "t", "yes", "y", "1", "on"]
 FALSE_WORDS = ["false", "f", "no", "n", "0", "off"]
 EMAIL_RE = r"^[^@\s]+@([^@\s.]+\.)+[^@\s.]+$"
@@ -32,8 +35,18 @@ FAILED_SCHEMA = {"row_number": pl.Int64, "key": pl.String, "operation": pl.Strin
 class Validated:
     """A chunk after validation: records to apply, and failed operations."""
 
-    good: pl.DataFrame  # ROW, KEY and one typed column per mapped field
+    good: pl.DataFrame  # ROW, KEY, (OP for the updater) and one typed column per mapped field
     failed: pl.DataFrame  # FAILED_SCHEMA
+    source: pl.DataFrame  # the chunk as received: ROW and the source columns
+    source_columns: list[str]
+
+    def fail(self, rows: pl.DataFrame, code: ErrorCode, message: str) -> pl.DataFrame:
+        """Failed operations (FAILED_SCHEMA) for valid ``rows`` that the database turned down."""
+        failed = rows.select(
+            pl.col(ROW).alias("row_number"), pl.col(KEY).alias("key"),
+            (pl.col(OP) if OP in rows.columns else pl.lit("I")).alias("operation"),
+            pl.lit(code.value).alias("error_code"), pl.lit(message).alias("error_message"))
+        return with_records(failed, self.source, self.source_columns)
 
 
 def map_columns(source_columns: list[str], db: DatabaseCfg) -> dict[str, str]:
@@ -48,10 +61,23 @@ def map_columns(source_columns: list[str], db: DatabaseCfg) -> dict[str, str]:
     return out
 
 
-def missing_required(source_columns: list[str], db: DatabaseCfg) -> list[str]:
-    """Required fields (and the key) that have no source column."""
+def find_column(source_columns: list[str], name: str) -> str | None:
+    """The source column for ``name``: exact name first, else case-insensitive."""
+    if name in source_columns:
+        return name
+    return next((c for c in source_columns if c.lower() == name.lower()), None)
+
+
+def missing_required(source_columns: list[str], db: DatabaseCfg, *, all_required: bool = True,
+                     operation_field: str | None = None) -> list[str]:
+    """Columns a run cannot do without: the key, the required fields (unless
+    ``all_required`` is off: an updater's U and D need only the key) and the operation field."""
     mapped = map_columns(source_columns, db)
-    return [n for n, f in db.fields.items() if (f.required or n == db.primary_key) and n not in mapped]
+    missing = [n for n, f in db.fields.items()
+               if (n == db.primary_key or (f.required and all_required)) and n not in mapped]
+    if operation_field is not None and find_column(source_columns, operation_field) is None:
+        missing.append(operation_field)
+    return missing
 
 
 def key_expr(column: str, field: FieldCfg) -> pl.Expr:
@@ -92,36 +118,51 @@ def _quoted(raw: pl.Expr) -> pl.Expr:
     return raw.str.slice(0, MESSAGE_VALUE_CHARS)
 
 
-def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], operation: str,
-             dedupe: str) -> Validated:
-    """Validate a chunk; ``dedupe`` is 'first' (first occurrence wins) or 'last'."""
+def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
+             dedupe: str | None = "first", operation_column: str | None = None) -> Validated:
+    """Validate a chunk.
+
+    ``dedupe``: 'first' or 'last' occurrence of a key counts, or None (keep all).
+    ``operation_column``: the updater's column of operations; without it every
+    record is an insert (I). Field values are checked for I and U only: a D
+    needs only its key.
+    """
     mapping = map_columns(source_columns, db)
-    raw = {name: pl.when(pl.col(col).str.strip_chars() == "").then(None).otherwise(pl.col(col)) for name, col in mapping.items()}
+    raw = {name: pl.when(pl.col(col).str.strip_chars() == "").then(None).otherwise(pl.col(col))
+           for name, col in mapping.items()}
     pk = db.primary_key
+    op = pl.lit("I") if operation_column is None else \
+        pl.col(operation_column).fill_null("").str.strip_chars().str.to_uppercase()
+    writes = pl.col(OP).is_in(["I", "U"])
     checks: list[tuple[pl.Expr, ErrorCode, pl.Expr]] = [
         (pl.col(KEY).is_null(), ErrorCode.KEY_MISSING, pl.lit(f"{pk}: the primary key is empty")),
+        (~pl.col(OP).is_in(OPERATIONS), ErrorCode.BAD_OPERATION,
+         pl.format('"{}" is not an operation; use I (insert), U (update) or D (delete)', _quoted(pl.col(OP)))),
     ]
     typed = {}
     for name, f in db.fields.items():
         if name not in raw:
+            if f.required and operation_column is not None:
+                checks.append((pl.col(OP) == "I", ErrorCode.REQUIRED_FIELD_MISSING,
+                               pl.lit(f"{name}: required, but the source has no {name} column")))
             continue
         value = _parse(raw[name], f)
         typed[name] = value.alias(name)
+        applies = pl.lit(True) if name == pk else writes
         if f.required and name != pk:
-            checks.append((raw[name].is_null(), ErrorCode.REQUIRED_FIELD_MISSING,
+            checks.append((applies & raw[name].is_null(), ErrorCode.REQUIRED_FIELD_MISSING,
                            pl.lit(f"{name}: required, but empty")))
         if f.type != "text":
             fmt = f" (format {f.format})" if f.format else ""
-            checks.append((raw[name].is_not_null() & value.is_null(), ErrorCode.INVALID_VALUE,
+            checks.append((applies & raw[name].is_not_null() & value.is_null(), ErrorCode.INVALID_VALUE,
                            pl.format(f'{name}: "{{}}" is not a valid {f.type}{fmt}', _quoted(raw[name]))))
         if f.max_length:
-            checks.append((raw[name].str.len_chars() > f.max_length, ErrorCode.VALUE_TOO_LONG,
+            checks.append((applies & (raw[name].str.len_chars() > f.max_length), ErrorCode.VALUE_TOO_LONG,
                            pl.format(f"{name}: {{}} characters, at most {f.max_length} allowed",
                                      raw[name].str.len_chars())))
     code = pl.coalesce([pl.when(c).then(pl.lit(e.value)) for c, e, _ in checks])
     message = pl.coalesce([pl.when(c).then(m) for c, _, m in checks])
-    frame = chunk.with_columns(key_expr(mapping[pk], db.fields[pk]).alias(KEY),
-                               pl.struct(source_columns).struct.json_encode().alias("__record")) \
+    frame = chunk.with_columns(key_expr(mapping[pk], db.fields[pk]).alias(KEY), op.alias(OP)) \
         .with_columns(code.alias("__code"), message.alias("__message"), *typed.values())
     # duplicates among the valid records: the first (or last) occurrence counts
     valid = pl.col("__code").is_null()
@@ -132,10 +173,18 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], op
             pl.when(dup).then(pl.lit(ErrorCode.DUPLICATE_KEY.value)).otherwise(pl.col("__code")).alias("__code"),
             pl.when(dup).then(pl.format("the key appears earlier in the source (row {}); the first occurrence "
                                         "was applied", first_row)).otherwise(pl.col("__message")).alias("__message"))
-    good = frame.filter(pl.col("__code").is_null()).select(ROW, KEY, *typed)
+    keep_op = [OP] if operation_column is not None else []
+    good = frame.filter(pl.col("__code").is_null()).select(ROW, KEY, *keep_op, *typed)
     bad = frame.filter(pl.col("__code").is_not_null())
     failed = bad.select(
-        pl.col(ROW).alias("row_number"), pl.col(KEY).alias("key"), pl.lit(operation).alias("operation"),
-        pl.col("__code").alias("error_code"), pl.col("__message").alias("error_message"),
-        pl.col("__record").alias("record"))
-    return Validated(good, failed.cast(FAILED_SCHEMA))  # type: ignore[arg-type]
+        pl.col(ROW).alias("row_number"), pl.col(KEY).alias("key"), pl.col(OP).alias("operation"),
+        pl.col("__code").alias("error_code"), pl.col("__message").alias("error_message"))
+    return Validated(good, with_records(failed, chunk, source_columns), chunk, source_columns)
+
+
+def with_records(failed: pl.DataFrame, chunk: pl.DataFrame, source_columns: list[str]) -> pl.DataFrame:
+    """Failed operations with each record as received (JSON of its source columns), as FAILED_SCHEMA."""
+    records = chunk.join(failed.select(pl.col("row_number").alias(ROW)), on=ROW, how="semi").select(
+        pl.col(ROW).alias("row_number"), pl.struct(source_columns).struct.json_encode().alias("record"))
+    return failed.join(records, on="row_number", how="left", maintain_order="left") \
+        .select(list(FAILED_SCHEMA)).cast(FAILED_SCHEMA)  # type: ignore[arg-type]

@@ -1,5 +1,8 @@
 """Actor ``chunk`` (queue ``dx.chunk``): validate and apply one chunk.
 
+The Importer's chunks apply with ``importer.apply_chunk``, the Updater's
+with ``updater.apply_updates``.
+
 Consumes ``chunk(run_id, chunk_no)`` from the plan's group; sends nothing
 (the group's completion callback sends ``reduce``). Reads the chunk's part
 files, validates them column-wise, and applies them in ONE transaction
@@ -24,9 +27,10 @@ from dx.shared import db
 from dx.shared.catalog import load_module
 from dx.shared.formats.csv import ROW
 from dx.shared.runs import RunStatus, get_run
-from dx.shared.validate import validate
+from dx.shared.validate import find_column, validate
 from dx.workers import staging
 from dx.workers.importer import apply_chunk, copy_frame
+from dx.workers.updater import apply_updates
 
 log = structlog.get_logger(__name__)
 FAILED_TABLE = sql.Identifier("dx", "failed_operations")
@@ -50,8 +54,14 @@ def chunk(run_id: int, chunk_no: int) -> None:
         mdef = load_module(conn, run["module"])
     columns = list(run["source_columns"])
     frame = staging.read_chunk(run_id, chunk_no, {ROW: pl.Int64(), **{c: pl.String() for c in columns}}).sort(ROW)
-    dedupe = "last" if mdef.module.mode == "upsert" else "first"
-    validated = validate(frame, mdef.database, columns, "I", dedupe)
+    module = mdef.module
+    if module.kind == "updater":
+        validated = validate(frame, mdef.database, columns, dedupe=None,
+                             operation_column=find_column(columns, module.operation_field))
+        apply = apply_updates
+    else:
+        validated = validate(frame, mdef.database, columns, dedupe="last" if module.mode == "upsert" else "first")
+        apply = apply_chunk
     with db.transaction() as conn:
         current = conn.execute("SELECT status FROM dx.runs WHERE id = %s FOR SHARE", (run_id,)).fetchone()
         if current is None or RunStatus(current["status"]).terminal:
@@ -62,7 +72,7 @@ def chunk(run_id: int, chunk_no: int) -> None:
         if claimed is None:
             log.info("chunk.skip", reason="applied by a twin delivery")
             return
-        outcome = apply_chunk(conn, run, mdef, validated)
+        outcome = apply(conn, run, mdef, validated)
         failed = outcome.failed.with_columns(pl.lit(run_id).alias("run_id"), pl.lit(chunk_no).alias("chunk_no"))
         copy_frame(conn, FAILED_TABLE, failed)
         counters = {k: int(v) for k, v in outcome.counters.items()}

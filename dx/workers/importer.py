@@ -21,7 +21,7 @@ from dx.shared.catalog import ModuleDef, table_ident
 from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode
 from dx.shared.formats.csv import ROW
-from dx.shared.validate import FAILED_SCHEMA, KEY, Validated
+from dx.shared.validate import KEY, OP, Validated
 
 #: Name of the per-transaction load table of append and upsert.
 LOAD_TABLE = "dx_load"
@@ -53,24 +53,28 @@ def copy_frame(conn: Conn, table: sql.Composable, frame: pl.DataFrame) -> None:
         copy.write(data)
 
 
-def _load_table(conn: Conn, mdef: ModuleDef, frame: pl.DataFrame) -> sql.Identifier:
-    """A temporary table like the target plus ROW, holding ``frame``; dropped at commit."""
+def load_table(conn: Conn, mdef: ModuleDef, frame: pl.DataFrame,
+               extra: tuple[tuple[str, str], ...] = ((ROW, "bigint"),)) -> sql.Identifier:
+    """A temporary table like the target plus the ``extra`` (name, SQL type) columns,
+    holding ``frame``; dropped at commit."""
     target = table_ident(mdef.database.tenant, mdef.database.id)
     load = sql.Identifier(LOAD_TABLE)
     conn.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(load, target))
-    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} bigint").format(load, sql.Identifier(ROW)))
+    for name, sql_type in extra:
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(load, sql.Identifier(name), sql.SQL(sql_type)))
     copy_frame(conn, load, frame)
     return load
 
 
-def _fields(v: Validated) -> list[str]:
-    return [c for c in v.good.columns if c not in (ROW, KEY)]
+def fields_of(v: Validated) -> list[str]:
+    """The database fields a validated chunk carries (the mapped source columns)."""
+    return [c for c in v.good.columns if c not in (ROW, KEY, OP)]
 
 
 def apply_chunk(conn: Conn, run: dict[str, Any], mdef: ModuleDef, v: Validated) -> ChunkOutcome:
     """Apply one validated chunk in the caller's transaction."""
     mode, pk = mdef.module.mode, mdef.database.primary_key
-    fields = _fields(v)
+    fields = fields_of(v)
     target = table_ident(mdef.database.tenant, mdef.database.id)
     n_failed = v.failed.height
     if mode == "overwrite":
@@ -80,22 +84,18 @@ def apply_chunk(conn: Conn, run: dict[str, Any], mdef: ModuleDef, v: Validated) 
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in fields)
     key = sql.Identifier(pk)
     if mode == "append":
-        load = _load_table(conn, mdef, v.good.select(ROW, *fields))
+        load = load_table(conn, mdef, v.good.select(ROW, *fields))
         rejected = [r[ROW] for r in conn.execute(sql.SQL(
             "WITH ins AS (INSERT INTO {t} ({c}) SELECT {c} FROM {l} ORDER BY {r} ON CONFLICT ({k}) DO NOTHING"
             " RETURNING {k}) SELECT l.{r} FROM {l} l WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.{k} = l.{k})"
         ).format(t=target, c=cols, l=load, r=sql.Identifier(ROW), k=key))]
-        exists = v.good.filter(pl.col(ROW).is_in(rejected)).select(
-            pl.col(ROW).alias("row_number"), pl.col(KEY).alias("key"), pl.lit("I").alias("operation"),
-            pl.lit(ErrorCode.KEY_EXISTS.value).alias("error_code"),
-            pl.lit("the key already exists in the database; the existing record was kept").alias("error_message"),
-            pl.lit(None, pl.String).alias("record"))
-        failed = _with_records(exists, v)
+        failed = v.fail(v.good.filter(pl.col(ROW).is_in(rejected)), ErrorCode.KEY_EXISTS,
+                        "the key already exists in the database; the existing record was kept")
         return ChunkOutcome({"inserted": v.good.height - len(rejected), "not_inserted": n_failed + len(rejected)},
                             pl.concat([v.failed, failed]))
     # upsert: the last occurrence of each key wins
     latest = v.good.unique(KEY, keep="last", maintain_order=True)
-    load = _load_table(conn, mdef, latest.select(ROW, *fields))
+    load = load_table(conn, mdef, latest.select(ROW, *fields))
     updates = sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in fields)
     rows = conn.execute(sql.SQL(
         "INSERT INTO {t} ({c}) SELECT {c} FROM {l} ON CONFLICT ({k}) DO UPDATE SET {u} RETURNING (xmax = 0) AS new"
@@ -104,14 +104,6 @@ def apply_chunk(conn: Conn, run: dict[str, Any], mdef: ModuleDef, v: Validated) 
     failed, existing = _split_failed_by_existence(conn, target, key, mdef, v.failed)
     return ChunkOutcome({"inserted": inserted, "updated": v.good.height - inserted,
                          "not_inserted": failed.height - existing, "not_updated": existing}, failed)
-
-
-def _with_records(failed: pl.DataFrame, v: Validated) -> pl.DataFrame:
-    """KEY_EXISTS rows carry no record yet: they are valid rows, shown by their typed values."""
-    values = v.good.select(pl.col(ROW).alias("row_number"),
-                           pl.struct(_fields(v)).struct.json_encode().alias("__values"))
-    return failed.join(values, on="row_number", how="left").with_columns(
-        pl.col("__values").alias("record")).drop("__values").cast(FAILED_SCHEMA)  # type: ignore[arg-type]
 
 
 def _split_failed_by_existence(conn: Conn, target: sql.Composable, key: sql.Identifier,

@@ -75,7 +75,9 @@ def _partition(run_id: int, mdef: ModuleDef, local_path: str, n_chunks: int) -> 
     assert src is not None
     path = Path(local_path)
     columns = read_header(path, src)
-    missing = missing_required(columns, mdef.database)
+    module = mdef.module
+    missing = missing_required(columns, mdef.database) if module.kind == "importer" else missing_required(
+        columns, mdef.database, all_required=module.update_missing == "insert", operation_field=module.operation_field)
     if missing:
         raise RunError(ErrorCode.MISSING_REQUIRED_COLUMN,
                        f"{path.name} has no column for {', '.join(missing)} (columns found: {', '.join(columns)})")
@@ -135,7 +137,8 @@ def _plan(run_id: int, mdef: ModuleDef) -> None:
         info = _settled(remote, info, src.settle_s)
         local = remote.fetch(info.path, source_dir)
     log.info("plan.fetched", path=info.path, bytes=info.size_bytes, seconds=round(time.monotonic() - started, 3))
-    n_chunks = 0 if info.size_bytes == 0 else min(MAX_CHUNKS, max(1, math.ceil(info.size_bytes / settings.chunk_bytes)))
+    chunk_bytes = mdef.module.chunk_bytes or settings.chunk_bytes
+    n_chunks = 0 if info.size_bytes == 0 else min(MAX_CHUNKS, max(1, math.ceil(info.size_bytes / chunk_bytes)))
     columns: list[str] = []
     failures: list[dict] = []
     if n_chunks:
@@ -149,10 +152,11 @@ def _plan(run_id: int, mdef: ModuleDef) -> None:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(shadow))
             conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(shadow, table))
         conn.execute("DELETE FROM dx.failed_operations WHERE run_id = %s AND chunk_no = -1", (run_id,))
+        operation = "I" if mdef.module.kind == "importer" else None  # an updater's malformed line has none
         with conn.cursor().copy("COPY dx.failed_operations (run_id, chunk_no, row_number, operation, error_code,"
                                 " error_message) FROM STDIN") as copy:
             for f in failures:
-                copy.write_row((run_id, -1, f["row_number"], "I", f["error_code"], f["error_message"]))
+                copy.write_row((run_id, -1, f["row_number"], operation, f["error_code"], f["error_message"]))
         conn.execute(
             "UPDATE dx.runs SET n_chunks = %s, source_path = %s, source_bytes = %s, source_mtime = %s,"
             " source_columns = %s, plan_failed = %s, planned_at = now(), status = 'running' WHERE id = %s",

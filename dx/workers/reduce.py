@@ -63,7 +63,8 @@ def _finish(conn: Conn, run: dict[str, Any], mdef: ModuleDef) -> None:
     assert sums is not None
     counters = {k: int(v) for k, v in sums.items()}
     counters["rows_read"] += run["plan_failed"]
-    counters["not_inserted"] += run["plan_failed"]
+    # malformed lines: an importer's would have been inserts; an updater's operation is unknown
+    counters["not_inserted" if mdef.module.kind == "importer" else "not_updated"] += run["plan_failed"]
     code = message = None
     if mdef.module.mode == "overwrite":
         code, message = finish_overwrite(conn, run, mdef, counters)

@@ -11,6 +11,7 @@ A service that does not answer fails the session (CI never skips).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
@@ -33,6 +34,8 @@ from aiosmtpd.controller import Controller
 
 SFTP_USER = "dxsftp"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+#: Where the SFTP test user's password is kept between test sessions (root only).
+PASSWORD_FILE = Path("/var/lib/dx-test/sftp-password")
 
 
 def free_port() -> int:
@@ -78,6 +81,23 @@ class Sftp:
         return path
 
 
+def _sftp_user_password() -> str:
+    """The test user's password: made once per machine and kept in a root-only file, so that
+    test sessions running side by side (several checkouts) do not change it under each other."""
+    PASSWORD_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open(PASSWORD_FILE.parent / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if subprocess.run(["id", SFTP_USER], capture_output=True).returncode != 0:
+            _run("useradd", "--create-home", "--shell", "/usr/sbin/nologin", SFTP_USER)
+            PASSWORD_FILE.unlink(missing_ok=True)
+        if not PASSWORD_FILE.exists():
+            PASSWORD_FILE.touch(mode=0o600)
+            PASSWORD_FILE.write_text(secrets.token_urlsafe(16))
+        password = PASSWORD_FILE.read_text()
+        subprocess.run(["chpasswd"], input=f"{SFTP_USER}:{password}".encode(), check=True, capture_output=True)
+        return password
+
+
 @pytest.fixture(scope="session")
 def sshd() -> Iterator[Sftp]:
     """An OpenSSH sshd on a free loopback port with a config of our own."""
@@ -85,10 +105,7 @@ def sshd() -> Iterator[Sftp]:
         pytest.fail("OpenSSH sshd is missing: run scripts/services.sh (installs Debian's openssh-server)")
     work = Path(tempfile.mkdtemp(prefix="dx-sshd-"))  # outside pytest's 0700 folder: dxsftp must enter it
     os.chmod(work, 0o755)
-    if subprocess.run(["id", SFTP_USER], capture_output=True).returncode != 0:
-        _run("useradd", "--create-home", "--shell", "/usr/sbin/nologin", SFTP_USER)
-    password = secrets.token_urlsafe(16)
-    subprocess.run(["chpasswd"], input=f"{SFTP_USER}:{password}".encode(), check=True, capture_output=True)
+    password = _sftp_user_password()
     _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / "host_ed25519"))
     _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / "client_ed25519"))
     keys = work / "authorized_keys"

@@ -17,7 +17,7 @@ FIELDS = {"email": {"type": "email", "required": True}, "first_name": "text", "p
 
 
 def config(tenant: str, sftp: Any, modules: list[dict[str, Any]], *, host_key: str | None = None,
-           auth: str = "password") -> str:
+           auth: str = "key", fields: dict[str, Any] | None = None) -> str:
     """A YAML config: one tenant, its SFTP connection, database ``contacts``, the given modules."""
     conn: dict[str, Any] = {"id": f"{tenant}-sftp", "tenant": tenant, "type": "sftp", "host": "127.0.0.1",
                             "port": sftp.port, "username": "dxsftp", "host_key": host_key or sftp.host_key,
@@ -32,7 +32,8 @@ def config(tenant: str, sftp: Any, modules: list[dict[str, Any]], *, host_key: s
     return yaml.safe_dump({
         "tenants": [{"id": tenant, "notify": [f"ops@{tenant}.example"]}],
         "connections": [conn],
-        "databases": [{"id": "contacts", "tenant": tenant, "primary_key": "email", "fields": FIELDS}],
+        "databases": [{"id": "contacts", "tenant": tenant, "primary_key": "email",
+                       "fields": fields or FIELDS}],
         "modules": mods,
     })
 

@@ -94,10 +94,12 @@ def test_mode_applies_exactly_and_reports_every_bad_record(mode, modes_tenant, s
     assert (sshd.root / "in/archive" / f"{mode}_0001.csv.run{result['id']}").exists()
 
 
-def test_private_key_authentication_and_ledger(cluster_env, sshd, workers, tmp_path):
-    # Given: a connection that logs in with a private key, a file kept in place after import
+def test_password_authentication_and_ledger(cluster_env, sshd, workers, tmp_path):
+    # Given: a connection that logs in with a password (the others use a private key),
+    # a file kept in place after import
     apply(config("keyauth", sshd, [{"id": "keyauth-upsert", "mode": "upsert",
-                                    "source": {"path": "key/in_*.csv", "after": "keep"}}], auth="key"), tmp_path)
+                                    "source": {"path": "key/in_*.csv", "after": "keep"}}], auth="password"),
+          tmp_path)
     sshd.put("key/in_1.csv", b"email,points\nk1@x.it,1\nk2@x.it,2\n")
     workers.start(1)
 

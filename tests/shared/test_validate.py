@@ -23,7 +23,7 @@ def chunk(columns: list[str], *records: list[str], rows: list[int] | None = None
 
 
 def run(db: DatabaseCfg, columns: list[str], *records: list[str], dedupe: str = "first") -> Validated:
-    return validate(chunk(columns, *records), db, columns, "I", dedupe)
+    return validate(chunk(columns, *records), db, columns, dedupe=dedupe)
 
 
 def one_field(make_database, field: Any) -> DatabaseCfg:

@@ -1,0 +1,119 @@
+"""The Updater's set-based work: apply a chunk of I/U/D operations in source order.
+
+Every occurrence of a key is in one chunk (the plan partitions by a hash of
+the key), in source order. The outcome of a key's operations depends only on
+whether the key exists before the chunk, so one locking query tells that for
+every key; the per-key replay is then column-wise (Polars window
+expressions), and the database sees at most three statements: DELETE,
+INSERT, UPDATE, from one COPY into a temporary table. No round trip per
+record.
+
+The replay: an operation either succeeds or fails on the key's state just
+before it, and a success sets the state (I and an inserting U: exists, D:
+gone; a plain U keeps it). So the state before a record is the state set by
+the last *state-setting* record before it, or the initial state: a shifted
+forward fill per key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from psycopg import sql
+
+from dx.shared.catalog import ModuleDef, table_ident
+from dx.shared.db import Conn
+from dx.shared.errors import ErrorCode
+from dx.shared.formats.csv import ROW
+from dx.shared.validate import OP, Validated
+from dx.workers.importer import ChunkOutcome, copy_frame, fields_of, load_table
+
+#: Column of the load table telling what happens to a key.
+ACTION = "__action"
+#: Failed-operation counter of each operation; an unknown operation counts as not updated.
+NOT_COUNTER = {"I": "not_inserted", "U": "not_updated", "D": "not_deleted"}
+
+
+def existing_rows(conn: Conn, mdef: ModuleDef, good: pl.DataFrame) -> pl.Series:
+    """Row numbers of ``good`` whose key is in the database now; those rows are locked."""
+    pk = mdef.database.primary_key
+    target = table_ident(mdef.database.tenant, mdef.database.id)
+    keys = sql.Identifier("dx_keys")
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+        keys, sql.Identifier(pk), target))
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} bigint").format(keys, sql.Identifier(ROW)))
+    copy_frame(conn, keys, good.select(ROW, pk))
+    rows = conn.execute(sql.SQL(
+        "SELECT k.{r} FROM {k} k JOIN {t} t ON t.{p} = k.{p} FOR UPDATE OF t"
+    ).format(r=sql.Identifier(ROW), k=keys, t=target, p=sql.Identifier(pk))).fetchall()
+    return pl.Series(ROW, [r[ROW] for r in rows], dtype=pl.Int64)
+
+
+def replay(good: pl.DataFrame, pk: str, initial_rows: pl.Series, upsert: bool) -> pl.DataFrame:
+    """Each valid record with its outcome: columns ``ins``, ``upd``, ``del`` (it succeeded as
+    that), ``code`` (why it failed) and, on the key's last write, ``action``."""
+    op = pl.col(OP)
+    sets = pl.when(op == "I").then(True).when(op == "D").then(False)
+    if upsert:
+        sets = sets.when(op == "U").then(True)
+    frame = good.with_columns(pl.col(ROW).is_in(initial_rows.implode()).alias("init"), sets.alias("sets"))
+    before = pl.col("sets").shift(1).forward_fill().over(pk).fill_null(pl.col("init"))
+    frame = frame.with_columns(before.alias("before"))
+    b = pl.col("before")
+    frame = frame.with_columns(
+        ((op == "I") & ~b | (op == "U") & ~b & upsert).alias("ins"),
+        ((op == "U") & b).alias("upd"),
+        ((op == "D") & b).alias("del"),
+    ).with_columns(
+        pl.when((op == "I") & b).then(pl.lit(ErrorCode.KEY_EXISTS.value))
+        .when(~(pl.col("ins") | pl.col("upd") | pl.col("del"))).then(pl.lit(ErrorCode.KEY_NOT_FOUND.value))
+        .alias("code"))
+    ok = pl.col("ins") | pl.col("upd") | pl.col("del")
+    after = pl.when(ok).then(op != "D").otherwise(b)
+    last_del = pl.col(ROW).filter(pl.col("del")).max().over(pk).fill_null(-1)
+    writes = pl.col("ins") | pl.col("upd")
+    reinserted = (pl.col("ins") & (pl.col(ROW) > last_del)).any().over(pk)
+    last_write = writes & (pl.col(ROW) == pl.col(ROW).filter(writes).max().over(pk))
+    final = after.last().over(pk)
+    init = pl.col("init").first().over(pk)
+    return frame.with_columns(
+        pl.when(last_write & final & reinserted & init).then(pl.lit("replace"))
+        .when(last_write & final & reinserted).then(pl.lit("insert"))
+        .when(last_write & final & init).then(pl.lit("update"))
+        .alias("action"),
+        (init & ~final & (pl.col(ROW) == pl.col(ROW).max().over(pk))).alias("gone"),
+    )
+
+
+def apply_updates(conn: Conn, run: dict[str, Any], mdef: ModuleDef, v: Validated) -> ChunkOutcome:
+    """Apply one validated chunk of operations in the caller's transaction."""
+    pk = mdef.database.primary_key
+    fields = fields_of(v)
+    target = table_ident(mdef.database.tenant, mdef.database.id)
+    outcome = replay(v.good, pk, existing_rows(conn, mdef, v.good), mdef.module.update_missing == "insert")
+    writes = outcome.filter(pl.col("action").is_not_null()).select(*fields, pl.col("action").alias(ACTION))
+    deletes = outcome.filter(pl.col("gone")).select(pk, pl.lit("delete").alias(ACTION))
+    load = load_table(conn, mdef, pl.concat([writes, deletes], how="diagonal_relaxed"), ((ACTION, "text"),))
+    names = dict(t=target, l=load, p=sql.Identifier(pk), a=sql.Identifier(ACTION),
+                 c=sql.SQL(", ").join(sql.Identifier(c) for c in fields))
+    conn.execute(sql.SQL("DELETE FROM {t} t USING {l} l WHERE t.{p} = l.{p} AND l.{a} IN ('delete', 'replace')")
+                 .format(**names))
+    conn.execute(sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM {l} WHERE {a} IN ('insert', 'replace')")
+                 .format(**names))
+    updated = [c for c in fields if c != pk]
+    if updated:
+        sets = sql.SQL(", ").join(sql.SQL("{c} = l.{c}").format(c=sql.Identifier(c)) for c in updated)
+        conn.execute(sql.SQL("UPDATE {t} t SET {s} FROM {l} l WHERE t.{p} = l.{p} AND l.{a} = 'update'")
+                     .format(s=sets, **names))
+    refused = [v.fail(outcome.filter((pl.col("code") == code.value) & (pl.col(OP) == op)), code, message)
+               for code, op, message in (
+                   (ErrorCode.KEY_EXISTS, "I", "the key exists (in the database or inserted earlier in the source)"),
+                   (ErrorCode.KEY_NOT_FOUND, "U", "no record with this key to update at this point of the source"),
+                   (ErrorCode.KEY_NOT_FOUND, "D", "no record with this key to delete at this point of the source"))]
+    failed = pl.concat([v.failed, *refused])
+    counters = {"inserted": int(outcome["ins"].sum()), "updated": int(outcome["upd"].sum()),
+                "deleted": int(outcome["del"].sum())} | dict.fromkeys(NOT_COUNTER.values(), 0)
+    for op, n in failed.group_by("operation").len().iter_rows():
+        counters[NOT_COUNTER.get(op, "not_updated")] += n
+    return ChunkOutcome(counters, failed)

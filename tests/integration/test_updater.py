@@ -1,0 +1,167 @@
+"""The Updater on the real cluster: the sequential oracle, 1,000,000 mixed records, a killed worker."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import os
+import random
+import signal
+import time
+from datetime import date
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dx.shared import db
+from dx.shared.generate import contacts, updates
+from tests.integration.helpers import apply, config, failures, run, table
+from tests.updater_reference import COLUMNS, FIELDS, Row, apply_sequentially, random_records
+
+TENANT = "upd"
+COUNTERS = ("inserted", "updated", "deleted", "not_inserted", "not_updated", "not_deleted")
+BIRTH = date(2000, 1, 1)
+FILE_NO = itertools.count()
+
+
+def _configure(sshd: Any, tmp_path: Any, *, chunk_bytes: int, upsert: bool) -> None:
+    module = {"id": "upd-ops", "kind": "updater", "chunk_bytes": chunk_bytes,
+              "update_missing": "insert" if upsert else "fail", "source": {"path": "upd/ops_*.csv"}}
+    apply(config(TENANT, sshd, [module], fields=FIELDS), tmp_path)
+
+
+def _seed(initial: dict[str, Row]) -> None:
+    with db.transaction() as conn:
+        conn.execute(f'TRUNCATE "tenant_{TENANT}".contacts')
+        with conn.cursor().copy(f'COPY "tenant_{TENANT}".contacts (email, first_name, points, birth_date)'
+                                " FROM STDIN") as copy:
+            for key, r in initial.items():
+                copy.write_row((key, r["first_name"], r["points"], r["birth_date"]))
+
+
+def _as_table(rows: dict[str, Row]) -> dict[str, tuple[Any, ...]]:
+    return {k: (r["first_name"], r["points"], r["birth_date"]) for k, r in rows.items()}
+
+
+def _csv(records: list[list[str]]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows(records)
+    return buf.getvalue().encode()
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32), n_records=st.integers(200, 4000), n_keys=st.integers(20, 3000),
+       chunks=st.integers(1, 8), upsert=st.booleans())
+def test_updater_matches_the_sequential_oracle(cluster_env, sshd, workers, tmp_path, seed, n_records, n_keys,
+                                               chunks, upsert):
+    # Given: random I/U/D records over a few thousand keys (repeats, bad operations, bad values),
+    # a table already holding some of the keys, and a chunk size giving about `chunks` chunks
+    rng = random.Random(seed)
+    records = random_records(rng, n_records, n_keys, bad_ratio=0.05)
+    initial = {f"k{k}@x.it": {"first_name": "Init", "points": k, "birth_date": BIRTH}
+               for k in rng.sample(range(n_keys), n_keys // 2)}
+    data = _csv(records)
+    _configure(sshd, tmp_path, chunk_bytes=max(1, len(data) // chunks), upsert=upsert)
+    _seed(initial)
+    sshd.put(f"upd/ops_{next(FILE_NO)}.csv", data)  # a new name each time: hypothesis replays examples
+    if not workers.procs:  # one pair of worker processes serves every example
+        workers.start(2)
+
+    # When: the Updater applies them on two worker processes
+    result = run("upd-ops")
+
+    # Then: the same table, failed operations and counters as applying them one by one in order
+    expected = apply_sequentially(initial, records, upsert=upsert)
+    assert result["status"] in ("completed", "completed_with_errors"), result["error_message"]
+    assert result["n_chunks"] >= chunks
+    assert table(TENANT) == _as_table(expected.table)
+    assert failures(result["id"]) == sorted(expected.failures)
+    assert {c: result[c] for c in COUNTERS} == expected.counters
+    assert result["rows_read"] == n_records
+
+
+def test_a_worker_killed_mid_chunk_leaves_the_table_exact(cluster_env, sshd, workers, tmp_path):
+    # Given: 60,000 records in about 12 chunks, and two worker processes
+    rng = random.Random(42)
+    records = random_records(rng, 60_000, 20_000, bad_ratio=0.02)
+    initial = {f"k{k}@x.it": {"first_name": "Init", "points": k, "birth_date": BIRTH} for k in range(0, 20_000, 2)}
+    data = _csv(records)
+    _configure(sshd, tmp_path, chunk_bytes=len(data) // 12, upsert=False)
+    _seed(initial)
+    sshd.put("upd/ops_kill.csv", data)
+    procs = workers.start(2)
+
+    # When: one worker is killed with SIGKILL while its chunk transaction is open
+    from dx.cli import wait_for
+    from dx.scheduler.requests import request_run
+    from dx.shared.runs import Trigger
+
+    run_id = request_run("upd-ops", Trigger.MANUAL, "pytest")
+    victim = _kill_mid_chunk(procs, run_id)
+    result = wait_for(run_id, 180)
+
+    # Then: the run completes anyway, with the table, failures and counters of the sequential oracle
+    expected = apply_sequentially(initial, records, upsert=False)
+    assert victim.returncode == -signal.SIGKILL
+    assert result["status"] == "completed_with_errors", result["error_message"]
+    assert table(TENANT) == _as_table(expected.table)
+    assert failures(run_id) == sorted(expected.failures)
+    assert {c: result[c] for c in COUNTERS} == expected.counters
+
+
+def _kill_mid_chunk(procs: list[Any], run_id: int, timeout_s: float = 60) -> Any:
+    """SIGKILL the worker whose database session is inside a chunk transaction of the run."""
+    by_name = {f"dx pid {p.pid}": p for p in procs}
+    deadline = time.monotonic() + timeout_s
+    with db.connect(autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            busy = conn.execute(
+                "SELECT a.application_name FROM pg_stat_activity a WHERE a.application_name = ANY(%s)"
+                " AND a.backend_xid IS NOT NULL AND a.query ILIKE %s",
+                (list(by_name), f'%"tenant_{TENANT}"%')).fetchone()
+            if busy:
+                victim = by_name[busy["application_name"]]
+                os.kill(victim.pid, signal.SIGKILL)
+                victim.wait(10)
+                run = conn.execute("SELECT n_chunks, (SELECT count(*) FROM dx.chunk_results c WHERE c.run_id = r.id)"
+                                   " AS done FROM dx.runs r WHERE id = %s", (run_id,)).fetchone()
+                assert run["done"] < run["n_chunks"], "the kill came after every chunk had committed"
+                return victim
+            time.sleep(0.005)
+    raise AssertionError("no worker was seen inside a chunk transaction")
+
+
+@pytest.mark.slow
+def test_a_million_mixed_records_add_up(cluster_env, sshd, workers, tmp_path):
+    # Given: 600,000 contacts, and 1,000,000 records of ~60% U, 25% I, 15% D, 1% bad over them
+    base_rows = 600_000
+    _configure(sshd, tmp_path, chunk_bytes=32 * 1024 * 1024, upsert=False)
+    base = contacts(base_rows, seed=5).select("email", "first_name", "points", "birth_date")
+    with db.transaction() as conn:
+        conn.execute(f'TRUNCATE "tenant_{TENANT}".contacts')
+        with conn.cursor().copy(f'COPY "tenant_{TENANT}".contacts (email, first_name, points, birth_date)'
+                                " FROM STDIN (FORMAT csv, HEADER)") as copy:
+            copy.write(base.with_columns(base["birth_date"].str.to_date("%d/%m/%Y")).write_csv())
+    ops = updates(1_000_000, base_rows=base_rows, seed=5).select("operation", "email", "first_name", "points")
+    sshd.put("upd/ops_million.csv", ops.write_csv().encode())
+    workers.start(2)
+
+    # When: the Updater applies them
+    result = run("upd-ops", timeout_s=600)
+
+    # Then: every record is counted once, and the table grew by the inserts less the deletes
+    assert result["status"] == "completed_with_errors", result["error_message"]
+    assert result["rows_read"] == 1_000_000 and result["n_chunks"] >= 2
+    assert sum(result[c] for c in COUNTERS) == 1_000_000
+    assert result["inserted"] > 200_000 and result["updated"] > 500_000 and result["deleted"] > 100_000
+    with db.connect() as conn:
+        n = conn.execute(f'SELECT count(*) AS n FROM "tenant_{TENANT}".contacts').fetchone()["n"]  # noqa: S608
+        n_failed = conn.execute("SELECT count(*) AS n FROM dx.failed_operations WHERE run_id = %s",
+                                (result["id"],)).fetchone()["n"]
+    assert n == base_rows + result["inserted"] - result["deleted"]
+    assert n_failed == sum(result[c] for c in COUNTERS if c.startswith("not_"))
