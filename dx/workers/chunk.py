@@ -51,7 +51,9 @@ def chunk(run_id: int, chunk_no: int) -> None:
     columns = list(run["source_columns"])
     frame = staging.read_chunk(run_id, chunk_no, {ROW: pl.Int64(), **{c: pl.String() for c in columns}}).sort(ROW)
     dedupe = "last" if mdef.module.mode == "upsert" else "first"
-    validated = validate(frame, mdef.database, columns, "I", dedupe)
+    src = mdef.module.source
+    validated = validate(frame, mdef.database, columns, "I", dedupe,
+                         keep_blank_text=src is not None and src.nulls == "unquoted")
     with db.transaction() as conn:
         current = conn.execute("SELECT status FROM dx.runs WHERE id = %s FOR SHARE", (run_id,)).fetchone()
         if current is None or RunStatus(current["status"]).terminal:
