@@ -250,7 +250,9 @@ def copy_statement(q: ExportQuery, target: TargetCfg, bounds: list[str],
             line = sql.SQL("replace({}, {}, {})").format(line, sql.Literal(char), sql.Literal(ref))
         select, options = line, sql.SQL("FORMAT text")  # type: sql.Composable, sql.Composable
     else:
-        select = sql.SQL(", ").join(q.values)
+        # output names no field can have: ORDER BY a name would pick an output column (text) over the key
+        select = sql.SQL(", ").join(sql.SQL("{} AS {}").format(v, sql.Identifier(f"#{i}"))
+                                    for i, v in enumerate(q.values))
         options = sql.SQL("FORMAT csv, DELIMITER {}, FORCE_QUOTE *").format(sql.Literal(target.delimiter))
     statement = sql.SQL("COPY (SELECT {} {}{} ORDER BY {}) TO STDOUT ({}, ENCODING {})").format(
         select, q.from_where, sql.Composed(conds), q.key, options, sql.Literal(PG_ENCODINGS[target.encoding]))
