@@ -229,9 +229,9 @@ class ModuleCfg(Strict):
                 raise ValueError(f"{', '.join(given)}: only a displacer or exporter takes these")
             return self
         if self.target is None:
-            raise ValueError(f"a {self.kind} needs a target")
+            raise ValueError(f"kind {self.kind} needs a target")
         if self.source is not None or self.mode is not None:
-            raise ValueError(f"a {self.kind} takes a target, not a source or mode")
+            raise ValueError(f"kind {self.kind} takes a target, not a source or mode")
         if self.kind == "exporter" and (self.fields is not None or self.filter is not None):
             raise ValueError("an exporter exports events: fields and filter belong to a displacer")
         if self.kind == "displacer" and self.events is not None:
