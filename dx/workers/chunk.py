@@ -23,7 +23,7 @@ from psycopg import sql
 from dx.shared import db
 from dx.shared.catalog import load_module
 from dx.shared.formats.csv import ROW
-from dx.shared.runs import RunStatus, get_run
+from dx.shared.runs import RunStatus, active_run
 from dx.shared.validate import validate
 from dx.workers import staging
 from dx.workers.importer import apply_chunk, copy_frame
@@ -38,11 +38,9 @@ def chunk(run_id: int, chunk_no: int) -> None:
     """Validate and apply chunk ``chunk_no`` of run ``run_id``, once."""
     started = time.monotonic()
     with db.connect() as conn:
-        run = get_run(conn, run_id)
-        if run is None or RunStatus(run["status"]).terminal:
-            log.info("chunk.skip", reason="run missing or finished")
+        run = active_run(conn, run_id, "chunk")
+        if run is None:
             return
-        structlog.contextvars.bind_contextvars(tenant=run["tenant"], module=run["module"])
         if conn.execute("SELECT 1 FROM dx.chunk_results WHERE run_id = %s AND chunk_no = %s",
                         (run_id, chunk_no)).fetchone():
             log.info("chunk.skip", reason="already applied")

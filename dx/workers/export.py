@@ -26,10 +26,10 @@ import psycopg
 import structlog
 
 from dx.shared import db
-from dx.shared.catalog import ModuleDef, load_module
+from dx.shared.catalog import ModuleDef
 from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode, RunError
-from dx.shared.runs import RunStatus, get_run
+from dx.shared.runs import RunStatus
 from dx.workers import staging
 from dx.workers.export_query import (
     ExportQuery,
@@ -39,6 +39,7 @@ from dx.workers.export_query import (
     render_path,
 )
 from dx.workers.failures import fail_run, on_failure_options
+from dx.workers.plan import begin_planning
 
 log = structlog.get_logger(__name__)
 #: Rows per export chunk: 1,000,000 rows make 4 chunks written in parallel.
@@ -58,19 +59,9 @@ def export_query(mdef: ModuleDef, export: dict) -> ExportQuery:
                 time_limit=30 * 60 * 1000, throws=(RunError,))
 def export_plan(run_id: int) -> None:
     """Plan an export run: count, split by key, send the chunk group."""
-    with db.connect() as conn:
-        run = get_run(conn, run_id)
-        if run is None or RunStatus(run["status"]).terminal:
-            log.info("export_plan.skip", reason="run missing or finished")
-            return
-        structlog.contextvars.bind_contextvars(tenant=run["tenant"], module=run["module"])
-        if run["planned_at"] is not None:
-            _dispatch(run_id, run["n_chunks"])
-            return
-        conn.execute("UPDATE dx.runs SET status = 'running', started_at = coalesce(started_at, now())"
-                     " WHERE id = %s", (run_id,))
-        conn.commit()
-        mdef = load_module(conn, run["module"])
+    mdef = begin_planning(run_id, "export_plan", _dispatch)
+    if mdef is None:
+        return
     try:
         with db.transaction() as conn:
             n_chunks = _plan(conn, run_id, mdef)

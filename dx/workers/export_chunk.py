@@ -29,7 +29,7 @@ import structlog
 from dx.shared import db
 from dx.shared.catalog import load_module
 from dx.shared.errors import ErrorCode
-from dx.shared.runs import RunStatus, get_run
+from dx.shared.runs import RunStatus, active_run
 from dx.workers import staging
 from dx.workers.export import export_query
 from dx.workers.export_query import copy_statement
@@ -53,11 +53,9 @@ def export_chunk(run_id: int, chunk_no: int) -> None:
     """Write chunk ``chunk_no`` of export run ``run_id`` to the staging folder, once."""
     started = time.monotonic()
     with db.connect() as conn:
-        run = get_run(conn, run_id)
-        if run is None or RunStatus(run["status"]).terminal:
-            log.info("export_chunk.skip", reason="run missing or finished")
+        run = active_run(conn, run_id, "export_chunk")
+        if run is None:
             return
-        structlog.contextvars.bind_contextvars(tenant=run["tenant"], module=run["module"])
         if conn.execute("SELECT 1 FROM dx.chunk_results WHERE run_id = %s AND chunk_no = %s",
                         (run_id, chunk_no)).fetchone():
             log.info("export_chunk.skip", reason="already written")
