@@ -237,6 +237,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.what == "events":
+        return _generate_events(args)
     from dx.shared.generate import contacts, updates, write_csv
 
     if args.what == "updates":
@@ -245,6 +247,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
         frame = contacts(args.rows, seed=args.seed, bad_ratio=args.bad_ratio, start=args.start)
     write_csv(frame, Path(args.output), delimiter=args.delimiter, encoding=args.encoding)
     print(f"{args.rows:,} {args.what} written to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _generate_events(args: argparse.Namespace) -> int:
+    from dx.shared import events
+
+    db.migrate()
+    with db.transaction() as conn:
+        row = conn.execute("SELECT primary_key FROM dx.databases WHERE tenant = %s AND id = %s",
+                           (args.tenant, args.database)).fetchone()
+        if row is None:
+            print(f"dx: no database {args.database!r} for tenant {args.tenant!r}; apply a configuration first",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        keys = events.contact_keys(conn, args.tenant, args.database, row["primary_key"], args.contacts)
+        first = events.next_delivery_id(conn, args.tenant, args.database)
+        stream = events.generate_events(args.deliveries, keys, seed=args.seed, first_delivery=first)
+        n = events.insert_events(conn, args.tenant, args.database, stream)
+    print(f"{n:,} events of deliveries {first}..{first + args.deliveries - 1} to {len(keys):,} contacts "
+          f"written for {args.tenant}/{args.database}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -316,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--delimiter", default=",")
         g.add_argument("--encoding", default="utf-8")
         g.add_argument("-o", "--output", required=True)
+    g = gen.add_parser("events", help="a feedback event stream, into the platform's events table")
+    g.add_argument("--tenant", required=True)
+    g.add_argument("--database", required=True)
+    g.add_argument("--deliveries", type=int, default=3)
+    g.add_argument("--contacts", type=int, default=1000, help="contacts per delivery (the database's first keys)")
+    g.add_argument("--seed", type=int, default=7)
     p = add("demo", cmd_demo, "import a generated file end to end on embedded defaults")
     p.add_argument("--rows", type=int, default=100_000)
     p = add("docs", cmd_docs, "regenerate docs/error-codes.md from the code")

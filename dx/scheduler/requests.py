@@ -1,7 +1,8 @@
 """Run requests: every trigger (CLI, cron, HTTP, AMQP) becomes a run here.
 
-``request_run`` inserts the queued Run row, then sends ``plan`` to
-``dx.plan``. Should the broker refuse the message, the run is marked failed
+``request_run`` inserts the queued Run row, then sends the plan of the
+module's kind to ``dx.plan`` (``plan`` for imports, ``export_plan`` for the
+Displacer and Exporter). Should the broker refuse the message, the run is marked failed
 rather than left queued forever.
 """
 
@@ -22,17 +23,20 @@ def request_run(module_id: str, trigger: Trigger, requested_by: str | None = Non
     from dx.workers.broker import setup
 
     setup()
+    from dx.shared.config import EXPORT_KINDS
+    from dx.workers.export import export_plan
     from dx.workers.failures import on_failure_options
     from dx.workers.plan import plan
 
     with db.transaction() as conn:
-        row = conn.execute("SELECT tenant FROM dx.modules WHERE id = %s", (module_id,)).fetchone()
+        row = conn.execute("SELECT tenant, kind FROM dx.modules WHERE id = %s", (module_id,)).fetchone()
         if row is None or (tenant is not None and row["tenant"] != tenant):
             raise UnknownModule(f"no module {module_id!r}" + (f" for tenant {tenant!r}" if tenant else "")
                                 + "; `dx modules` lists them")
         run_id = create_run(conn, row["tenant"], module_id, trigger, requested_by)
     try:
-        plan.send_with_options(kwargs={"run_id": run_id}, **on_failure_options())
+        planner = export_plan if row["kind"] in EXPORT_KINDS else plan
+        planner.send_with_options(kwargs={"run_id": run_id}, **on_failure_options())
     except Exception as exc:
         with db.transaction() as conn:
             finish(conn, run_id, RunStatus.FAILED, error_code=ErrorCode.INTERNAL_ERROR.value,

@@ -136,7 +136,8 @@ def load_module(conn: Conn, module_id: str) -> ModuleDef:
         " c.config AS connection, t.notify AS tenant_notify"
         " FROM dx.modules m JOIN dx.databases d ON d.tenant = m.tenant AND d.id = m.database"
         " JOIN dx.tenants t ON t.id = m.tenant"
-        " LEFT JOIN dx.connections c ON c.id = m.config->'source'->>'connection' AND c.tenant = m.tenant"
+        " LEFT JOIN dx.connections c ON c.tenant = m.tenant"
+        " AND c.id = coalesce(m.config->'source'->>'connection', m.config->'target'->>'connection')"
         " WHERE m.id = %s", (module_id,)).fetchone()
     if row is None:
         raise KeyError(module_id)

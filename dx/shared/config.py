@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -23,6 +24,10 @@ ID_PATTERN = r"^[a-z][a-z0-9_-]{0,39}$"
 FIELD_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 #: A secret reference: the whole value is ${NAME}.
 SECRET_PATTERN = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+#: The placeholders of a target path: {date:STRFTIME} (in the module's time zone), {run}, {module}.
+PATH_FIELD = re.compile(r"\{(date(?::[^{}]*)?|run|module)\}")
+#: Module kinds that write to the client's side.
+EXPORT_KINDS = ("displacer", "exporter")
 
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 FieldType = Literal["text", "int", "decimal", "bool", "date", "timestamp", "email"]
@@ -109,6 +114,12 @@ class DatabaseCfg(Strict):
         return self
 
 
+def _encoding_name(value: str) -> str:
+    if value.lower() not in ENCODINGS:
+        raise ValueError(f"unsupported encoding {value!r}; use one of utf-8, latin-1, windows-1252")
+    return ENCODINGS[value.lower()]
+
+
 class SourceCfg(Strict):
     connection: Id
     path: str = Field(min_length=1)
@@ -122,18 +133,63 @@ class SourceCfg(Strict):
     after: Literal["archive", "delete", "keep"] = "archive"
     archive_dir: str = "archive"
     settle_s: float = Field(2.0, ge=0)
+    #: blank: an empty or all-space cell is empty; unquoted: only an unquoted empty cell is,
+    #: `""` is the empty string and text is kept as written (the files the Displacer writes).
+    nulls: Literal["blank", "unquoted"] = "blank"
 
-    @field_validator("encoding")
-    @classmethod
-    def _encoding(cls, value: str) -> str:
-        if value.lower() not in ENCODINGS:
-            raise ValueError(f"unsupported encoding {value!r}; use one of utf-8, latin-1, windows-1252")
-        return ENCODINGS[value.lower()]
+    _check_encoding = field_validator("encoding")(_encoding_name)
 
     @model_validator(mode="after")
     def _columns_without_header(self) -> SourceCfg:
         if not self.header and not self.columns:
             raise ValueError("a source without header needs columns: [names in file order]")
+        return self
+
+
+class TargetCfg(Strict):
+    """Where and how a Displacer or Exporter writes its file."""
+
+    connection: Id
+    path: str = Field(min_length=1)
+    format: Literal["csv", "xml"] = "csv"
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    encoding: str = "utf-8"
+    header: bool = True
+    compression: Literal["gzip", "none"] = "none"
+    manifest: bool = False
+    spreadsheet: bool = False
+    record_element: Annotated[str, Field(pattern=FIELD_PATTERN)] = "RECORD"
+
+    _check_encoding = field_validator("encoding")(_encoding_name)
+
+    @field_validator("path")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        rest = PATH_FIELD.sub("", value)
+        if "{" in rest or "}" in rest:
+            raise ValueError("a path may hold only {date:FORMAT}, {run} and {module} placeholders")
+        if value.endswith("/"):
+            raise ValueError("path must name a file, not a folder")
+        return value
+
+
+class FilterCfg(Strict):
+    """One condition of a Displacer's filter; the conditions of a list must all hold."""
+
+    field: Annotated[str, Field(pattern=FIELD_PATTERN)]
+    op: Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "null", "not_null"] = "eq"
+    value: Any = None
+
+    @model_validator(mode="after")
+    def _value_fits(self) -> FilterCfg:
+        if self.op in ("null", "not_null"):
+            if self.value is not None:
+                raise ValueError(f"op {self.op} takes no value")
+        elif self.op == "in":
+            if not isinstance(self.value, list) or not self.value:
+                raise ValueError("op in needs a non-empty list as value")
+        elif self.value is None or isinstance(self.value, list | dict):
+            raise ValueError(f"op {self.op} needs one value")
         return self
 
 
@@ -155,11 +211,43 @@ class ModuleCfg(Strict):
     schedule: dict[str, Any] | None = None
     notify: list[str] = []
     paused: bool = False
+    timezone: str = "UTC"
+    target: TargetCfg | None = None
+    fields: list[Annotated[str, Field(pattern=FIELD_PATTERN)]] | None = None
+    filter: list[FilterCfg] | None = None
+    events: Literal["raw", "summary"] | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Rome") from None
+        return value
+
+    @model_validator(mode="after")
+    def _export_needs(self) -> ModuleCfg:
+        exporting = self.kind in EXPORT_KINDS
+        if not exporting:
+            given = [n for n in ("target", "fields", "filter", "events") if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only a displacer or exporter takes these")
+            return self
+        if self.target is None:
+            raise ValueError(f"kind {self.kind} needs a target")
+        if self.source is not None or self.mode is not None:
+            raise ValueError(f"kind {self.kind} takes a target, not a source or mode")
+        if self.kind == "exporter" and (self.fields is not None or self.filter is not None):
+            raise ValueError("an exporter exports events: fields and filter belong to a displacer")
+        if self.kind == "displacer" and self.events is not None:
+            raise ValueError("events belongs to an exporter")
+        return self
 
     @model_validator(mode="after")
     def _kind_needs(self) -> ModuleCfg:
-        if self.kind not in ("importer", "updater"):
-            raise ValueError(f"kind {self.kind!r} is not available in this version yet; use importer or updater")
+        if self.kind in EXPORT_KINDS:
+            return self  # checked by _export_needs
         if self.kind == "importer" and self.mode is None:
             raise ValueError("an importer needs mode: overwrite, append or upsert")
         if self.kind == "updater" and self.mode is not None:
@@ -219,13 +307,28 @@ def _cross_checks(cfg: Config, known: Known) -> list[str]:
     for i, m in enumerate(cfg.modules):
         if (m.tenant, m.database) not in databases:
             problems.append(f"modules[{i}].database: no database {m.database!r} for tenant {m.tenant!r}")
-        if m.source is not None:
-            conn_owner = connections.get(m.source.connection)
+        for side, ref in (("source", m.source), ("target", m.target)):
+            if ref is None:
+                continue
+            conn_owner = connections.get(ref.connection)
             if conn_owner is None:
-                problems.append(f"modules[{i}].source.connection: unknown connection {m.source.connection!r}")
+                problems.append(f"modules[{i}].{side}.connection: unknown connection {ref.connection!r}")
             elif conn_owner != m.tenant:
-                problems.append(f"modules[{i}].source.connection: {m.source.connection!r} belongs to "
+                problems.append(f"modules[{i}].{side}.connection: {ref.connection!r} belongs to "
                                 f"tenant {conn_owner!r}, not {m.tenant!r}")
+        problems += _field_checks(i, m, [d for d in cfg.databases if (d.tenant, d.id) == (m.tenant, m.database)])
+    return problems
+
+
+def _field_checks(i: int, m: ModuleCfg, dbs: list[DatabaseCfg]) -> list[str]:
+    """A displacer's fields and filter name fields of its database (when the file declares it)."""
+    if not dbs:
+        return []
+    names = dbs[0].fields
+    problems = [f"modules[{i}].fields[{j}]: {name!r} is not a field of database {m.database!r}"
+                for j, name in enumerate(m.fields or []) if name not in names]
+    problems += [f"modules[{i}].filter[{j}].field: {f.field!r} is not a field of database {m.database!r}"
+                 for j, f in enumerate(m.filter or []) if f.field not in names]
     return problems
 
 

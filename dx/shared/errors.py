@@ -68,6 +68,11 @@ class ErrorCode(StrEnum):
                       "A ${ENV_VAR} secret reference names a variable that is not set on the worker.")
     CONFIG_INVALID = ("CONFIG_INVALID", Level.RUN,
                       "The module's configuration no longer matches its database or connection.")
+    TARGET_WRITE_FAILED = ("TARGET_WRITE_FAILED", Level.RUN,
+                           "The export file could not be written to the client's side; nothing was left under "
+                           "its final name and an Exporter's watermark did not move.")
+    TARGET_UNENCODABLE = ("TARGET_UNENCODABLE", Level.RUN,
+                          "A value has no representation in the target's encoding (choose utf-8).")
     INTERNAL_ERROR = ("INTERNAL_ERROR", Level.RUN,
                       "A worker failed unexpectedly after its retries; the log of the run says why.")
 

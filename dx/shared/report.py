@@ -12,10 +12,14 @@ import json
 from collections.abc import Iterator
 from typing import IO
 
+from psycopg import sql
+
 from dx.shared.db import Conn
 
 FIXED_COLUMNS = ["row_number", "key", "operation", "error_code", "error_message"]
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+#: The same first characters as a PostgreSQL regular expression ("-" last in the bracket).
+FORMULA_START_RE = "^[" + "".join(c for c in FORMULA_STARTS if c != "-") + "-]"
 #: Rows fetched per round trip while streaming a report.
 FETCH_ROWS = 10_000
 
@@ -24,6 +28,12 @@ def neutralise(cell: object) -> str:
     """The cell as text, defused if a spreadsheet would evaluate it."""
     text = "" if cell is None else str(cell)
     return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def neutralise_sql(value: sql.Composable) -> sql.Composable:
+    """``neutralise`` as a SQL expression over a text value (exports format rows in the server)."""
+    return sql.SQL("CASE WHEN {v} ~ {re} THEN {q} || {v} ELSE {v} END").format(
+        v=value, re=sql.Literal(FORMULA_START_RE), q=sql.Literal("'"))
 
 
 def _rows(conn: Conn, run_id: int) -> Iterator[dict[str, object]]:

@@ -5,7 +5,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+import structlog
+
 from dx.shared.db import Conn
+
+log = structlog.get_logger(__name__)
 
 #: Counters of a run, in the order reports show them.
 COUNTERS = ("rows_read", "inserted", "updated", "deleted", "not_inserted", "not_updated",
@@ -52,6 +56,16 @@ def get_run(conn: Conn, run_id: int, *, for_update: bool = False) -> dict[str, A
     """One run row, optionally locked for the rest of the transaction."""
     lock = " FOR UPDATE" if for_update else ""
     return conn.execute(f"SELECT * FROM dx.runs WHERE id = %s{lock}", (run_id,)).fetchone()  # noqa: S608
+
+
+def active_run(conn: Conn, run_id: int, actor: str) -> dict[str, Any] | None:
+    """The run if it has not ended, with its tenant and module bound to the log context; else None."""
+    run = get_run(conn, run_id)
+    if run is None or RunStatus(run["status"]).terminal:
+        log.info(f"{actor}.skip", reason="run missing or finished")
+        return None
+    structlog.contextvars.bind_contextvars(tenant=run["tenant"], module=run["module"])
+    return run
 
 
 def chunks_done(conn: Conn, run_id: int) -> int:

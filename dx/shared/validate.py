@@ -24,7 +24,7 @@ TRUE_WORDS = ["true", "t", "yes", "y", "1", "on"]
 FALSE_WORDS = ["false", "f", "no", "n", "0", "off"]
 EMAIL_RE = r"^[^@\s]+@([^@\s.]+\.)+[^@\s.]+$"
 DECIMAL_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
-DEFAULT_TIMESTAMP_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
+DEFAULT_TIMESTAMP_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
 #: Characters of a bad value quoted in a message.
 MESSAGE_VALUE_CHARS = 80
 FAILED_SCHEMA = {"row_number": pl.Int64, "key": pl.String, "operation": pl.String,
@@ -118,17 +118,24 @@ def _quoted(raw: pl.Expr) -> pl.Expr:
     return raw.str.slice(0, MESSAGE_VALUE_CHARS)
 
 
+def _blank_as_null(col: str) -> pl.Expr:
+    return pl.when(pl.col(col).str.strip_chars() == "").then(None).otherwise(pl.col(col))
+
+
 def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
-             dedupe: str | None = "first", operation_column: str | None = None) -> Validated:
+             dedupe: str | None = "first", operation_column: str | None = None,
+             keep_blank_text: bool = False) -> Validated:
     """Validate a chunk.
 
     ``dedupe``: 'first' or 'last' occurrence of a key counts, or None (keep all).
     ``operation_column``: the updater's column of operations; without it every
     record is an insert (I). Field values are checked for I and U only: a D
     needs only its key.
+    A blank cell is empty (null), except in a text field with ``keep_blank_text``:
+    there the reader's null is the only empty, and ``""`` or spaces are kept as text.
     """
     mapping = map_columns(source_columns, db)
-    raw = {name: pl.when(pl.col(col).str.strip_chars() == "").then(None).otherwise(pl.col(col))
+    raw = {name: pl.col(col) if keep_blank_text and db.fields[name].type == "text" else _blank_as_null(col)
            for name, col in mapping.items()}
     pk = db.primary_key
     op = pl.lit("I") if operation_column is None else \

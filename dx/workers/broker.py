@@ -39,7 +39,8 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
     broker.add_middleware(LogContext())
     dramatiq.set_broker(broker)
     _broker = broker
-    from dx.workers import chunk, failures, plan, reduce  # noqa: F401  (registers the actors)
+    # imported for their effect: registering the actors on this broker
+    from dx.workers import chunk, export, export_chunk, export_reduce, failures, plan, reduce  # noqa: F401
 
     return broker
 

@@ -26,7 +26,7 @@ from psycopg import sql
 from dx.shared import db
 from dx.shared.catalog import load_module
 from dx.shared.formats.csv import ROW
-from dx.shared.runs import RunStatus, get_run
+from dx.shared.runs import RunStatus, active_run
 from dx.shared.validate import find_column, validate
 from dx.workers import staging
 from dx.workers.importer import apply_chunk, copy_frame
@@ -42,11 +42,9 @@ def chunk(run_id: int, chunk_no: int) -> None:
     """Validate and apply chunk ``chunk_no`` of run ``run_id``, once."""
     started = time.monotonic()
     with db.connect() as conn:
-        run = get_run(conn, run_id)
-        if run is None or RunStatus(run["status"]).terminal:
-            log.info("chunk.skip", reason="run missing or finished")
+        run = active_run(conn, run_id, "chunk")
+        if run is None:
             return
-        structlog.contextvars.bind_contextvars(tenant=run["tenant"], module=run["module"])
         if conn.execute("SELECT 1 FROM dx.chunk_results WHERE run_id = %s AND chunk_no = %s",
                         (run_id, chunk_no)).fetchone():
             log.info("chunk.skip", reason="already applied")
@@ -55,12 +53,14 @@ def chunk(run_id: int, chunk_no: int) -> None:
     columns = list(run["source_columns"])
     frame = staging.read_chunk(run_id, chunk_no, {ROW: pl.Int64(), **{c: pl.String() for c in columns}}).sort(ROW)
     module = mdef.module
+    keep_blank_text = module.source is not None and module.source.nulls == "unquoted"
     if module.kind == "updater":
-        validated = validate(frame, mdef.database, columns, dedupe=None,
+        validated = validate(frame, mdef.database, columns, dedupe=None, keep_blank_text=keep_blank_text,
                              operation_column=find_column(columns, module.operation_field))
         apply = apply_updates
     else:
-        validated = validate(frame, mdef.database, columns, dedupe="last" if module.mode == "upsert" else "first")
+        validated = validate(frame, mdef.database, columns, dedupe="last" if module.mode == "upsert" else "first",
+                             keep_blank_text=keep_blank_text)
         apply = apply_chunk
     with db.transaction() as conn:
         current = conn.execute("SELECT status FROM dx.runs WHERE id = %s FOR SHARE", (run_id,)).fetchone()

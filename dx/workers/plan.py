@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dramatiq
@@ -28,7 +29,7 @@ from dx.shared.config import SourceCfg
 from dx.shared.connections import FileInfo, Remote, open_remote
 from dx.shared.errors import ErrorCode, RunError
 from dx.shared.formats.csv import iter_batches, read_header
-from dx.shared.runs import RunStatus, get_run
+from dx.shared.runs import RunStatus, active_run
 from dx.shared.settings import get_settings
 from dx.shared.validate import key_expr, map_columns, missing_required
 from dx.workers import staging
@@ -96,24 +97,33 @@ def _partition(run_id: int, mdef: ModuleDef, local_path: str, n_chunks: int) -> 
     return columns, failures
 
 
+def begin_planning(run_id: int, actor: str, dispatch: Callable[[int, int], None]) -> ModuleDef | None:
+    """Mark the run running and load its module; None when there is nothing to plan.
+
+    A run that ended is left alone; a run planned already only gets its chunk
+    group sent again (a redelivered plan message).
+    """
+    with db.connect() as conn:
+        run = active_run(conn, run_id, actor)
+        if run is None:
+            return None
+        if run["planned_at"] is not None:
+            log.info(f"{actor}.resend", n_chunks=run["n_chunks"])
+            dispatch(run_id, run["n_chunks"])
+            return None
+        conn.execute("UPDATE dx.runs SET status = 'running', started_at = coalesce(started_at, now())"
+                     " WHERE id = %s", (run_id,))
+        conn.commit()
+        return load_module(conn, run["module"])
+
+
 @dramatiq.actor(queue_name="dx.plan", max_retries=3, min_backoff=1000, max_backoff=30_000,
                 time_limit=60 * 60 * 1000, throws=(RunError,))
 def plan(run_id: int) -> None:
     """Plan a run: source → chunk files → chunk group with reduce callback."""
-    with db.connect() as conn:
-        run = get_run(conn, run_id)
-        if run is None or RunStatus(run["status"]).terminal:
-            log.info("plan.skip", reason="run missing or finished")
-            return
-        structlog.contextvars.bind_contextvars(tenant=run["tenant"], module=run["module"])
-        if run["planned_at"] is not None:
-            log.info("plan.resend", n_chunks=run["n_chunks"])
-            _dispatch(run_id, run["n_chunks"])
-            return
-        conn.execute("UPDATE dx.runs SET status = 'running', started_at = coalesce(started_at, now())"
-                     " WHERE id = %s", (run_id,))
-        conn.commit()
-        mdef = load_module(conn, run["module"])
+    mdef = begin_planning(run_id, "plan", _dispatch)
+    if mdef is None:
+        return
     try:
         _plan(run_id, mdef)
     except RunError as exc:

@@ -1,7 +1,8 @@
 """The staging store: per-run folders of chunk files every worker reaches.
 
 Layout: ``<DX_STAGING_DIR>/runs/<run>/source/`` (a downloaded source, removed
-after planning) and ``.../chunk-<n>/part-<batch>.arrow`` (Arrow IPC).
+after planning) and ``.../chunk-<n>/part-<batch>.arrow`` (Arrow IPC); an
+export's chunks write ``.../export/part-<n>`` (file bytes, joined in order).
 """
 
 from __future__ import annotations
@@ -50,3 +51,10 @@ def remove_chunks(run_id: int) -> None:
 def remove_run(run_id: int) -> None:
     """Delete the run's staging folder (after the run ended)."""
     shutil.rmtree(run_dir(run_id), ignore_errors=True)
+
+
+def export_part(run_id: int, chunk_no: int) -> Path:
+    """Where an export chunk writes its piece of the file (the folder is created)."""
+    folder = run_dir(run_id) / "export"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"part-{chunk_no:04d}"

@@ -68,6 +68,28 @@ class Sftp:
     password: str
     private_key: str
     workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start sshd (again) on the same port with the same keys."""
+        log = open(self.workdir / "sshd.log", "ab")
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(self.workdir / "sshd_config")],
+                                     stderr=log)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        """Stop sshd and the sessions it serves: a transfer in progress breaks off."""
+        if self.proc is None:
+            return
+        sessions = _descendants(self.proc.pid)
+        self.proc.terminate()
+        self.proc.wait(10)
+        for pid in sessions:  # the listener's exit leaves its session processes running
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc = None
 
     def put(self, rel: str, data: bytes) -> Path:
         """Place a file in the client's space as the SFTP user would."""
@@ -96,6 +118,13 @@ def _sftp_user_password() -> str:
         password = PASSWORD_FILE.read_text()
         subprocess.run(["chpasswd"], input=f"{SFTP_USER}:{password}".encode(), check=True, capture_output=True)
         return password
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes started by ``pid``, and theirs, by id."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    children = [int(p) for p in out.split()]
+    return children + [d for c in children for d in _descendants(c)]
 
 
 @pytest.fixture(scope="session")
@@ -132,15 +161,13 @@ Subsystem sftp internal-sftp
 LogLevel ERROR
 """)
     Path("/run/sshd").mkdir(exist_ok=True)
-    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(work / "sshd_config")],
-                            stderr=open(work / "sshd.log", "wb"))
+    host_key = " ".join((work / "host_ed25519.pub").read_text().split()[:2])
+    server = Sftp(port, host_key, root, password, (work / "client_ed25519").read_text(), work)
     try:
-        wait_port(port)
-        host_key = " ".join((work / "host_ed25519.pub").read_text().split()[:2])
-        yield Sftp(port, host_key, root, password, (work / "client_ed25519").read_text(), work)
+        server.start()
+        yield server
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

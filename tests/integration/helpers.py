@@ -78,3 +78,28 @@ def tables_left(tenant: str) -> list[str]:
         return [r["table_name"] for r in conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = %s ORDER BY 1",
             (f"tenant_{tenant}",))]
+
+
+def export_config(tenant: str, sftp: Any, databases: dict[str, dict[str, Any]], modules: list[dict[str, Any]],
+                  primary_key: str = "email") -> str:
+    """A YAML config: one tenant, its SFTP connection, the given databases and modules (any kind).
+
+    A module's ``target`` or ``source`` gets the connection filled in.
+    """
+    conn = {"id": f"{tenant}-sftp", "tenant": tenant, "type": "sftp", "host": "127.0.0.1", "port": sftp.port,
+            "username": "dxsftp", "host_key": sftp.host_key, "root": str(sftp.root), "timeout_s": 5,
+            "private_key": "${DX_TEST_SFTP_KEY}"}  # the key is this session's own; the password is shared
+    mods = []
+    for m in modules:
+        m = {"tenant": tenant, **m}
+        for side in ("source", "target"):
+            if side in m:
+                m[side] = {"connection": f"{tenant}-sftp", **m[side]}
+        mods.append(m)
+    return yaml.safe_dump({
+        "tenants": [{"id": tenant, "notify": [f"ops@{tenant}.example"]}],
+        "connections": [conn],
+        "databases": [{"id": d, "tenant": tenant, "primary_key": primary_key, "fields": f}
+                      for d, f in databases.items()],
+        "modules": mods,
+    }, allow_unicode=True)

@@ -278,3 +278,57 @@ def test_a_document_that_is_not_a_mapping_is_one_clear_problem(text: str, expect
     problems = problems_of(text)
     assert len(problems) == 1
     assert problems[0].startswith(expected)
+
+
+# --- displacer and exporter -------------------------------------------------------------------------------
+
+
+def export_module(**fields: Any) -> Callable[[dict[str, Any]], object]:
+    """A change adding a second module, of an export kind, to VALID_YAML."""
+    def change(raw: dict[str, Any]) -> None:
+        raw["modules"].append({"id": "acme-out", "tenant": "acme", "database": "contacts", **fields})
+    return change
+
+
+def test_a_displacer_and_an_exporter_parse_with_their_targets():
+    # Given a gzip CSV Displacer with fields and a filter, and an XML summary Exporter
+    text = config_with(
+        export_module(kind="displacer", fields=["email", "age"], filter=[{"field": "age", "op": "ge", "value": 18}],
+                      timezone="Europe/Rome", target={"connection": "acme-sftp", "compression": "gzip",
+                                                      "path": "out/contacts_{date:%Y%m%d}.csv.gz", "manifest": True}),
+        lambda raw: raw["modules"].append({"id": "acme-stats", "tenant": "acme", "kind": "exporter",
+                                           "database": "contacts", "events": "summary",
+                                           "target": {"connection": "acme-sftp", "path": "out/s.xml",
+                                                      "format": "xml", "encoding": "cp1252"}}))
+    # When parsed / Then both are there with their settings
+    displacer, exporter = parse_config(text).modules[1:]
+    assert displacer.target is not None and exporter.target is not None
+    assert (displacer.fields, displacer.filter[0].op, displacer.target.compression) == (["email", "age"], "ge", "gzip")
+    assert (exporter.events, exporter.target.format, exporter.target.encoding) == ("summary", "xml", "cp1252")
+
+
+@pytest.mark.parametrize(("fields", "path", "message"), [
+    ({"kind": "displacer"}, "modules[1]", "kind displacer needs a target"),
+    ({"kind": "exporter", "mode": "upsert", "target": {"connection": "acme-sftp", "path": "x.csv"}},
+     "modules[1]", "kind exporter takes a target, not a source or mode"),
+    ({"kind": "exporter", "fields": ["email"], "target": {"connection": "acme-sftp", "path": "x.csv"}},
+     "modules[1]", "fields and filter belong to a displacer"),
+    ({"kind": "displacer", "target": {"connection": "acme-sftp", "path": "out/{date.year}.csv"}},
+     "modules[1].target.path", "only {date:FORMAT}, {run} and {module}"),
+    ({"kind": "displacer", "target": {"connection": "acme-sftp", "path": "x.csv", "encoding": "utf-16"}},
+     "modules[1].target.encoding", "unsupported encoding"),
+    ({"kind": "displacer", "filter": [{"field": "age", "op": "in", "value": 3}],
+      "target": {"connection": "acme-sftp", "path": "x.csv"}}, "modules[1].filter[0]", "non-empty list"),
+    ({"kind": "displacer", "timezone": "Europe/Atlantis", "target": {"connection": "acme-sftp", "path": "x.csv"}},
+     "modules[1].timezone", "unknown time zone"),
+    ({"kind": "displacer", "fields": ["email", "shoe_size"], "target": {"connection": "acme-sftp", "path": "x.csv"}},
+     "modules[1].fields[1]", "'shoe_size' is not a field"),
+    ({"kind": "displacer", "target": {"connection": "nowhere", "path": "x.csv"}},
+     "modules[1].target.connection", "unknown connection"),
+    ({"kind": "importer", "mode": "append", "source": {"connection": "acme-sftp", "path": "x.csv"},
+      "target": {"connection": "acme-sftp", "path": "y.csv"}}, "modules[1]", "only a displacer or exporter"),
+])
+def test_an_export_module_mistake_is_named_by_its_path(fields, path, message):
+    # Given an export module with one mistake / When parsed / Then the problem names its path and says why
+    problems = problems_of(config_with(export_module(**fields)))
+    assert any(p.startswith(f"{path}: ") and message in p for p in problems), problems

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -202,3 +203,26 @@ def test_remove_deletes_the_file(root):
     # Given a processed file / When removed / Then it is gone and the others remain
     LocalRemote(str(root)).remove("in/contacts_1.csv")
     assert sorted(os.listdir(root / "in")) == ["contacts_2.csv", "contacts_3.csv.part", "readme.txt"]
+
+
+# --- uploads (local) --------------------------------------------------------------------------------------
+
+
+def test_a_local_upload_creates_its_folders_and_a_move_replaces_the_final_file(tmp_path):
+    # Given a local client space holding an older export under the final name
+    remote = LocalRemote(str(tmp_path))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x.csv").write_bytes(b"old")
+    # When a new file is uploaded under a temporary name in a new folder, then moved over the old one
+    remote.upload(io.BytesIO(b"a,b\n1,2\n"), "out/new/.x.csv.part-1")
+    remote.move("out/new/.x.csv.part-1", "out/x.csv")
+    # Then the final name holds the new bytes and the temporary name is gone
+    assert (tmp_path / "out" / "x.csv").read_bytes() == b"a,b\n1,2\n"
+    assert list((tmp_path / "out" / "new").iterdir()) == []
+
+
+def test_an_upload_outside_the_root_is_refused(raises_run_error, tmp_path):
+    # Given a path climbing out of the root / When uploaded / Then PATH_OUTSIDE_ROOT and nothing written
+    with raises_run_error(ErrorCode.PATH_OUTSIDE_ROOT):
+        LocalRemote(str(tmp_path / "root")).upload(io.BytesIO(b"x"), "../escape.csv")
+    assert not (tmp_path / "escape.csv").exists()

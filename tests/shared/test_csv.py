@@ -108,6 +108,13 @@ def test_empty_values_are_empty_strings_not_nulls(write_file, make_source):
     assert read_all(path, make_source())[1] == [{ROW: 1, "id": "1", "a": "", "b": ""}]
 
 
+def test_with_unquoted_nulls_only_an_unquoted_empty_cell_is_null(write_file, make_source):
+    # Given an unquoted empty cell, a quoted empty one and a quoted blank one, read with nulls: unquoted
+    path = write_file("nulls.csv", 'id,a,b,c\n1,,"","  "\n')
+    # When read / Then the unquoted one is null, the quoted ones are the text as written
+    assert read_all(path, make_source(nulls="unquoted"))[1] == [{ROW: 1, "id": "1", "a": None, "b": "", "c": "  "}]
+
+
 def test_a_header_only_file_yields_no_rows(write_file, make_source):
     # Given a file holding only its header line / When read / Then its columns and no record
     columns, rows, malformed = read_all(write_file("header.csv", "id,email\n"), make_source())

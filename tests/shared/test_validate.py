@@ -122,6 +122,23 @@ def test_an_empty_optional_value_is_null(make_database):
     assert result.good["v"].to_list() == [None]
 
 
+def test_keep_blank_text_keeps_empty_and_blank_text_but_not_blank_numbers(make_database):
+    # Given text and int fields holding null, "", and spaces (as an Importer with nulls: unquoted reads them)
+    db = make_database({"id": "text", "t": "text", "n": "int"})
+    frame = pl.DataFrame({ROW: [1, 2, 3], "id": ["1", "2", "3"], "t": [None, "", "  "], "n": [None, "", " "]})
+    # When validated keeping blank text
+    result = validate(frame, db, ["id", "t", "n"], keep_blank_text=True)
+    # Then the text is exactly as read, the blank numbers are empty, nothing is rejected
+    assert result.failed.is_empty()
+    assert result.good.select("t", "n").rows() == [(None, None), ("", None), ("  ", None)]
+
+
+def test_by_default_a_blank_text_is_empty(make_database):
+    frame = pl.DataFrame({ROW: [1, 2], "id": ["1", "2"], "t": ["", "  "]})
+    result = validate(frame, make_database({"id": "text", "t": "text"}), ["id", "t"])
+    assert result.good["t"].to_list() == [None, None]
+
+
 # --- required fields and the key --------------------------------------------------------------------------
 
 

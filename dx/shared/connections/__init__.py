@@ -14,10 +14,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 from dx.shared.config import SECRET_PATTERN, ConnectionCfg
 from dx.shared.errors import ErrorCode, RunError
+
+#: Bytes read from a local stream per write while uploading.
+UPLOAD_BLOCK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,11 @@ class Remote(Protocol):
     def list(self, pattern: str) -> list[FileInfo]: ...
     def stat(self, path: str) -> FileInfo | None: ...
     def fetch(self, path: str, staging: Path) -> Path: ...
-    def move(self, path: str, new_path: str) -> None: ...
+    def move(self, path: str, new_path: str) -> None:
+        """Rename ``path`` to ``new_path`` atomically, replacing a file already there."""
     def remove(self, path: str) -> None: ...
+    def upload(self, source: IO[bytes], path: str) -> None:
+        """Write the stream to ``path`` (its folders created); TARGET_WRITE_FAILED if it breaks off."""
 
 
 def confine(root: str, path: str) -> str:

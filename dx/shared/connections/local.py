@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import IO
 
-from dx.shared.connections import FileInfo, confine, match_names, split_pattern
+from dx.shared.connections import UPLOAD_BLOCK_BYTES, FileInfo, confine, match_names, split_pattern
 from dx.shared.errors import ErrorCode, RunError
 
 
@@ -53,11 +55,25 @@ class LocalRemote:
             raise RunError(ErrorCode.SOURCE_NOT_FOUND, f"{path!r} does not exist under {self.root!r}")
         return Path(full)
 
-    def move(self, path: str, new_path: str) -> None:
-        target = confine(self.root, new_path)
+    def _target(self, path: str) -> str:
+        """The real path a new file gets, its folder created; no link may lead out of the root."""
+        target = confine(self.root, path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        folder = self._full(os.path.relpath(os.path.dirname(target), self.root))  # no link out of the root
-        os.replace(self._full(path), os.path.join(folder, os.path.basename(target)))
+        folder = self._full(os.path.relpath(os.path.dirname(target), self.root))
+        return os.path.join(folder, os.path.basename(target))
+
+    def move(self, path: str, new_path: str) -> None:
+        os.replace(self._full(path), self._target(new_path))
+
+    def upload(self, source: IO[bytes], path: str) -> None:
+        target = self._target(path)
+        try:
+            with open(target, "wb") as fh:
+                shutil.copyfileobj(source, fh, UPLOAD_BLOCK_BYTES)
+                fh.flush()
+                os.fsync(fh.fileno())  # durable before it is renamed to its final name
+        except OSError as exc:
+            raise RunError(ErrorCode.TARGET_WRITE_FAILED, f"{path!r} could not be written: {exc}") from None
 
     def remove(self, path: str) -> None:
         os.remove(self._full(path))

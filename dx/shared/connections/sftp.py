@@ -12,11 +12,19 @@ import io
 import posixpath
 import stat
 from pathlib import Path
+from typing import IO
 
 import paramiko
 
 from dx.shared.config import ConnectionCfg
-from dx.shared.connections import FileInfo, confine, match_names, resolve_secret, split_pattern
+from dx.shared.connections import (
+    UPLOAD_BLOCK_BYTES,
+    FileInfo,
+    confine,
+    match_names,
+    resolve_secret,
+    split_pattern,
+)
 from dx.shared.errors import ErrorCode, RunError
 
 #: Key classes tried, in order, for a private key given as text.
@@ -124,14 +132,30 @@ class SftpRemote:
             raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{path!r} could not be downloaded: {exc}") from None
         return local
 
-    def move(self, path: str, new_path: str) -> None:
-        target = confine(self.cfg.root, new_path)
-        folder = posixpath.dirname(target)
+    def _makedirs(self, folder: str) -> None:
+        """Create ``folder`` (absolute, confined) and its missing parents."""
         try:
             self.sftp.stat(folder)
         except FileNotFoundError:
+            self._makedirs(posixpath.dirname(folder))
             self.sftp.mkdir(folder)
+
+    def move(self, path: str, new_path: str) -> None:
+        target = confine(self.cfg.root, new_path)
+        self._makedirs(posixpath.dirname(target))
         self.sftp.posix_rename(confine(self.cfg.root, path), target)
+
+    def upload(self, source: IO[bytes], path: str) -> None:
+        target = confine(self.cfg.root, path)
+        try:
+            self._makedirs(posixpath.dirname(target))
+            with self.sftp.open(target, "wb") as fh:
+                fh.set_pipelined(True)  # the server's replies are checked at close
+                while block := source.read(UPLOAD_BLOCK_BYTES):
+                    fh.write(block)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise RunError(ErrorCode.TARGET_WRITE_FAILED,
+                           f"{path!r} could not be written on {self.cfg.host}: {exc or type(exc).__name__}") from None
 
     def remove(self, path: str) -> None:
         self.sftp.remove(confine(self.cfg.root, path))

@@ -109,8 +109,9 @@ def iter_batches(path: Path, src: SourceCfg, columns: list[str]) -> Iterator[tup
                                   skip_rows=skip, encoding="utf8" if src.encoding == "utf-8" else src.encoding)
     parse_opts = pacsv.ParseOptions(delimiter=src.delimiter, quote_char=src.quote, newlines_in_values=True,
                                     invalid_row_handler=on_invalid)
-    convert_opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns},
-                                        strings_can_be_null=False, quoted_strings_can_be_null=False)
+    # nulls "unquoted": an unquoted empty cell is null, a quoted one ("") the empty string
+    convert_opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}, null_values=[""],
+                                        strings_can_be_null=src.nulls == "unquoted", quoted_strings_can_be_null=False)
     numbering = _Numbering()
     with _open(path, src.compression) as fh:
         try:

@@ -1,0 +1,93 @@
+"""Actor ``export_chunk`` (queue ``dx.chunk``): write one chunk of an export file.
+
+Consumes ``export_chunk(run_id, chunk_no)`` from the export plan's group;
+sends nothing (the group's completion callback sends ``export_reduce``).
+Runs the COPY of its key range (formatted, quoted and transcoded by
+PostgreSQL), gzips it if the target wants it (a gzip member per chunk: the
+members joined in order are one valid gzip file), writes it to the staging
+folder under a temporary name and renames it, then records its row count in
+``dx.chunk_results``.
+
+Retries: 5 with backoff; then ``run_crashed`` fails the run. A value the
+target's encoding cannot hold fails the run at once (TARGET_UNENCODABLE).
+Idempotent: a chunk whose result row exists is skipped; otherwise the part
+file is written again, whole, and replaces any earlier one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import IO
+
+import dramatiq
+import psycopg
+import structlog
+
+from dx.shared import db
+from dx.shared.catalog import load_module
+from dx.shared.errors import ErrorCode
+from dx.shared.runs import RunStatus, active_run
+from dx.workers import staging
+from dx.workers.export import export_query
+from dx.workers.export_query import copy_statement
+from dx.workers.failures import fail_run
+
+log = structlog.get_logger(__name__)
+#: gzip level of export files: close to the best ratio at a fraction of level 9's time.
+GZIP_LEVEL = 6
+
+
+def open_part(path: Path, compression: str) -> AbstractContextManager[IO[bytes]]:
+    """A part file for writing, gzip-compressed or not."""
+    if compression == "gzip":
+        return gzip.open(path, "wb", compresslevel=GZIP_LEVEL)  # type: ignore[return-value]
+    return open(path, "wb")
+
+
+@dramatiq.actor(queue_name="dx.chunk", max_retries=5, min_backoff=500, max_backoff=30_000,
+                time_limit=10 * 60 * 1000)
+def export_chunk(run_id: int, chunk_no: int) -> None:
+    """Write chunk ``chunk_no`` of export run ``run_id`` to the staging folder, once."""
+    started = time.monotonic()
+    with db.connect() as conn:
+        run = active_run(conn, run_id, "export_chunk")
+        if run is None:
+            return
+        if conn.execute("SELECT 1 FROM dx.chunk_results WHERE run_id = %s AND chunk_no = %s",
+                        (run_id, chunk_no)).fetchone():
+            log.info("export_chunk.skip", reason="already written")
+            return
+        mdef = load_module(conn, run["module"])
+        export = conn.execute("SELECT snapshot_from::text, snapshot_to::text, bounds FROM dx.exports"
+                              " WHERE run_id = %s", (run_id,)).fetchone()
+    assert export is not None and mdef.module.target is not None
+    target = mdef.module.target
+    statement, params = copy_statement(export_query(mdef, export), target, export["bounds"], chunk_no)
+    part = staging.export_part(run_id, chunk_no)
+    tmp = part.with_name(f".{part.name}.tmp")
+    try:
+        with db.connect() as conn, open_part(tmp, target.compression) as out:
+            conn.execute("SET TIME ZONE 'UTC'")  # timestamps are exported in UTC
+            cur = conn.cursor()
+            with cur.copy(statement, params) as copy:
+                for block in copy:
+                    out.write(block)
+            rows = cur.rowcount
+    except psycopg.errors.UntranslatableCharacter as exc:
+        tmp.unlink(missing_ok=True)
+        message = f"{exc.diag.message_primary}; the target's encoding is {target.encoding}"
+        log.warning("export_chunk.failed", code=ErrorCode.TARGET_UNENCODABLE.value, error=message)
+        fail_run(run_id, ErrorCode.TARGET_UNENCODABLE, message)
+        return
+    tmp.replace(part)
+    duration_ms = int((time.monotonic() - started) * 1000)
+    with db.transaction() as conn:
+        current = conn.execute("SELECT status FROM dx.runs WHERE id = %s FOR SHARE", (run_id,)).fetchone()
+        if current is None or RunStatus(current["status"]).terminal:
+            return
+        conn.execute("INSERT INTO dx.chunk_results (run_id, chunk_no, rows_read, duration_ms) VALUES (%s, %s, %s, %s)"
+                     " ON CONFLICT DO NOTHING", (run_id, chunk_no, rows, duration_ms))
+    log.info("export_chunk.done", rows=rows, bytes=part.stat().st_size, ms=duration_ms)

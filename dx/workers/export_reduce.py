@@ -1,0 +1,126 @@
+"""Actor ``export_reduce`` (queue ``dx.reduce``): join the parts, deliver the file, end the run.
+
+Consumes ``export_reduce(run_id)``, the completion callback of the export
+plan's chunk group (or sent directly when there is no row). Checks that every
+chunk's result exists (the barrier may fire early or twice), then, holding
+the run's row lock: uploads header, parts in key order and footer as one
+stream under a temporary name (``.NAME.part-RUN`` beside the target), renames
+it to its final name, does the same for the manifest, and in the same
+transaction records the delivery, moves an Exporter's watermark to the run's
+snapshot and ends the run. Then sends the e-mail and clears the staging folder.
+
+Retries: 5 with backoff; then ``run_crashed`` fails the run. A failed upload
+fails the run at once (TARGET_WRITE_FAILED): nothing is left under the final
+name and the watermark stays, so the next run delivers the same events.
+Idempotent: the run lock makes a twin call wait, then find the run ended.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from datetime import UTC, datetime
+from typing import IO
+
+import dramatiq
+import structlog
+
+from dx.shared import db
+from dx.shared.catalog import ModuleDef, load_module
+from dx.shared.connections import Remote, open_remote
+from dx.shared.errors import RunError
+from dx.shared.formats.export import READ_BYTES, JoinedFile, head_and_tail
+from dx.shared.runs import RunStatus, chunks_done, finish, get_run
+from dx.workers import staging
+from dx.workers.export import export_query
+from dx.workers.failures import fail_run, notify
+
+log = structlog.get_logger(__name__)
+@dramatiq.actor(queue_name="dx.reduce", max_retries=5, min_backoff=1000, max_backoff=30_000,
+                time_limit=30 * 60 * 1000)
+def export_reduce(run_id: int) -> None:
+    """Deliver run ``run_id``'s file once every chunk has written its part."""
+    with db.connect() as conn:
+        run = get_run(conn, run_id)
+        if run is None:
+            return
+        structlog.contextvars.bind_contextvars(tenant=run["tenant"], module=run["module"])
+        if not RunStatus(run["status"]).terminal:
+            done = chunks_done(conn, run_id)
+            if run["planned_at"] is None or done < run["n_chunks"]:
+                log.info("export_reduce.waiting", chunks_done=done, n_chunks=run["n_chunks"])
+                return
+        mdef = load_module(conn, run["module"])
+    try:
+        _deliver(run_id, mdef)
+    except RunError as exc:
+        log.warning("export_reduce.failed", code=exc.code.value, error=exc.message)
+        fail_run(run_id, exc.code, exc.message)
+        return
+    notify(run_id)
+    staging.remove_run(run_id)
+
+
+def _deliver(run_id: int, mdef: ModuleDef) -> None:
+    """Upload, rename and record, under the run's lock; a terminal run is left as it is."""
+    target, connection = mdef.module.target, mdef.connection
+    assert target is not None and connection is not None
+    with db.transaction() as conn:
+        run = get_run(conn, run_id, for_update=True)
+        if run is None or RunStatus(run["status"]).terminal:
+            return
+        export = conn.execute("SELECT snapshot_from::text, snapshot_to::text, bounds, target_path FROM dx.exports"
+                              " WHERE run_id = %s", (run_id,)).fetchone()
+        assert export is not None
+        totals = conn.execute("SELECT coalesce(sum(rows_read), 0)::bigint AS n FROM dx.chunk_results"
+                              " WHERE run_id = %s", (run_id,)).fetchone()
+        rows = int(totals["n"]) if totals else 0
+        head, tail = head_and_tail(target, export_query(mdef, export).columns)
+        stream = JoinedFile(head, [staging.export_part(run_id, i) for i in range(run["n_chunks"])], tail)
+        reader = io.BufferedReader(stream, READ_BYTES)
+        final = export["target_path"]
+        with open_remote(connection) as remote:
+            _put(remote, reader, final, run_id)
+            manifest = None
+            if target.manifest:
+                manifest = {"file": posixpath.basename(final), "rows": rows, "bytes": stream.size_bytes,
+                            "sha256": stream.digest.hexdigest(), "format": target.format,
+                            "compression": target.compression, "encoding": target.encoding,
+                            "module": mdef.module.id, "run": run_id,
+                            "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
+                body = io.BytesIO(json.dumps(manifest, indent=2).encode() + b"\n")
+                _put(remote, body, f"{final}.manifest.json", run_id)
+            # Renamed while the lock is held and just before the commit: were the commit to fail,
+            # the file would be delivered again by the next run, never lost.
+            remote.move(_temp_name(final, run_id), final)
+            if manifest is not None:
+                remote.move(_temp_name(f"{final}.manifest.json", run_id), f"{final}.manifest.json")
+        conn.execute("UPDATE dx.exports SET bytes = %s, sha256 = %s, delivered_at = now() WHERE run_id = %s",
+                     (stream.size_bytes, stream.digest.hexdigest(), run_id))
+        if mdef.module.kind == "exporter":
+            conn.execute(
+                "INSERT INTO dx.export_watermarks (module, snapshot, run_id) VALUES (%s, %s::pg_snapshot, %s)"
+                " ON CONFLICT (module) DO UPDATE SET snapshot = EXCLUDED.snapshot, run_id = EXCLUDED.run_id,"
+                " moved_at = now()", (mdef.module.id, export["snapshot_to"], run_id))
+        finish(conn, run_id, RunStatus.COMPLETED, counters={"rows_exported": rows})
+    log.info("run.finished", status="completed", rows_exported=rows, path=final, bytes=stream.size_bytes)
+
+
+def _temp_name(path: str, run_id: int) -> str:
+    """The hidden name a file is uploaded under; sources never match it (leading dot)."""
+    folder, name = posixpath.split(path)
+    return posixpath.join(folder, f".{name}.part-{run_id}")
+
+
+def _put(remote: Remote, stream: IO[bytes], path: str, run_id: int) -> None:
+    """Upload under the temporary name; on failure try to remove what was written."""
+    temp = _temp_name(path, run_id)
+    try:
+        remote.upload(stream, temp)
+    except RunError:
+        try:
+            remote.remove(temp)
+        except Exception as exc:  # the connection is gone: the hidden leftover is harmless
+            log.warning("export.temp_left", path=temp, error=str(exc))
+        raise

@@ -1,0 +1,164 @@
+"""The Displacer on the real cluster: XML and CSV files on SFTP, and a 1,000,000-row round trip."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import xml.etree.ElementTree as ET
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import polars as pl
+import pytest
+
+from dx.shared import db
+from dx.shared.catalog import table_ident
+from dx.shared.generate import contacts
+from dx.workers.importer import copy_frame
+from tests.integration.helpers import apply, export_config, run
+
+PEOPLE = {"email": {"type": "email", "required": True}, "name": "text", "notes": "text", "points": "int",
+          "vip": "bool", "born": {"type": "date", "format": "%d/%m/%Y"}}
+
+
+def _seed_people(tenant: str) -> None:
+    with db.transaction() as conn:
+        for row in [("a@x.io", "Zoë & <Co>", "line1\nline2", 5, True, "1990-01-31"),
+                    ("b@x.io", "", None, None, False, None),
+                    ("c@x.io", "=HYPERLINK(\"http://evil\")", "tab\there \\ back", 50, True, "2001-12-01"),
+                    ("d@x.io", "filtered out", "x", 1, True, "2001-12-01")]:
+            conn.execute(f'INSERT INTO "tenant_{tenant}".people (email, name, notes, points, vip, born)'  # noqa: S608
+                         " VALUES (%s, %s, %s, %s, %s, %s)", row)
+
+
+@pytest.mark.timeout(120)
+def test_xml_export_of_chosen_fields_filtered_for_spreadsheets_with_manifest(cluster_env, sshd, workers, tmp_path):
+    # Given four contacts (escapes, newline, tab, backslash, NULL vs empty, a formula) and a Displacer
+    # of four fields, without d@x.io, as Latin-1 XML for spreadsheets, with a manifest
+    tenant = "xmlout"
+    apply(export_config(tenant, sshd, {"people": PEOPLE}, [{
+        "id": "xmlout-people", "kind": "displacer", "database": "people", "timezone": "Europe/Rome",
+        "fields": ["email", "name", "notes", "points", "born"],
+        "filter": [{"field": "email", "op": "ne", "value": "d@x.io"}],
+        "target": {"path": "out/people_{date:%Y}_{run}.xml", "format": "xml", "encoding": "latin-1",
+                   "spreadsheet": True, "manifest": True, "record_element": "CONTACT"}}]), tmp_path)
+    _seed_people(tenant)
+    workers.start(1)
+
+    # When it runs
+    result = run("xmlout-people")
+
+    # Then the file sits under its final name (year in the module's zone), and only there
+    assert result["status"] == "completed", result["error_message"]
+    assert result["rows_exported"] == 3
+    name = f"people_{datetime.now(ZoneInfo('Europe/Rome')):%Y}_{result['id']}.xml"
+    folder = sshd.root / "out"
+    assert sorted(p.name for p in folder.iterdir()) == [name, f"{name}.manifest.json"]
+    data = (folder / name).read_bytes()
+    assert data.startswith(b'<?xml version="1.0" encoding="ISO-8859-1"?>')
+    assert "Zoë".encode("latin-1") in data
+    records = ET.fromstring(data)
+    assert records.tag == "dataroot"
+    got = [{child.tag: child.text or "" for child in rec} for rec in records]
+    assert [r.tag for r in records] == ["CONTACT"] * 3
+    # And values are escaped, NULL fields left out, empty ones empty, formulas neutralised, dates formatted
+    assert got == [
+        {"email": "a@x.io", "name": "Zoë & <Co>", "notes": "line1\nline2", "points": "5", "born": "31/01/1990"},
+        {"email": "b@x.io", "name": ""},
+        {"email": "c@x.io", "name": "'=HYPERLINK(\"http://evil\")", "notes": "tab\there \\ back", "points": "50",
+         "born": "01/12/2001"},
+    ]
+    # And the manifest describes the file exactly
+    manifest = json.loads((folder / f"{name}.manifest.json").read_text())
+    assert (manifest["file"], manifest["rows"], manifest["bytes"]) == (name, 3, len(data))
+    assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.timeout(120)
+def test_a_value_the_target_encoding_cannot_hold_fails_the_run_and_leaves_no_file(cluster_env, sshd, workers,
+                                                                                   tmp_path):
+    # Given a contact named with a check mark, and a Latin-1 CSV Displacer
+    tenant = "latin"
+    apply(export_config(tenant, sshd, {"people": PEOPLE}, [{
+        "id": "latin-people", "kind": "displacer", "database": "people",
+        "target": {"path": "latin/people.csv", "encoding": "latin-1", "delimiter": ";"}}]), tmp_path)
+    with db.transaction() as conn:
+        conn.execute('INSERT INTO "tenant_latin".people (email, name) VALUES (%s, %s)', ("a@x.io", "ok ✓"))
+    workers.start(1)
+    # When it runs
+    result = run("latin-people")
+    # Then the run fails with TARGET_UNENCODABLE and no file was written
+    assert (result["status"], result["error_code"]) == ("failed", "TARGET_UNENCODABLE")
+    assert not (sshd.root / "latin").exists() or list((sshd.root / "latin").iterdir()) == []
+
+
+ROUND_TRIP = {"email": {"type": "email", "required": True}, "first_name": "text", "notes": "text", "points": "int",
+              "balance": "decimal", "vip": "bool", "birth_date": {"type": "date", "format": "%d/%m/%Y"},
+              "signup_at": "timestamp"}
+#: Values that a CSV round trip easily gets wrong.
+TRICKY = ["", "   ", None, "line one\nline two", 'say "hi", then; go', "crlf\r\nline", "Zoë ünïcödé ✓ 😀",
+          "=1+1", " padded ", "back\\slash", "'quoted'", "<tag>&amp;"]
+
+
+def _round_trip_rows(n: int) -> pl.DataFrame:
+    """n contacts with NULLs in every optional field and the tricky values in notes."""
+    row = pl.int_range(pl.len())
+    return contacts(n, seed=5).select(
+        "email",
+        pl.when(row % 7 == 0).then(None).otherwise(pl.col("first_name")).alias("first_name"),
+        pl.Series("notes", (TRICKY * (n // len(TRICKY) + 1))[:n], dtype=pl.String),
+        pl.when(row % 5 == 0).then(None).otherwise(pl.col("points").cast(pl.Int64)).alias("points"),
+        pl.when(row % 11 == 0).then(None).otherwise(pl.col("balance")).alias("balance"),
+        pl.when(row % 13 == 0).then(None).otherwise(pl.col("vip").is_in(["true", "yes"])).alias("vip"),
+        pl.when(row % 17 == 0).then(None).otherwise(pl.col("birth_date").str.to_date("%d/%m/%Y")).alias("birth_date"),
+        pl.col("signup_at").str.to_datetime("%Y-%m-%d %H:%M:%S", time_unit="us").dt.replace_time_zone("UTC")
+        + pl.duration(microseconds=row % 1000),
+    )
+
+
+def _differences(tenant: str, a: str, b: str) -> int:
+    with db.connect() as conn:
+        row = conn.execute(f'SELECT (SELECT count(*) FROM (TABLE "tenant_{tenant}".{a} EXCEPT ALL'  # noqa: S608
+                           f' TABLE "tenant_{tenant}".{b}) x) + (SELECT count(*) FROM (TABLE "tenant_{tenant}".{b}'
+                           f' EXCEPT ALL TABLE "tenant_{tenant}".{a}) y) AS n').fetchone()
+    return int(row["n"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_million_rows_displaced_and_imported_again_give_the_same_table(cluster_env, sshd, workers, tmp_path):
+    # Given 1,000,000 contacts with accents, quotes, newlines, NULLs, empty and blank strings, a Displacer
+    # writing them gzipped to SFTP and an overwrite Importer of that file into a second database
+    tenant = "roundtrip"
+    apply(export_config(tenant, sshd, {"people": ROUND_TRIP, "copy": ROUND_TRIP}, [
+        {"id": "rt-out", "kind": "displacer", "database": "people",
+         "target": {"path": "rt/people_{date:%Y%m%d}.csv.gz", "compression": "gzip", "manifest": True}},
+        {"id": "rt-in", "kind": "importer", "database": "copy", "mode": "overwrite",
+         "source": {"path": "rt/people_*.csv.gz", "nulls": "unquoted", "settle_s": 0}},
+    ]), tmp_path)
+    frame = _round_trip_rows(1_000_000)
+    with db.transaction() as conn:
+        copy_frame(conn, table_ident(tenant, "people"), frame)
+    workers.start(2)
+
+    # When the Displacer runs, then the Importer
+    out = run("rt-out", 600)
+    assert out["status"] == "completed", out["error_message"]
+    back = run("rt-in", 600)
+
+    # Then the file came in 4 parallel chunks, is one valid gzip stream, and the copy equals the original
+    assert out["rows_exported"] == 1_000_000 and out["n_chunks"] == 4
+    [gz] = (sshd.root / "rt").glob("people_*.csv.gz")
+    assert gzip.decompress(gz.read_bytes()).count(b"\n") > 1_000_000  # header + records (+ quoted newlines)
+    assert back["status"] == "completed", back["error_message"]
+    assert back["inserted"] == 1_000_000
+    assert _differences(tenant, "people", "copy") == 0
+    with db.connect() as conn:
+        kinds = conn.execute('SELECT count(*) FILTER (WHERE notes IS NULL) AS nulls,'
+                             " count(*) FILTER (WHERE notes = '') AS empties,"
+                             " count(*) FILTER (WHERE notes = '   ') AS blanks,"
+                             " count(*) FILTER (WHERE notes LIKE '%%' || chr(13) || chr(10) || '%%') AS crlf"
+                             ' FROM "tenant_roundtrip".copy').fetchone()
+    expected = len(frame) // len(TRICKY)
+    assert all(abs(kinds[k] - expected) <= 1 for k in ("nulls", "empties", "blanks", "crlf")), kinds

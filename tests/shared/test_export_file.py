@@ -1,0 +1,48 @@
+"""The frame of export files: header, XML root, gzip members, and the joined hashed stream."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+
+from dx.shared.config import TargetCfg
+from dx.shared.formats.export import JoinedFile, head_and_tail
+
+
+def target(**overrides) -> TargetCfg:
+    return TargetCfg(**{"connection": "c", "path": "out/x.csv", **overrides})
+
+
+def test_a_csv_header_uses_the_delimiter_and_the_encoding():
+    # Given a Latin-1 target with ";" / When framed / Then the header is one encoded line, no tail
+    head, tail = head_and_tail(target(delimiter=";", encoding="latin-1"), ["email", "città"])
+    assert (head, tail) == ("email;città\n".encode("latin-1"), b"")
+
+
+def test_without_header_a_csv_has_no_frame():
+    assert head_and_tail(target(header=False), ["email"]) == (b"", b"")
+
+
+def test_an_xml_file_declares_its_encoding_and_has_one_root():
+    # Given an XML target in Windows-1252 / When framed / Then the declaration names it, the root wraps the rows
+    head, tail = head_and_tail(target(format="xml", encoding="windows-1252"), ["email"])
+    assert head == b'<?xml version="1.0" encoding="windows-1252"?>\n<dataroot>\n'
+    assert tail == b"</dataroot>\n"
+
+
+def test_gzip_parts_joined_in_order_are_one_gzip_file(tmp_path):
+    # Given a gzip target, its framed header and two gzip parts written separately
+    head, tail = head_and_tail(target(compression="gzip"), ["a", "b"])
+    parts = []
+    for i, rows in enumerate([b'"1","x"\n', b'"2",\n"3","z"\n']):
+        path = tmp_path / f"part-{i}"
+        path.write_bytes(gzip.compress(rows))
+        parts.append(path)
+    # When joined and read in small pieces
+    joined = JoinedFile(head, parts, tail)
+    data = io.BufferedReader(joined, 7).read()
+    # Then it decompresses to header and rows in order, and the count and hash are of the bytes read
+    assert gzip.decompress(data) == b'a,b\n"1","x"\n"2",\n"3","z"\n'
+    assert joined.size_bytes == len(data)
+    assert joined.digest.hexdigest() == hashlib.sha256(data).hexdigest()
