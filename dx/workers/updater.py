@@ -52,37 +52,43 @@ def existing_rows(conn: Conn, mdef: ModuleDef, good: pl.DataFrame) -> pl.Series:
 
 def replay(good: pl.DataFrame, pk: str, initial_rows: pl.Series, upsert: bool) -> pl.DataFrame:
     """Each valid record with its outcome: columns ``ins``, ``upd``, ``del`` (it succeeded as
-    that), ``code`` (why it failed) and, on the key's last write, ``action``."""
+    that), ``code`` (why it failed), ``action`` on the key's last write (insert, replace or
+    update) and ``gone`` on the last record of a key that existed and no longer does."""
     op = pl.col(OP)
     sets = pl.when(op == "I").then(True).when(op == "D").then(False)
     if upsert:
         sets = sets.when(op == "U").then(True)
-    frame = good.with_columns(pl.col(ROW).is_in(initial_rows.implode()).alias("init"), sets.alias("sets"))
-    before = pl.col("sets").shift(1).forward_fill().over(pk).fill_null(pl.col("init"))
-    frame = frame.with_columns(before.alias("before"))
+    # sorted by key, then source order: each key's records are one run of rows
+    frame = good.sort(pk, ROW).with_columns(
+        pl.col(ROW).is_in(initial_rows.implode()).alias("init"), sets.alias("sets"),
+        (pl.col(pk) != pl.col(pk).shift(1)).fill_null(True).alias("first"))
+    # state before a record: set by the key's last state-setting record before it, else initial;
+    # every run starts non-null, so the forward fill never crosses from one key into the next
+    before = pl.when(pl.col("first")).then(pl.col("init")).otherwise(pl.col("sets").shift(1)).forward_fill()
     b = pl.col("before")
-    frame = frame.with_columns(
+    frame = frame.with_columns(before.alias("before"), pl.col("first").cum_sum().alias("key_no")).with_columns(
         ((op == "I") & ~b | (op == "U") & ~b & upsert).alias("ins"),
         ((op == "U") & b).alias("upd"),
         ((op == "D") & b).alias("del"),
-    ).with_columns(
-        pl.when((op == "I") & b).then(pl.lit(ErrorCode.KEY_EXISTS.value))
-        .when(~(pl.col("ins") | pl.col("upd") | pl.col("del"))).then(pl.lit(ErrorCode.KEY_NOT_FOUND.value))
-        .alias("code"))
+    )
     ok = pl.col("ins") | pl.col("upd") | pl.col("del")
-    after = pl.when(ok).then(op != "D").otherwise(b)
-    last_del = pl.col(ROW).filter(pl.col("del")).max().over(pk).fill_null(-1)
     writes = pl.col("ins") | pl.col("upd")
-    reinserted = (pl.col("ins") & (pl.col(ROW) > last_del)).any().over(pk)
-    last_write = writes & (pl.col(ROW) == pl.col(ROW).filter(writes).max().over(pk))
-    final = after.last().over(pk)
-    init = pl.col("init").first().over(pk)
+    per_key = frame.group_by("key_no").agg(
+        pl.when(ok).then(op != "D").otherwise(b).last().alias("final"),
+        pl.col("del").any().alias("any_del"),
+        pl.col(ROW).filter(writes).max().alias("last_write"),
+        pl.col(ROW).max().alias("last_row"))
+    frame = frame.join(per_key, on="key_no", how="left")
+    init, final = pl.col("init"), pl.col("final")
+    last_write = pl.col(ROW) == pl.col("last_write")
     return frame.with_columns(
-        pl.when(last_write & final & reinserted & init).then(pl.lit("replace"))
-        .when(last_write & final & reinserted).then(pl.lit("insert"))
-        .when(last_write & final & init).then(pl.lit("update"))
-        .alias("action"),
-        (init & ~final & (pl.col(ROW) == pl.col(ROW).max().over(pk))).alias("gone"),
+        pl.when((op == "I") & b).then(pl.lit(ErrorCode.KEY_EXISTS.value))
+        .when(~ok).then(pl.lit(ErrorCode.KEY_NOT_FOUND.value)).alias("code"),
+        # alive at the end: inserted if it was not there; replaced if it was deleted on the way
+        pl.when(last_write & final & ~init).then(pl.lit("insert"))
+        .when(last_write & final & pl.col("any_del")).then(pl.lit("replace"))
+        .when(last_write & final).then(pl.lit("update")).alias("action"),
+        (init & ~final & (pl.col(ROW) == pl.col("last_row"))).alias("gone"),
     )
 
 
