@@ -81,10 +81,13 @@ def missing_required(source_columns: list[str], db: DatabaseCfg, *, all_required
 
 
 def key_expr(column: str, field: FieldCfg) -> pl.Expr:
-    """The normalised key: trimmed, lower-cased for e-mail, empty as null."""
+    """The normalised key: trimmed, lower-cased for e-mail, an integer in canonical form
+    (``007`` is ``7``: both must land in one chunk), empty as null."""
     key = pl.col(column).str.strip_chars()
     if field.type == "email":
         key = key.str.to_lowercase()
+    elif field.type == "int":
+        key = pl.coalesce(key.cast(pl.Int64, strict=False).cast(pl.String), key)
     return pl.when(key == "").then(None).otherwise(key)
 
 

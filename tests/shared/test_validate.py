@@ -269,3 +269,15 @@ def test_a_blank_value_is_empty_like_a_blank_key(make_database, field, expected)
     db = one_field(make_database, field)
     # When validated / Then it is empty too: missing when required, null when optional
     assert failures(run(db, ["id", "v"], ["1", "   "])) == expected
+
+
+def test_integer_keys_are_normalised_so_that_one_key_is_one_partition(make_database):
+    # Given: one integer key written three ways, and a key that is not a number
+    db = make_database({"id": {"type": "int"}, "t": "text"})
+    frame = pl.DataFrame({ROW: [1, 2, 3, 4], "id": ["7", " 007", "+7", "x"], "t": ["a", "b", "c", "d"]})
+    # When: validated
+    result = validate(frame, db, ["id", "t"])
+    # Then: one key (the later ones are duplicates), the bad one keeps its text in the report
+    assert result.good.select(ROW, "__key").rows() == [(1, "7")]
+    assert result.failed.select("row_number", "key", "error_code").rows() == [
+        (2, "7", "DUPLICATE_KEY"), (3, "7", "DUPLICATE_KEY"), (4, "x", "INVALID_VALUE")]
