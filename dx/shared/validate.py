@@ -172,24 +172,27 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
                                      raw[name].str.len_chars())))
     code = pl.coalesce([pl.when(c).then(pl.lit(e.value)) for c, e, _ in checks])
     message = pl.coalesce([pl.when(c).then(m) for c, _, m in checks])
-    frame = chunk.with_columns(key_expr(mapping[pk], db.fields[pk]).alias(KEY), op.alias(OP)) \
-        .with_columns(code.alias("__code"), message.alias("__message"), *typed.values())
-    # duplicates among the valid records: the first (or last) occurrence counts
-    valid = pl.col("__code").is_null()
-    if dedupe == "first":
-        first_row = pl.col(ROW).filter(valid).min().over(KEY)
-        dup = valid & (pl.col(ROW) != first_row)
-        frame = frame.with_columns(
-            pl.when(dup).then(pl.lit(ErrorCode.DUPLICATE_KEY.value)).otherwise(pl.col("__code")).alias("__code"),
-            pl.when(dup).then(pl.format("the key appears earlier in the source (row {}); the first occurrence "
-                                        "was applied", first_row)).otherwise(pl.col("__message")).alias("__message"))
-    keep_op = [OP] if operation_column is not None else []
-    good = frame.filter(pl.col("__code").is_null()).select(ROW, KEY, *keep_op, *typed)
-    bad = frame.filter(pl.col("__code").is_not_null())
-    failed = bad.select(
+    # codes and typed values in one lazy pass (each field parsed once); messages for bad rows only
+    frame = chunk.lazy().with_columns(key_expr(mapping[pk], db.fields[pk]).alias(KEY), op.alias(OP)) \
+        .with_columns(code.alias("__code"), *[v.alias(f"__t_{n}") for n, v in typed.items()]).collect()
+    ok = frame.filter(pl.col("__code").is_null())
+    bad = frame.filter(pl.col("__code").is_not_null()).select(
         pl.col(ROW).alias("row_number"), pl.col(KEY).alias("key"), pl.col(OP).alias("operation"),
-        pl.col("__code").alias("error_code"), pl.col("__message").alias("error_message"))
-    return Validated(good, with_records(failed, chunk, source_columns), chunk, source_columns)
+        pl.col("__code").alias("error_code"), message.alias("error_message"))
+    failed = [bad]
+    if dedupe == "first":  # among the valid records the first occurrence of a key counts (chunk in source order)
+        first = ok[KEY].is_first_distinct()
+        dups = ok.filter(~first).join(ok.filter(first).select(KEY, pl.col(ROW).alias("__first")), on=KEY)
+        ok = ok.filter(first)
+        failed.append(dups.select(
+            pl.col(ROW).alias("row_number"), pl.col(KEY).alias("key"), pl.col(OP).alias("operation"),
+            pl.lit(ErrorCode.DUPLICATE_KEY.value).alias("error_code"),
+            pl.format("the key appears earlier in the source (row {}); the first occurrence was applied",
+                      pl.col("__first")).alias("error_message")))
+    keep_op = [OP] if operation_column is not None else []
+    good = ok.select(ROW, KEY, *keep_op, *[pl.col(f"__t_{n}").alias(n) for n in typed])
+    rejected = pl.concat(failed).sort("row_number")
+    return Validated(good, with_records(rejected, chunk, source_columns), chunk, source_columns)
 
 
 def with_records(failed: pl.DataFrame, chunk: pl.DataFrame, source_columns: list[str]) -> pl.DataFrame:
