@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -37,6 +38,10 @@ class Settings:
     chunk_bytes: int
     worker_threads: int
     log_level: str
+    scheduler_tick_s: float = 1.0
+    scheduler_lease_s: float = 15.0
+    clock_origin: tuple[datetime, float] | None = None  # (schedule time, at this Unix time)
+    clock_speed: float = 1.0
 
     @property
     def outbox_dir(self) -> Path:
@@ -83,6 +88,34 @@ class Settings:
                 problems.append(f"{name}={value}: must be at least {minimum}")
             return value
 
+        def number(name: str, default: float, minimum: float) -> float:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                problems.append(f"{name}={raw!r}: expected a number")
+                return default
+            if not value >= minimum:
+                problems.append(f"{name}={value}: must be at least {minimum}")
+            return value
+
+        def clock_origin() -> tuple[datetime, float] | None:
+            raw = env.get("DX_CLOCK_ORIGIN") or None
+            if raw is None:
+                return None
+            try:
+                iso, _, unix = raw.partition("@")
+                origin = datetime.fromisoformat(iso)
+                if origin.tzinfo is None:
+                    raise ValueError("no UTC offset")
+                return origin, float(unix)
+            except ValueError:
+                problems.append(f"DX_CLOCK_ORIGIN={raw!r}: expected ISO-TIME-WITH-OFFSET@UNIX-SECONDS "
+                                "(a test clock; unset it in production)")
+                return None
+
         home = Path(env.get("DX_HOME") or Path.cwd() / ".dx").expanduser()
         settings = cls(
             home=home,
@@ -95,9 +128,19 @@ class Settings:
             chunk_bytes=integer("DX_CHUNK_BYTES", DEFAULT_CHUNK_BYTES, 1),
             worker_threads=integer("DX_WORKER_THREADS", 1, 1),
             log_level=(env.get("DX_LOG_LEVEL") or "INFO").upper(),
+            scheduler_tick_s=number("DX_SCHEDULER_TICK_S", 1.0, 0.01),
+            scheduler_lease_s=number("DX_SCHEDULER_LEASE_S", 15.0, 0.1),
+            clock_origin=clock_origin(),
+            clock_speed=number("DX_CLOCK_SPEED", 1.0, 0.001),
         )
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             problems.append(f"DX_LOG_LEVEL={settings.log_level}: expected DEBUG, INFO, WARNING or ERROR")
+        if settings.scheduler_lease_s < 2 * settings.scheduler_tick_s:
+            problems.append(f"DX_SCHEDULER_LEASE_S={settings.scheduler_lease_s}: must be at least twice "
+                            f"DX_SCHEDULER_TICK_S={settings.scheduler_tick_s}, or the leader loses its lease")
+        if settings.clock_speed != 1.0 and settings.clock_origin is None:
+            problems.append("DX_CLOCK_SPEED is set without DX_CLOCK_ORIGIN=ISO-TIME@UNIX-SECONDS "
+                            "(where the test clock starts)")
         if settings.broker_url and not settings.redis_url:
             problems.append(
                 "DX_REDIS_URL is unset while DX_BROKER_URL is set: workers in separate processes "
