@@ -21,6 +21,7 @@ job twice on a fall-back day (DESIGN §10).
 from __future__ import annotations
 
 import calendar
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -164,13 +165,15 @@ class Schedule:
 
     def _day_fires(self, day: date, floor: datetime) -> set[datetime]:
         out: set[datetime] = set()
+        if day < floor.date():
+            return out
         for rule in self.rules:
             if not rule.matches(day):
                 continue
-            for hour, minute in rule.times:
+            first = bisect_left(rule.times, (floor.hour, floor.minute)) if day == floor.date() else 0
+            for hour, minute in rule.times[first:]:
                 wall = datetime(day.year, day.month, day.day, hour, minute)  # noqa: DTZ001 (a wall time)
-                if wall >= floor:
-                    out.update(resolve(wall, self.tz, real_hours=rule.real_hours))
+                out.update(resolve(wall, self.tz, real_hours=rule.real_hours))
         return out
 
     def rules_can_fire(self) -> bool:

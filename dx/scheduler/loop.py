@@ -133,7 +133,7 @@ class Scheduler:
         dispatch()
         if time.monotonic() - self._failures_checked >= FAILURE_CHECK_S:
             self._failures_checked = time.monotonic()
-            self._auto_pause(conn)
+            self.auto_pause()
 
     def _schedule(self, module: str, text: str, config: dict[str, Any]) -> tuple[ScheduleCfg, Schedule]:
         cached = self._compiled.get(module)
@@ -196,8 +196,9 @@ class Scheduler:
         log.info("scheduler.fired", module=module, due_at=due_at.isoformat(), run=run_id, outcome=outcome,
                  coalesced=len(coalesced))
 
-    def _auto_pause(self, conn: db.Conn) -> None:
+    def auto_pause(self) -> None:
         """Pause each module whose last ``max_failures`` ended runs all failed, and say so by e-mail."""
+        conn = self._connection()
         rows = conn.execute(
             "SELECT m.id, m.tenant, (m.config->'schedule'->>'max_failures')::int AS n FROM dx.modules m"
             " LEFT JOIN dx.schedule_state s ON s.module = m.id"
