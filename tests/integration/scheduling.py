@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -75,3 +79,22 @@ def queue_depth(broker_url: str, queue: str) -> int:
         return int(connection.channel().queue_declare(queue, durable=True, passive=True).method.message_count)
     finally:
         connection.close()
+
+
+def start_scheduler(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A ``python -m dx scheduler`` process with the given environment on top of ours."""
+    log = open(log_path, "wb")
+    return subprocess.Popen([sys.executable, "-m", "dx", "scheduler"], env={**os.environ, **env},
+                            stdout=log, stderr=log)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 15) -> int:
+    """SIGTERM, then wait; returns the exit code (SIGKILL if it does not stop)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"the scheduler did not stop within {timeout_s} s of SIGTERM") from None
