@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import pika.exceptions
 
 from dx.scheduler.clock import Clock
 from dx.shared import db
@@ -69,6 +70,9 @@ def queue_purge(broker_url: str, queue: str) -> None:
         channel = connection.channel()
         channel.queue_declare(queue, durable=True, passive=True)
         channel.queue_purge(queue)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 404:  # no such queue yet: nothing to purge
+            raise
     finally:
         connection.close()
 
