@@ -202,6 +202,18 @@ class FilterCfg(Strict):
             raise ValueError(f"op {self.op} needs one value")
         return self
 
+def _time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Rome") from None
+    return value
+
+
+#: An IANA time zone name, checked against the zone database.
+TimeZone = Annotated[str, AfterValidator(_time_zone)]
+
+
 def _cron(value: str) -> str:
     parse_cron(value)
     return value
@@ -227,21 +239,12 @@ class ScheduleCfg(Strict):
     times: list[Annotated[str, AfterValidator(_time_of_day)]] | None = None
     weekdays: list[Weekday] = []
     months: list[Annotated[int | str, AfterValidator(_month)]] = []
-    timezone: str = "UTC"
+    timezone: TimeZone = "UTC"
     start: date | None = None
     end: date | None = None
     misfire_grace_s: float = Field(300.0, ge=0)
     overlap: Literal["forbid", "queue", "allow"] = "forbid"
     max_failures: int | None = Field(None, ge=1)
-
-    @field_validator("timezone")
-    @classmethod
-    def _timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Rome") from None
-        return value
 
     @model_validator(mode="after")
     def _one_form(self) -> ScheduleCfg:
@@ -286,20 +289,11 @@ class ModuleCfg(Strict):
     schedule: ScheduleCfg | None = None
     notify: list[str] = []
     paused: bool = False
-    timezone: str = "UTC"
+    timezone: TimeZone = "UTC"
     target: TargetCfg | None = None
     fields: list[Annotated[str, Field(pattern=FIELD_PATTERN)]] | None = None
     filter: list[FilterCfg] | None = None
     events: Literal["raw", "summary"] | None = None
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Rome") from None
-        return value
 
     @model_validator(mode="after")
     def _export_needs(self) -> ModuleCfg:
