@@ -62,24 +62,62 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_modules(args: argparse.Namespace) -> int:
+    from dx.scheduler.clock import Clock
+    from dx.scheduler.schedule import next_fire
     from dx.shared.catalog import module_rows
 
     with db.connect() as conn:
         rows = module_rows(conn)
-    _out(f"{'module':<28} {'tenant':<12} {'kind':<9} {'mode':<9} {'state':<7} last run")
+    now = Clock.from_settings().now()
+    _out(f"{'module':<28} {'tenant':<12} {'kind':<9} {'mode':<9} {'state':<7} {'next fire':<26} last run")
     for r in rows:
         last = f"{r['last_run']} {r['last_status']}" if r["last_run"] else "-"
+        fire = next_fire(r["config"], now)
+        nxt = "-" if fire is None else fire.isoformat(timespec="minutes")
         _out(f"{r['id']:<28} {r['tenant']:<12} {r['kind']:<9} {r['mode'] or '-':<9} "
-             f"{'paused' if r['paused'] else 'active':<7} {last}")
+             f"{'paused' if r['paused'] else 'active':<7} {nxt:<26} {last}")
+    return EXIT_OK
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from dx.scheduler.clock import Clock
+    from dx.scheduler.schedule import schedule_of
+
+    if args.next < 1:
+        print("dx: --next must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        start = datetime.fromisoformat(args.from_time) if args.from_time else Clock.from_settings().now()
+    except ValueError:
+        print(f"dx: --from {args.from_time!r}: expected an ISO time, e.g. 2026-10-24T12:00+02:00", file=sys.stderr)
+        return EXIT_USAGE
+    with db.connect() as conn:
+        row = conn.execute("SELECT config, paused FROM dx.modules WHERE id = %s", (args.module,)).fetchone()
+    if row is None:
+        print(f"dx: no module {args.module!r}; `dx modules` lists them", file=sys.stderr)
+        return EXIT_USAGE
+    schedule = schedule_of(row["config"])
+    if schedule is None:
+        print(f"dx: module {args.module} has no schedule (it runs on demand only)", file=sys.stderr)
+        return EXIT_USAGE
+    compiled = schedule.compile()
+    if start.tzinfo is None:  # a time without offset is read in the module's time zone
+        start = start.replace(tzinfo=compiled.tz)
+    if row["paused"]:
+        print(f"dx: {args.module} is paused; these are the times it would fire once resumed", file=sys.stderr)
+    for instant in compiled.next_fires(start, args.next):
+        _out(instant.isoformat())
     return EXIT_OK
 
 
 def _set_paused(paused: bool) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
+        from dx.scheduler.clock import Clock
+        from dx.scheduler.schedule import set_paused
+
         with db.transaction() as conn:
-            row = conn.execute("UPDATE dx.modules SET paused = %s, updated_at = now() WHERE id = %s RETURNING id",
-                               (paused, args.module)).fetchone()
-        if row is None:
+            found = set_paused(conn, args.module, paused, Clock.from_settings().now())
+        if not found:
             print(f"dx: no module {args.module!r}; `dx modules` lists them", file=sys.stderr)
             return EXIT_USAGE
         _out(f"{args.module} {'paused' if paused else 'resumed'}")
@@ -236,6 +274,32 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from dx.scheduler.amqp import RequestConsumer
+    from dx.scheduler.loop import Scheduler
+    from dx.workers.broker import start_worker
+
+    settings = get_settings()
+    db.migrate()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    worker = consumer = None
+    if settings.broker_url is None:  # embedded: the runs it fires are worked on in this process
+        worker = start_worker(2)
+        print(json.dumps({"event": "scheduler.embedded", "note": "DX_BROKER_URL is unset: no dx.requests "
+                          "consumer; fired runs are worked on in this process"}), file=sys.stderr, flush=True)
+    else:
+        consumer = RequestConsumer(settings.broker_url, stop)
+        consumer.start()
+    Scheduler(settings).run(stop)
+    if consumer is not None:
+        consumer.join(10)
+    if worker is not None:
+        worker.stop()
+    return EXIT_OK
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     if args.what == "events":
         return _generate_events(args)
@@ -320,6 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "the failed operations of a run, as CSV")
     p.add_argument("run", type=int)
     p.add_argument("-o", "--output", default="-")
+    p = add("schedule", cmd_schedule, "print a module's next fire times, in its time zone")
+    p.add_argument("module")
+    p.add_argument("--next", type=int, default=5, metavar="N")
+    p.add_argument("--from", dest="from_time", default=None, metavar="ISO-TIME",
+                   help="count from this time (default: now; no offset: the module's time zone)")
+    add("scheduler", cmd_scheduler, "fire schedules and consume dx.requests until SIGTERM (run 1+ replicas)")
     p = add("worker", cmd_worker, "consume jobs from RabbitMQ until SIGTERM")
     p.add_argument("--threads", type=int, default=None)
     p = add("generate", cmd_generate, "generate demo and benchmark data")
@@ -355,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = get_settings()
-        interactive = args.command not in ("worker",)
+        interactive = args.command not in ("worker", "scheduler")
         configure("WARNING" if interactive and settings.log_level == "INFO" else settings.log_level,
                   json=not interactive)
         return int(args.func(args))

@@ -152,7 +152,7 @@ def load_module(conn: Conn, module_id: str) -> ModuleDef:
 def module_rows(conn: Conn) -> list[dict[str, Any]]:
     """Every module with its last run, for ``dx modules``."""
     return conn.execute(
-        "SELECT m.id, m.tenant, m.kind, m.database, m.config->>'mode' AS mode, m.paused,"
+        "SELECT m.id, m.tenant, m.kind, m.database, m.config->>'mode' AS mode, m.config, m.paused,"
         " r.id AS last_run, r.status AS last_status, r.finished_at AS last_finished"
         " FROM dx.modules m LEFT JOIN LATERAL (SELECT id, status, finished_at FROM dx.runs"
         " WHERE module = m.id ORDER BY id DESC LIMIT 1) r ON true ORDER BY m.tenant, m.id").fetchall()

@@ -10,12 +10,22 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from dx.scheduler.cron import Rule, Schedule, console_rule, parse_cron
 from dx.shared.errors import ConfigError
 
 #: Identifiers of tenants, connections, databases, modules.
@@ -192,6 +202,74 @@ class FilterCfg(Strict):
             raise ValueError(f"op {self.op} needs one value")
         return self
 
+def _time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Rome") from None
+    return value
+
+
+#: An IANA time zone name, checked against the zone database.
+TimeZone = Annotated[str, AfterValidator(_time_zone)]
+
+
+def _cron(value: str) -> str:
+    parse_cron(value)
+    return value
+
+
+def _time_of_day(value: str) -> str:
+    console_rule([value])
+    return value
+
+
+def _month(value: int | str) -> int | str:
+    console_rule(["00:00"], months=[value])
+    return value
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class ScheduleCfg(Strict):
+    """When a module fires: cron expressions or the console form, in one time zone."""
+
+    cron: list[Annotated[str, AfterValidator(_cron)]] | None = None
+    times: list[Annotated[str, AfterValidator(_time_of_day)]] | None = None
+    weekdays: list[Weekday] = []
+    months: list[Annotated[int | str, AfterValidator(_month)]] = []
+    timezone: TimeZone = "UTC"
+    start: date | None = None
+    end: date | None = None
+    misfire_grace_s: float = Field(300.0, ge=0)
+    overlap: Literal["forbid", "queue", "allow"] = "forbid"
+    max_failures: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ScheduleCfg:
+        if (self.cron is None) == (self.times is None):
+            raise ValueError("give either cron: [expressions] or times: [\"HH:MM\"] (with weekdays, months)")
+        if self.cron is not None and (self.weekdays or self.months):
+            raise ValueError("weekdays and months go with times:, not with cron: (put them in the expression)")
+        if self.cron == [] or self.times == []:
+            raise ValueError("the schedule lists no cron expression or time")
+        if self.start and self.end and self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        compiled = self.compile()
+        if self.end is None and not compiled.rules_can_fire():
+            raise ValueError("this schedule never fires (no date matches its days and months)")
+        return self
+
+    def compile(self) -> Schedule:
+        """The schedule as fire-time rules (dx.scheduler.cron)."""
+        rules: tuple[Rule, ...]
+        if self.cron is not None:
+            rules = tuple(parse_cron(c) for c in self.cron)
+        else:
+            rules = (console_rule(self.times or [], self.weekdays, self.months),)
+        return Schedule(rules, ZoneInfo(self.timezone), self.start, self.end)
+
 
 class ModuleCfg(Strict):
     id: Id
@@ -208,23 +286,14 @@ class ModuleCfg(Strict):
     update_missing: Literal["fail", "insert"] = "fail"
     #: bytes of source per chunk for this module (default: DX_CHUNK_BYTES).
     chunk_bytes: int | None = Field(None, ge=1)
-    schedule: dict[str, Any] | None = None
+    schedule: ScheduleCfg | None = None
     notify: list[str] = []
     paused: bool = False
-    timezone: str = "UTC"
+    timezone: TimeZone = "UTC"
     target: TargetCfg | None = None
     fields: list[Annotated[str, Field(pattern=FIELD_PATTERN)]] | None = None
     filter: list[FilterCfg] | None = None
     events: Literal["raw", "summary"] | None = None
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Rome") from None
-        return value
 
     @model_validator(mode="after")
     def _export_needs(self) -> ModuleCfg:

@@ -22,6 +22,7 @@ class Level(StrEnum):
 
     RUN = "run"
     RECORD = "record"
+    REQUEST = "request"
 
 
 class ErrorCode(StrEnum):
@@ -76,6 +77,17 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = ("INTERNAL_ERROR", Level.RUN,
                       "A worker failed unexpectedly after its retries; the log of the run says why.")
 
+    # request-level: a run request or a scheduled fire does no work
+    OVERLAP_FORBIDDEN = ("OVERLAP_FORBIDDEN", Level.REQUEST,
+                         "A scheduled fire found the module's previous run still going; with overlap: forbid "
+                         "it is recorded as a skipped run.")
+    REQUEST_MALFORMED = ("REQUEST_MALFORMED", Level.REQUEST,
+                         "An AMQP run request is not a JSON object with string fields tenant and module "
+                         "(and optionally requested_by); it is dead-lettered.")
+    UNKNOWN_MODULE = ("UNKNOWN_MODULE", Level.REQUEST,
+                      "A run request names a module that does not exist or belongs to another tenant; "
+                      "it is dead-lettered.")
+
     # record-level: one record is rejected, the others are applied
     MALFORMED_RECORD = ("MALFORMED_RECORD", Level.RECORD,
                         "The record has a different number of fields than the header.")
@@ -128,6 +140,7 @@ def render_error_codes_markdown() -> str:
     titles = {
         Level.RUN: "Run-level (the run fails; the database keeps its previous content)",
         Level.RECORD: "Record-level (one record is rejected and reported; the others are applied)",
+        Level.REQUEST: "Request-level (a run request or a scheduled fire is refused or skipped; no data moves)",
     }
     for level in Level:
         lines += [f"## {titles[level]}", "", "| code | meaning |", "|---|---|"]

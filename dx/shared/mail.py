@@ -48,12 +48,30 @@ def compose(settings: Settings, run: dict[str, Any], errors: list[dict[str, Any]
     return msg
 
 
-def send(settings: Settings, msg: EmailMessage) -> None:
-    """Deliver over SMTP, or write to the outbox folder."""
+def compose_paused(settings: Settings, module: str, tenant: str, failed: list[dict[str, Any]],
+                   recipients: list[str]) -> EmailMessage:
+    """The e-mail saying a module's schedule was paused after consecutive failed runs."""
+    msg = EmailMessage()
+    msg["Subject"] = f"[DataExchange] {module}: schedule paused after {len(failed)} failed runs"
+    msg["From"] = settings.mail_from
+    msg["To"] = ", ".join(recipients)
+    lines = [f"Module:   {module} (tenant {tenant})",
+             f"Its last {len(failed)} runs failed, so its schedule is paused: no scheduled run starts",
+             "until someone resumes it. Runs on demand (dx run) still work.", "", "Failed runs:"]
+    lines += [f"  run {r['id']:<8} {r['status']:<10} {r['error_code'] or '-':<24} {r['error_message'] or ''}"
+              for r in failed]
+    lines += ["", f"Once the cause is fixed: dx resume {module}"]
+    msg.set_content("\n".join(lines) + "\n")
+    return msg
+
+
+def send(settings: Settings, msg: EmailMessage, name: str | None = None) -> None:
+    """Deliver over SMTP, or write to the outbox folder (as ``name``.eml, default run-N)."""
     if settings.smtp_url is None:
         settings.outbox_dir.mkdir(parents=True, exist_ok=True)
-        name = msg["Subject"].split("(run ")[-1].rstrip(")").replace(" ", "_")
-        (settings.outbox_dir / f"run-{name}.eml").write_bytes(bytes(msg))
+        if name is None:
+            name = "run-" + msg["Subject"].split("(run ")[-1].rstrip(")").replace(" ", "_")
+        (settings.outbox_dir / f"{name}.eml").write_bytes(bytes(msg))
         return
     url = urlsplit(settings.smtp_url)
     cls = smtplib.SMTP_SSL if url.scheme == "smtps" else smtplib.SMTP

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -43,11 +44,11 @@ class Trigger(StrEnum):
 
 
 def create_run(conn: Conn, tenant: str, module: str, trigger: Trigger,
-               requested_by: str | None) -> int:
-    """Insert a queued run; returns its id."""
+               requested_by: str | None, due_at: datetime | None = None) -> int:
+    """Insert a queued run (``due_at``: the fire time of a scheduled one); returns its id."""
     row = conn.execute(
-        "INSERT INTO dx.runs (tenant, module, trigger, requested_by) VALUES (%s, %s, %s, %s) RETURNING id",
-        (tenant, module, trigger.value, requested_by)).fetchone()
+        "INSERT INTO dx.runs (tenant, module, trigger, requested_by, due_at) VALUES (%s, %s, %s, %s, %s)"
+        " RETURNING id", (tenant, module, trigger.value, requested_by, due_at)).fetchone()
     assert row is not None
     return int(row["id"])
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from dx.shared.errors import ConfigError
 
+N = TypeVar("N", int, float)
 #: Bytes of source per chunk: a 1M-row contact file (~100 MB) makes 4 chunks.
 DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
 
@@ -37,6 +40,10 @@ class Settings:
     chunk_bytes: int
     worker_threads: int
     log_level: str
+    scheduler_tick_s: float = 1.0
+    scheduler_lease_s: float = 15.0
+    clock_origin: tuple[datetime, float] | None = None  # (schedule time, at this Unix time)
+    clock_speed: float = 1.0
 
     @property
     def outbox_dir(self) -> Path:
@@ -52,6 +59,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build the settings, raising ConfigError with every problem found."""
         env = os.environ if env is None else env
+        environ = env  # narrowed for the generic helper below (mypy does not narrow into it)
         problems: list[str] = []
 
         def url(name: str, schemes: tuple[str, ...]) -> str | None:
@@ -70,18 +78,33 @@ class Settings:
                 )
             return value
 
-        def integer(name: str, default: int, minimum: int) -> int:
-            raw = env.get(name)
+        def number(name: str, default: N, minimum: N, cast: Callable[[str], N]) -> N:
+            raw = environ.get(name)
             if raw is None or raw == "":
                 return default
             try:
-                value = int(raw)
+                value = cast(raw)
             except ValueError:
-                problems.append(f"{name}={raw!r}: expected a whole number")
+                problems.append(f"{name}={raw!r}: expected {'a whole number' if cast is int else 'a number'}")
                 return default
-            if value < minimum:
+            if not value >= minimum:  # also refuses nan
                 problems.append(f"{name}={value}: must be at least {minimum}")
             return value
+
+        def clock_origin() -> tuple[datetime, float] | None:
+            raw = env.get("DX_CLOCK_ORIGIN") or None
+            if raw is None:
+                return None
+            try:
+                iso, _, unix = raw.partition("@")
+                origin = datetime.fromisoformat(iso)
+                if origin.tzinfo is None:
+                    raise ValueError("no UTC offset")
+                return origin, float(unix)
+            except ValueError:
+                problems.append(f"DX_CLOCK_ORIGIN={raw!r}: expected ISO-TIME-WITH-OFFSET@UNIX-SECONDS "
+                                "(a test clock; unset it in production)")
+                return None
 
         home = Path(env.get("DX_HOME") or Path.cwd() / ".dx").expanduser()
         settings = cls(
@@ -92,12 +115,22 @@ class Settings:
             smtp_url=url("DX_SMTP_URL", ("smtp", "smtps")),
             staging_dir=Path(env.get("DX_STAGING_DIR") or home / "staging").expanduser(),
             mail_from=env.get("DX_MAIL_FROM") or "dataexchange@localhost",
-            chunk_bytes=integer("DX_CHUNK_BYTES", DEFAULT_CHUNK_BYTES, 1),
-            worker_threads=integer("DX_WORKER_THREADS", 1, 1),
+            chunk_bytes=number("DX_CHUNK_BYTES", DEFAULT_CHUNK_BYTES, 1, int),
+            worker_threads=number("DX_WORKER_THREADS", 1, 1, int),
             log_level=(env.get("DX_LOG_LEVEL") or "INFO").upper(),
+            scheduler_tick_s=number("DX_SCHEDULER_TICK_S", 1.0, 0.01, float),
+            scheduler_lease_s=number("DX_SCHEDULER_LEASE_S", 15.0, 0.1, float),
+            clock_origin=clock_origin(),
+            clock_speed=number("DX_CLOCK_SPEED", 1.0, 0.001, float),
         )
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             problems.append(f"DX_LOG_LEVEL={settings.log_level}: expected DEBUG, INFO, WARNING or ERROR")
+        if settings.scheduler_lease_s < 2 * settings.scheduler_tick_s:
+            problems.append(f"DX_SCHEDULER_LEASE_S={settings.scheduler_lease_s}: must be at least twice "
+                            f"DX_SCHEDULER_TICK_S={settings.scheduler_tick_s}, or the leader loses its lease")
+        if settings.clock_speed != 1.0 and settings.clock_origin is None:
+            problems.append("DX_CLOCK_SPEED is set without DX_CLOCK_ORIGIN=ISO-TIME@UNIX-SECONDS "
+                            "(where the test clock starts)")
         if settings.broker_url and not settings.redis_url:
             problems.append(
                 "DX_REDIS_URL is unset while DX_BROKER_URL is set: workers in separate processes "

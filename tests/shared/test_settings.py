@@ -108,3 +108,20 @@ def test_a_malformed_url_is_reported_as_a_problem():
     # When built / Then both are reported in the ConfigError
     problems = problems_of(env)
     assert [p.split("=")[0] for p in problems] == ["DX_DATABASE_URL", "DX_LOG_LEVEL"]
+
+
+def test_the_test_clock_and_scheduler_timings_are_read_and_checked(tmp_path, monkeypatch):
+    # Given a test clock and scheduler timings / When built / Then they are parsed
+    monkeypatch.chdir(tmp_path)
+    s = Settings.from_env({"DX_CLOCK_ORIGIN": "2026-06-01T00:00:00+00:00@1700000000.5", "DX_CLOCK_SPEED": "20",
+                           "DX_SCHEDULER_TICK_S": "0.1", "DX_SCHEDULER_LEASE_S": "1"})
+    assert s.clock_origin is not None and s.clock_origin[1] == 1700000000.5
+    assert (s.clock_origin[0].isoformat(), s.clock_speed) == ("2026-06-01T00:00:00+00:00", 20.0)
+    assert (s.scheduler_tick_s, s.scheduler_lease_s) == (0.1, 1.0)
+    # and bad values are all reported
+    problems = problems_of({"DX_CLOCK_ORIGIN": "2026-06-01T00:00:00", "DX_SCHEDULER_TICK_S": "fast",
+                            "DX_SCHEDULER_LEASE_S": "0.5", "DX_CLOCK_SPEED": "3"})
+    assert any(p.startswith("DX_CLOCK_ORIGIN=") for p in problems)
+    assert any(p.startswith("DX_SCHEDULER_TICK_S='fast'") for p in problems)
+    assert any(p.startswith("DX_SCHEDULER_LEASE_S=0.5: must be at least twice") for p in problems)
+    assert any(p.startswith("DX_CLOCK_SPEED is set without DX_CLOCK_ORIGIN") for p in problems)

@@ -1,0 +1,142 @@
+"""Run-now over AMQP: JSON requests on the durable queue ``dx.requests``.
+
+A message ``{"tenant": "acme", "module": "acme-nightly-import",
+"requested_by": "crm"}`` becomes a run exactly as ``dx run`` makes one
+(``request_run``, trigger ``amqp``). A malformed body, an unknown module or a
+tenant that does not own the module is logged with its reason and
+dead-lettered: republished (publisher confirms) to the durable queue
+``dx.requests.dead`` with headers ``x-dx-error-code`` and ``x-dx-reason``,
+then acknowledged. The queues carry no arguments, so any client may declare
+them as plain durable queues. A database that is down requeues the message;
+nothing crashes the consumer, which reconnects after a broker restart.
+Delivery is at least once: a consumer dying between the run's commit and the
+ack gets the message redelivered to another replica.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions
+import structlog
+
+from dx.scheduler.requests import UnknownModule, request_run
+from dx.shared.errors import ErrorCode, RetriableError
+from dx.shared.runs import Trigger
+
+log = structlog.get_logger(__name__)
+REQUESTS_QUEUE = "dx.requests"
+DEAD_QUEUE = "dx.requests.dead"
+#: Keys a request may carry.
+REQUEST_KEYS = {"tenant", "module", "requested_by"}
+#: Seconds between reconnection attempts, and the pause after a transient failure.
+RETRY_S = 2.0
+
+
+class Rejected(Exception):
+    """A request that will never succeed: dead-letter it with this code and reason."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A well-formed request."""
+
+    tenant: str
+    module: str
+    requested_by: str | None
+
+
+def parse_request(body: bytes) -> RunRequest:
+    """Decode and check a request body; Rejected(REQUEST_MALFORMED) says what is wrong."""
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Rejected(ErrorCode.REQUEST_MALFORMED, f"not UTF-8 JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise Rejected(ErrorCode.REQUEST_MALFORMED, "expected a JSON object with tenant and module")
+    unknown = sorted(set(doc) - REQUEST_KEYS)
+    if unknown:
+        raise Rejected(ErrorCode.REQUEST_MALFORMED, f"unknown keys {unknown}; expected {sorted(REQUEST_KEYS)}")
+    for key in ("tenant", "module"):
+        if not isinstance(doc.get(key), str) or not doc[key]:
+            raise Rejected(ErrorCode.REQUEST_MALFORMED, f"{key} must be a non-empty string")
+    by = doc.get("requested_by")
+    if by is not None and (not isinstance(by, str) or len(by) > 200):
+        raise Rejected(ErrorCode.REQUEST_MALFORMED, "requested_by must be a string of at most 200 characters")
+    return RunRequest(doc["tenant"], doc["module"], by)
+
+
+def handle(body: bytes) -> int:
+    """Turn one request body into a run; Rejected if it never can."""
+    req = parse_request(body)
+    try:
+        return request_run(req.module, Trigger.AMQP, req.requested_by, tenant=req.tenant)
+    except UnknownModule as exc:
+        raise Rejected(ErrorCode.UNKNOWN_MODULE, str(exc)) from None
+
+
+class RequestConsumer(threading.Thread):
+    """Consumes ``dx.requests`` on its own connection until ``stop`` is set."""
+
+    def __init__(self, url: str, stop: threading.Event) -> None:
+        super().__init__(name="dx.requests", daemon=True)
+        self.url, self.stop = url, stop
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self._consume()
+            except pika.exceptions.AMQPError as exc:
+                log.warning("requests.disconnected", error=repr(exc))
+                self.stop.wait(RETRY_S)
+
+    def _consume(self) -> None:
+        connection = pika.BlockingConnection(pika.URLParameters(self.url))
+        try:
+            channel = connection.channel()
+            for queue in (REQUESTS_QUEUE, DEAD_QUEUE):
+                channel.queue_declare(queue, durable=True)
+            channel.confirm_delivery()
+            channel.basic_qos(prefetch_count=1)
+            log.info("requests.consuming", queue=REQUESTS_QUEUE)
+            for method, properties, body in channel.consume(REQUESTS_QUEUE, inactivity_timeout=0.5):
+                if self.stop.is_set():
+                    break
+                if method is not None:
+                    self._one(channel, method, properties, body)
+            channel.cancel()
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    def _one(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        try:
+            run_id = handle(body)
+        except Rejected as exc:
+            self._dead_letter(channel, properties, body, exc.code, exc.reason)
+        except RetriableError as exc:  # e.g. PostgreSQL restarting: try again later, keep the message
+            log.warning("requests.retry", error=str(exc))
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            self.stop.wait(RETRY_S)
+            return
+        except Exception as exc:  # unexpected: never crash the consumer, never lose the message
+            log.exception("requests.failed")
+            self._dead_letter(channel, properties, body, ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        else:
+            log.info("requests.accepted", run=run_id)
+        channel.basic_ack(method.delivery_tag)
+
+    def _dead_letter(self, channel: Any, properties: Any, body: bytes, code: ErrorCode, reason: str) -> None:
+        log.warning("requests.rejected", code=code.value, reason=reason, body=body[:200].decode("utf-8", "replace"))
+        headers = dict(properties.headers or {}) | {"x-dx-error-code": code.value, "x-dx-reason": reason[:500]}
+        channel.basic_publish("", DEAD_QUEUE, body, pika.BasicProperties(
+            delivery_mode=pika.DeliveryMode.Persistent, content_type=properties.content_type,
+            message_id=properties.message_id, headers=headers), mandatory=True)

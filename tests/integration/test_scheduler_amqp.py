@@ -1,0 +1,85 @@
+"""Run-now over AMQP: a plain pika publish to ``dx.requests`` becomes a run like ``dx run``."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pika
+import pytest
+
+from dx.cli import wait_for
+from dx.shared import db
+from tests.integration.helpers import apply, config, table
+from tests.integration.scheduling import forget_tenant, start_scheduler, stop
+
+TENANT = "amqp"
+SOURCE = b"email,first_name,points\na@x.it,Ann,1\nb@x.it,Bob,2\n"
+
+
+def amqp_run(requested_by: str, timeout_s: float = 30) -> int:
+    """The id of the AMQP-triggered run requested by ``requested_by``, once it exists."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with db.connect() as conn:
+            row = conn.execute("SELECT id FROM dx.runs WHERE trigger = 'amqp' AND requested_by = %s",
+                               (requested_by,)).fetchone()
+        if row:
+            return int(row["id"])
+        time.sleep(0.2)
+    raise AssertionError(f"no run requested by {requested_by!r} within {timeout_s} s")
+
+
+@pytest.mark.timeout(120)
+def test_a_published_request_runs_like_dx_run_and_bad_ones_are_dead_lettered(
+        cluster_env, sshd, workers, tmp_path):
+    # Given a module with a file to import, two workers and a scheduler consuming dx.requests
+    apply(config(TENANT, sshd, [{"id": "amqp-import", "mode": "upsert", "source": {"path": "in/amqp.csv"}}]),
+          tmp_path)
+    sshd.put("in/amqp.csv", SOURCE)
+    workers.start(2)
+    scheduler = start_scheduler({"DX_SCHEDULER_TICK_S": "0.5"}, tmp_path / "scheduler.log")
+    connection = pika.BlockingConnection(pika.URLParameters(cluster_env["DX_BROKER_URL"]))
+    try:
+        channel = connection.channel()
+        channel.queue_declare("dx.requests", durable=True)
+        channel.queue_declare("dx.requests.dead", durable=True)
+        channel.confirm_delivery()
+
+        def publish(body: bytes) -> None:
+            channel.basic_publish("", "dx.requests", body, pika.BasicProperties(
+                content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent))
+
+        # When three bad requests and then a good one are published
+        publish(b"{not json")
+        publish(json.dumps({"tenant": TENANT, "module": "no-such-module", "requested_by": "crm"}).encode())
+        publish(json.dumps({"tenant": "someone-else", "module": "amqp-import"}).encode())
+        publish(json.dumps({"tenant": TENANT, "module": "amqp-import", "requested_by": "crm"}).encode())
+
+        # Then the good one became a run that completes like `dx run`'s
+        run = wait_for(amqp_run("crm"), timeout_s=60)
+        assert (run["status"], run["trigger"], run["requested_by"]) == ("completed", "amqp", "crm")
+        assert (run["rows_read"], run["inserted"]) == (2, 2)
+        assert set(table(TENANT)) == {"a@x.it", "b@x.it"}
+        # and each bad one is in the dead-letter queue with its code and reason, in order
+        dead = []
+        deadline = time.monotonic() + 10
+        while len(dead) < 3 and time.monotonic() < deadline:
+            method, props, body = channel.basic_get("dx.requests.dead", auto_ack=True)
+            if method is None:
+                time.sleep(0.2)
+                continue
+            dead.append((body, props.headers["x-dx-error-code"], props.headers["x-dx-reason"]))
+        assert [d[1] for d in dead] == ["REQUEST_MALFORMED", "UNKNOWN_MODULE", "UNKNOWN_MODULE"]
+        assert dead[0][0] == b"{not json" and "not UTF-8 JSON" in dead[0][2]
+        assert "no-such-module" in dead[1][2] and "someone-else" in dead[2][2]
+        # no other run was made, and the consumer is still alive
+        with db.connect() as conn:
+            assert conn.execute("SELECT count(*) AS n FROM dx.runs WHERE trigger = 'amqp'").fetchone()["n"] == 1
+        assert scheduler.poll() is None
+    finally:
+        connection.close()
+        code = stop(scheduler)
+        forget_tenant(TENANT, cluster_env["DX_BROKER_URL"])
+    # and SIGTERM stopped it cleanly
+    assert code == 0
