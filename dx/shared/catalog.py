@@ -121,10 +121,12 @@ def apply_config(conn: Conn, cfg: Config) -> list[str]:
         if row and row["tenant"] != m.tenant:
             raise ConfigError([f"modules: {m.id!r} already belongs to tenant {row['tenant']!r}"])
         conn.execute(
-            "INSERT INTO dx.modules (id, tenant, kind, database, config, paused) VALUES (%s, %s, %s, %s, %s, %s)"
+            "INSERT INTO dx.modules (id, tenant, kind, database, config, paused)"
+            " VALUES (%(id)s, %(tenant)s, %(kind)s, %(database)s, %(config)s, coalesce(%(paused)s, false))"
             " ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, database = EXCLUDED.database,"
-            " config = EXCLUDED.config, paused = EXCLUDED.paused, updated_at = now()",
-            (m.id, m.tenant, m.kind, m.database, Jsonb(m.model_dump(mode="json")), m.paused))
+            " config = EXCLUDED.config, paused = coalesce(%(paused)s, dx.modules.paused), updated_at = now()",
+            {"id": m.id, "tenant": m.tenant, "kind": m.kind, "database": m.database,
+             "config": Jsonb(m.model_dump(mode="json")), "paused": m.paused})
         changes.append(f"module {m.id}")
     return changes
 

@@ -288,7 +288,8 @@ class ModuleCfg(Strict):
     chunk_bytes: int | None = Field(None, ge=1)
     schedule: ScheduleCfg | None = None
     notify: list[str] = []
-    paused: bool = False
+    #: true or false sets it; left out, a re-apply keeps what `dx pause`/`resume` or an auto-pause set.
+    paused: bool | None = None
     timezone: TimeZone = "UTC"
     target: TargetCfg | None = None
     fields: list[Annotated[str, Field(pattern=FIELD_PATTERN)]] | None = None

@@ -6,6 +6,7 @@ import pytest
 
 from dx.cli import main
 from dx.shared import db
+from tests.integration.helpers import apply, config
 from tests.integration.scheduling import forget_tenant, scheduled
 
 pytestmark = pytest.mark.timeout(60)
@@ -47,3 +48,19 @@ def test_modules_shows_the_next_fire_and_pause_resume_keep_working(module, capsy
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(module))
     # Then its line says active and its next fire is a 02:30 in Rome
     assert " active " in line and "T02:30+0" in line
+
+
+def test_a_re_apply_keeps_a_pause_unless_the_config_says_otherwise(module, sshd, tmp_path):
+    def paused() -> bool:
+        with db.connect() as conn:
+            return conn.execute("SELECT paused FROM dx.modules WHERE id = %s", (module,)).fetchone()["paused"]
+
+    # Given the module paused by hand
+    assert main(["pause", module]) == 0
+    # When the same config (no `paused` key) is applied again / Then it stays paused
+    scheduled(TENANT, sshd, tmp_path, {module: {"cron": ["30 2 * * *"], "timezone": "Europe/Rome"}})
+    assert paused()
+    # When a config says `paused: false` / Then it is active again
+    apply(config(TENANT, sshd, [{"id": module, "mode": "append", "source": {"path": f"in/{module}_*.csv"},
+                                 "schedule": {"cron": ["30 2 * * *"]}, "paused": False}]), tmp_path)
+    assert not paused()
