@@ -2,11 +2,10 @@
 
 Every occurrence of a key is in one chunk (the plan partitions by a hash of
 the key), in source order. The outcome of a key's operations depends only on
-whether the key exists before the chunk, so one locking query tells that for
-every key; the per-key replay is then column-wise (Polars window
-expressions), and the database sees at most three statements: DELETE,
-INSERT, UPDATE, from one COPY into a temporary table. No round trip per
-record.
+whether the key exists before the chunk, so one query tells that for every
+key; the per-key replay is then column-wise (one sort and one group-by in
+Polars), and the database sees one MERGE from one COPY into a temporary
+table. No round trip per record.
 
 The replay: an operation either succeeds or fails on the key's state just
 before it, and a success sets the state (I and an inserting U: exists, D:
@@ -24,7 +23,7 @@ from psycopg import sql
 
 from dx.shared.catalog import ModuleDef, table_ident
 from dx.shared.db import Conn
-from dx.shared.errors import ErrorCode
+from dx.shared.errors import ErrorCode, RetriableError
 from dx.shared.formats.csv import ROW
 from dx.shared.validate import OP, Validated
 from dx.workers.importer import ChunkOutcome, copy_frame, fields_of, load_table
@@ -36,7 +35,11 @@ NOT_COUNTER = {"I": "not_inserted", "U": "not_updated", "D": "not_deleted"}
 
 
 def existing_rows(conn: Conn, mdef: ModuleDef, good: pl.DataFrame) -> pl.Series:
-    """Row numbers of ``good`` whose key is in the database now; those rows are locked."""
+    """Row numbers of ``good`` whose key is in the database now.
+
+    No row locks (they would cost a write per row): ``apply_updates`` checks
+    instead that its statement touched exactly the rows it expected, so a
+    concurrent writer of the same keys makes the chunk roll back and retry."""
     pk = mdef.database.primary_key
     target = table_ident(mdef.database.tenant, mdef.database.id)
     keys = sql.Identifier("dx_keys")
@@ -45,7 +48,7 @@ def existing_rows(conn: Conn, mdef: ModuleDef, good: pl.DataFrame) -> pl.Series:
     conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} bigint").format(keys, sql.Identifier(ROW)))
     copy_frame(conn, keys, good.select(ROW, pk))
     rows = conn.execute(sql.SQL(
-        "SELECT k.{r} FROM {k} k JOIN {t} t ON t.{p} = k.{p} FOR UPDATE OF t"
+        "SELECT k.{r} FROM {k} k JOIN {t} t ON t.{p} = k.{p}"
     ).format(r=sql.Identifier(ROW), k=keys, t=target, p=sql.Identifier(pk))).fetchall()
     return pl.Series(ROW, [r[ROW] for r in rows], dtype=pl.Int64)
 
@@ -92,26 +95,46 @@ def replay(good: pl.DataFrame, pk: str, initial_rows: pl.Series, upsert: bool) -
     )
 
 
+def _merge(conn: Conn, mdef: ModuleDef, fields: list[str], load: sql.Identifier) -> sql.Composed:
+    """One MERGE of the load table's actions: delete, update (the source's fields), replace
+    (the source's fields, every other column to its default: as a delete and an insert), insert."""
+    pk = mdef.database.primary_key
+    target = table_ident(mdef.database.tenant, mdef.database.id)
+    columns = [r["attname"] for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped"
+        " ORDER BY attnum", (target.as_string(conn),))]
+
+    def sets(defaults: bool) -> sql.Composable:
+        own = [sql.SQL("{c} = l.{c}").format(c=sql.Identifier(c)) for c in fields if c != pk]
+        rest = [sql.SQL("{c} = DEFAULT").format(c=sql.Identifier(c)) for c in columns if defaults and c not in fields]
+        # a file of keys only still "updates": setting the key to itself keeps the row count exact
+        return sql.SQL(", ").join(own + rest or [sql.SQL("{p} = l.{p}").format(p=sql.Identifier(pk))])
+
+    return sql.SQL(
+        "MERGE INTO {t} t USING {l} l ON t.{p} = l.{p}"
+        " WHEN MATCHED AND l.{a} = 'delete' THEN DELETE"
+        " WHEN MATCHED AND l.{a} = 'update' THEN UPDATE SET {u}"
+        " WHEN MATCHED AND l.{a} = 'replace' THEN UPDATE SET {r}"
+        " WHEN NOT MATCHED AND l.{a} = 'insert' THEN INSERT ({c}) VALUES ({v})"
+    ).format(t=target, l=load, p=sql.Identifier(pk), a=sql.Identifier(ACTION), u=sets(False), r=sets(True),
+             c=sql.SQL(", ").join(sql.Identifier(c) for c in fields),
+             v=sql.SQL(", ").join(sql.SQL("l.{}").format(sql.Identifier(c)) for c in fields))
+
+
 def apply_updates(conn: Conn, run: dict[str, Any], mdef: ModuleDef, v: Validated) -> ChunkOutcome:
     """Apply one validated chunk of operations in the caller's transaction."""
     pk = mdef.database.primary_key
     fields = fields_of(v)
-    target = table_ident(mdef.database.tenant, mdef.database.id)
     outcome = replay(v.good, pk, existing_rows(conn, mdef, v.good), mdef.module.update_missing == "insert")
     writes = outcome.filter(pl.col("action").is_not_null()).select(*fields, pl.col("action").alias(ACTION))
     deletes = outcome.filter(pl.col("gone")).select(pk, pl.lit("delete").alias(ACTION))
     load = load_table(conn, mdef, pl.concat([writes, deletes], how="diagonal_relaxed"), ((ACTION, "text"),))
-    names = dict(t=target, l=load, p=sql.Identifier(pk), a=sql.Identifier(ACTION),
-                 c=sql.SQL(", ").join(sql.Identifier(c) for c in fields))
-    conn.execute(sql.SQL("DELETE FROM {t} t USING {l} l WHERE t.{p} = l.{p} AND l.{a} IN ('delete', 'replace')")
-                 .format(**names))
-    conn.execute(sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM {l} WHERE {a} IN ('insert', 'replace')")
-                 .format(**names))
-    updated = [c for c in fields if c != pk]
-    if updated:
-        sets = sql.SQL(", ").join(sql.SQL("{c} = l.{c}").format(c=sql.Identifier(c)) for c in updated)
-        conn.execute(sql.SQL("UPDATE {t} t SET {s} FROM {l} l WHERE t.{p} = l.{p} AND l.{a} = 'update'")
-                     .format(s=sets, **names))
+    expected = writes.height + deletes.height
+    if expected:
+        touched = conn.execute(_merge(conn, mdef, fields, load)).rowcount
+        if touched != expected:
+            raise RetriableError(f"another writer changed {expected - touched} of this chunk's keys while it "
+                                 "applied; the chunk is rolled back and applied again")
     refused = [v.fail(outcome.filter((pl.col("code") == code.value) & (pl.col(OP) == op)), code, message)
                for code, op, message in (
                    (ErrorCode.KEY_EXISTS, "I", "the key exists (in the database or inserted earlier in the source)"),

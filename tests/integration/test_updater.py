@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from typing import Any
 
@@ -165,3 +166,49 @@ def test_a_million_mixed_records_add_up(cluster_env, sshd, workers, tmp_path):
                                 (result["id"],)).fetchone()["n"]
     assert n == base_rows + result["inserted"] - result["deleted"]
     assert n_failed == sum(result[c] for c in COUNTERS if c.startswith("not_"))
+
+
+def test_a_concurrent_writer_makes_the_chunk_retry_not_miscount(cluster_env, sshd, tmp_path):
+    # Given: a planned run (no workers) updating two keys that exist
+    from dx.scheduler.requests import request_run
+    from dx.shared.errors import RetriableError
+    from dx.shared.runs import Trigger
+    from dx.workers.chunk import chunk
+    from dx.workers.plan import plan
+
+    _configure(sshd, tmp_path, chunk_bytes=1 << 20, upsert=False)
+    _seed({k: {"first_name": "Init", "points": 1, "birth_date": BIRTH} for k in ("a@x.it", "b@x.it")})
+    sshd.put("upd/ops_race.csv", _csv([["U", "a@x.it", "A", "2"], ["U", "b@x.it", "B", "3"]]))
+    run_id = request_run("upd-ops", Trigger.MANUAL, "pytest")
+    plan.fn(run_id)
+
+    # When: another transaction deletes b@x.it, committing while the chunk waits on that row
+    with db.connect() as other:
+        other.execute(f'DELETE FROM "tenant_{TENANT}".contacts WHERE email = %s', ("b@x.it",))  # noqa: S608
+        with ThreadPoolExecutor(1) as pool:
+            applied = pool.submit(chunk.fn, run_id, 0)
+            _wait_for_lock_wait()
+            other.commit()
+            # Then: the chunk notices that it touched fewer rows than it planned, and rolls back
+            with pytest.raises(RetriableError, match="another writer changed 1"):
+                applied.result(30)
+    with db.connect() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM dx.chunk_results WHERE run_id = %s",
+                            (run_id,)).fetchone()["n"] == 0
+    # When: it is delivered again / Then: the update of the vanished key is a failed operation
+    chunk.fn(run_id, 0)
+    assert table(TENANT) == {"a@x.it": ("A", 2, BIRTH)}
+    with db.connect() as conn:
+        assert conn.execute("SELECT row_number, error_code FROM dx.failed_operations WHERE run_id = %s",
+                            (run_id,)).fetchall() == [{"row_number": 2, "error_code": "KEY_NOT_FOUND"}]
+
+
+def _wait_for_lock_wait(timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    with db.connect(autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            if conn.execute("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                            " AND query LIKE 'MERGE%'").fetchone():
+                return
+            time.sleep(0.02)
+    raise AssertionError("the chunk never waited on the locked row")
