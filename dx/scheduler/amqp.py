@@ -10,7 +10,9 @@ then acknowledged. The queues carry no arguments, so any client may declare
 them as plain durable queues. A database that is down requeues the message;
 nothing crashes the consumer, which reconnects after a broker restart.
 Delivery is at least once: a consumer dying between the run's commit and the
-ack gets the message redelivered to another replica.
+ack gets the message redelivered to another replica. A message that carries a
+``message_id`` (the AMQP property) is made into a run once per tenant: a
+redelivery or a client's re-send finds that run and makes no other.
 """
 
 from __future__ import annotations
@@ -74,11 +76,11 @@ def parse_request(body: bytes) -> RunRequest:
     return RunRequest(doc["tenant"], doc["module"], by)
 
 
-def handle(body: bytes) -> int:
-    """Turn one request body into a run; Rejected if it never can."""
+def handle(body: bytes, message_id: str | None = None) -> int:
+    """Turn one request body into a run (once per ``message_id``); Rejected if it never can."""
     req = parse_request(body)
     try:
-        return request_run(req.module, Trigger.AMQP, req.requested_by, tenant=req.tenant)
+        return request_run(req.module, Trigger.AMQP, req.requested_by, tenant=req.tenant, request_id=message_id)
     except UnknownModule as exc:
         raise Rejected(ErrorCode.UNKNOWN_MODULE, str(exc)) from None
 
@@ -119,7 +121,7 @@ class RequestConsumer(threading.Thread):
 
     def _one(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         try:
-            run_id = handle(body)
+            run_id = handle(body, properties.message_id)
         except Rejected as exc:
             self._dead_letter(channel, properties, body, exc.code, exc.reason)
         except RetriableError as exc:  # e.g. PostgreSQL restarting: try again later, keep the message

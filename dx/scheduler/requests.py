@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import psycopg
+
 from dx.shared import db
 from dx.shared.db import Conn
 from dx.shared.errors import DxError, ErrorCode
@@ -35,9 +37,10 @@ def module_tenant(conn: Conn, module_id: str, tenant: str | None = None) -> str:
 
 
 def create_queued_run(conn: Conn, tenant: str, module_id: str, trigger: Trigger, requested_by: str | None,
-                      *, due_at: datetime | None = None, after_run: int | None = None) -> int:
+                      *, due_at: datetime | None = None, after_run: int | None = None,
+                      request_id: str | None = None) -> int:
     """Insert a queued run and its outbox row (caller's transaction); returns the run id."""
-    run_id = create_run(conn, tenant, module_id, trigger, requested_by, due_at)
+    run_id = create_run(conn, tenant, module_id, trigger, requested_by, due_at, request_id)
     conn.execute("INSERT INTO dx.run_outbox (run_id, after_run) VALUES (%s, %s)", (run_id, after_run))
     return run_id
 
@@ -71,11 +74,32 @@ def dispatch(run_ids: list[int] | None = None) -> list[int]:
             sent.append(int(row["run_id"]))
 
 
+def _requested(conn: Conn, tenant: str, request_id: str | None) -> int | None:
+    """The run an earlier request with this id made, if any."""
+    if request_id is None:
+        return None
+    row = conn.execute("SELECT id FROM dx.runs WHERE tenant = %s AND request_id = %s", (tenant, request_id)).fetchone()
+    return None if row is None else int(row["id"])
+
+
 def request_run(module_id: str, trigger: Trigger, requested_by: str | None = None,
-                tenant: str | None = None) -> int:
-    """Create a run of the module and enqueue its plan; returns the run id."""
-    with db.transaction() as conn:
-        run_id = create_queued_run(conn, module_tenant(conn, module_id, tenant), module_id, trigger, requested_by)
+                tenant: str | None = None, request_id: str | None = None) -> int:
+    """Create a run of the module and enqueue its plan; returns the run id.
+
+    With a ``request_id`` (the client's id of its request) a repeated request
+    returns the run the first one made, and creates nothing."""
+    try:
+        with db.transaction() as conn:
+            owner = module_tenant(conn, module_id, tenant)
+            earlier = _requested(conn, owner, request_id)
+            if earlier is not None:
+                return earlier
+            run_id = create_queued_run(conn, owner, module_id, trigger, requested_by, request_id=request_id)
+    except psycopg.errors.UniqueViolation:  # the same request, made at the same moment by another replica
+        with db.connect() as conn:
+            earlier = _requested(conn, module_tenant(conn, module_id, tenant), request_id)
+        assert earlier is not None
+        return earlier
     try:
         dispatch([run_id])
     except Exception as exc:  # refused outright: say so now rather than leave it to the sweeper

@@ -43,12 +43,14 @@ class Trigger(StrEnum):
     HTTP = "http"
 
 
-def create_run(conn: Conn, tenant: str, module: str, trigger: Trigger,
-               requested_by: str | None, due_at: datetime | None = None) -> int:
-    """Insert a queued run (``due_at``: the fire time of a scheduled one); returns its id."""
+def create_run(conn: Conn, tenant: str, module: str, trigger: Trigger, requested_by: str | None,
+               due_at: datetime | None = None, request_id: str | None = None) -> int:
+    """Insert a queued run (``due_at``: the fire time of a scheduled one; ``request_id``: the
+    client's id of the request, unique per tenant); returns its id."""
     row = conn.execute(
-        "INSERT INTO dx.runs (tenant, module, trigger, requested_by, due_at) VALUES (%s, %s, %s, %s, %s)"
-        " RETURNING id", (tenant, module, trigger.value, requested_by, due_at)).fetchone()
+        "INSERT INTO dx.runs (tenant, module, trigger, requested_by, due_at, request_id)"
+        " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+        (tenant, module, trigger.value, requested_by, due_at, request_id)).fetchone()
     assert row is not None
     return int(row["id"])
 

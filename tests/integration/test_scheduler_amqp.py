@@ -46,15 +46,18 @@ def test_a_published_request_runs_like_dx_run_and_bad_ones_are_dead_lettered(
         channel.queue_declare("dx.requests.dead", durable=True)
         channel.confirm_delivery()
 
-        def publish(body: bytes) -> None:
+        def publish(body: bytes, message_id: str | None = None) -> None:
             channel.basic_publish("", "dx.requests", body, pika.BasicProperties(
-                content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent))
+                content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
+                message_id=message_id))
 
         # When three bad requests and then a good one are published
         publish(b"{not json")
         publish(json.dumps({"tenant": TENANT, "module": "no-such-module", "requested_by": "crm"}).encode())
         publish(json.dumps({"tenant": "someone-else", "module": "amqp-import"}).encode())
-        publish(json.dumps({"tenant": TENANT, "module": "amqp-import", "requested_by": "crm"}).encode())
+        good = json.dumps({"tenant": TENANT, "module": "amqp-import", "requested_by": "crm"}).encode()
+        publish(good, message_id="crm-001")
+        publish(good, message_id="crm-001")  # sent twice: the client retried
 
         # Then the good one became a run that completes like `dx run`'s
         run = wait_for(amqp_run("crm"), timeout_s=60)
@@ -73,7 +76,7 @@ def test_a_published_request_runs_like_dx_run_and_bad_ones_are_dead_lettered(
         assert [d[1] for d in dead] == ["REQUEST_MALFORMED", "UNKNOWN_MODULE", "UNKNOWN_MODULE"]
         assert dead[0][0] == b"{not json" and "not UTF-8 JSON" in dead[0][2]
         assert "no-such-module" in dead[1][2] and "someone-else" in dead[2][2]
-        # no other run was made, and the consumer is still alive
+        # no other run was made (the re-sent request found its run), and the consumer is still alive
         with db.connect() as conn:
             assert conn.execute("SELECT count(*) AS n FROM dx.runs WHERE trigger = 'amqp'").fetchone()["n"] == 1
         assert scheduler.poll() is None
