@@ -77,6 +77,12 @@ def chunks_done(conn: Conn, run_id: int) -> int:
     return int(row["n"]) if row else 0
 
 
+def chunk_committed(conn: Conn, run_id: int, chunk_no: int) -> bool:
+    """Whether the chunk's result is in: a redelivered chunk message then does nothing."""
+    return conn.execute("SELECT 1 FROM dx.chunk_results WHERE run_id = %s AND chunk_no = %s",
+                        (run_id, chunk_no)).fetchone() is not None
+
+
 def error_counts(conn: Conn, run_id: int) -> list[dict[str, Any]]:
     """(error_code, count) of the run's failed operations, most frequent first."""
     return conn.execute(

@@ -26,7 +26,7 @@ from psycopg import sql
 from dx.shared import db
 from dx.shared.catalog import load_module
 from dx.shared.formats.csv import ROW
-from dx.shared.runs import RunStatus, active_run
+from dx.shared.runs import RunStatus, active_run, chunk_committed
 from dx.shared.validate import find_column, validate
 from dx.workers import staging
 from dx.workers.importer import apply_chunk, copy_frame
@@ -45,8 +45,7 @@ def chunk(run_id: int, chunk_no: int) -> None:
         run = active_run(conn, run_id, "chunk")
         if run is None:
             return
-        if conn.execute("SELECT 1 FROM dx.chunk_results WHERE run_id = %s AND chunk_no = %s",
-                        (run_id, chunk_no)).fetchone():
+        if chunk_committed(conn, run_id, chunk_no):
             log.info("chunk.skip", reason="already applied")
             return
         mdef = load_module(conn, run["module"])

@@ -29,7 +29,7 @@ import structlog
 from dx.shared import db
 from dx.shared.catalog import load_module
 from dx.shared.errors import ErrorCode
-from dx.shared.runs import RunStatus, active_run
+from dx.shared.runs import RunStatus, active_run, chunk_committed
 from dx.workers import staging
 from dx.workers.export import export_query
 from dx.workers.export_query import copy_statement
@@ -56,8 +56,7 @@ def export_chunk(run_id: int, chunk_no: int) -> None:
         run = active_run(conn, run_id, "export_chunk")
         if run is None:
             return
-        if conn.execute("SELECT 1 FROM dx.chunk_results WHERE run_id = %s AND chunk_no = %s",
-                        (run_id, chunk_no)).fetchone():
+        if chunk_committed(conn, run_id, chunk_no):
             log.info("export_chunk.skip", reason="already written")
             return
         mdef = load_module(conn, run["module"])

@@ -55,7 +55,7 @@ def _csv(records: list[list[str]]) -> bytes:
     return buf.getvalue().encode()
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32), n_records=st.integers(200, 4000), n_keys=st.integers(20, 3000),
        chunks=st.integers(1, 8), upsert=st.booleans())
 def test_updater_matches_the_sequential_oracle(cluster_env, sshd, workers, tmp_path, seed, n_records, n_keys,
