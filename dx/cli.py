@@ -300,6 +300,38 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dx.scheduler.http import serve
+
+    return serve(args.host, args.port)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from dx.scheduler import tokens
+
+    db.migrate()
+    with db.transaction() as conn:
+        if args.action == "create":
+            if conn.execute("SELECT 1 FROM dx.tenants WHERE id = %s", (args.tenant,)).fetchone() is None:
+                print(f"dx: no tenant {args.tenant!r}; apply a configuration first", file=sys.stderr)
+                return EXIT_USAGE
+            token_id, token = tokens.create_token(conn, args.tenant, args.name)
+            print(f"token {token_id} for tenant {args.tenant}; it is shown once, keep it now:", file=sys.stderr)
+            _out(token)
+        elif args.action == "list":
+            _out(f"{'id':>5} {'tenant':<12} {'name':<20} {'created':<20} {'last used':<20} revoked")
+            for t in tokens.list_tokens(conn, args.tenant):
+                _out(f"{t['id']:>5} {t['tenant']:<12} {t['name']:<20} " + " ".join(
+                    f"{t[k]:%Y-%m-%d %H:%M:%S} " if t[k] else f"{'-':<20}" for k in
+                    ("created_at", "last_used_at", "revoked_at")).rstrip())
+        elif not tokens.revoke_token(conn, args.id):
+            print(f"dx: no live token {args.id}; `dx token list` shows them", file=sys.stderr)
+            return EXIT_USAGE
+        else:
+            _out(f"token {args.id} revoked")
+    return EXIT_OK
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     if args.what == "events":
         return _generate_events(args)
@@ -390,6 +422,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_time", default=None, metavar="ISO-TIME",
                    help="count from this time (default: now; no offset: the module's time zone)")
     add("scheduler", cmd_scheduler, "fire schedules and consume dx.requests until SIGTERM (run 1+ replicas)")
+    p = add("serve", cmd_serve, "serve the HTTP API, the web console and /metrics until SIGTERM")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8080)
+    p = add("token", cmd_token, "create, list and revoke the HTTP API's bearer tokens")
+    tok = p.add_subparsers(dest="action", required=True)
+    t = tok.add_parser("create", help="make a token for a tenant and print it (once)")
+    t.add_argument("--tenant", required=True)
+    t.add_argument("--name", default="default", help="what the token is for, e.g. crm")
+    t = tok.add_parser("list", help="tokens (never their value)")
+    t.add_argument("--tenant")
+    t = tok.add_parser("revoke", help="revoke a token by id: it stops working at once")
+    t.add_argument("id", type=int)
     p = add("worker", cmd_worker, "consume jobs from RabbitMQ until SIGTERM")
     p.add_argument("--threads", type=int, default=None)
     p = add("generate", cmd_generate, "generate demo and benchmark data")
@@ -425,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = get_settings()
-        interactive = args.command not in ("worker", "scheduler")
+        interactive = args.command not in ("worker", "scheduler", "serve")
         configure("WARNING" if interactive and settings.log_level == "INFO" else settings.log_level,
                   json=not interactive)
         return int(args.func(args))

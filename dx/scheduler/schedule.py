@@ -68,3 +68,14 @@ def next_fire(config: dict[str, Any], now: datetime) -> datetime | None:
     if schedule is None:
         return None
     return next(schedule.compile().fires(now), None)
+
+
+def upcoming(config: dict[str, Any], start: datetime, n: int) -> list[datetime]:
+    """The module's next ``n`` fire times after ``start`` (a naive ``start`` is read in its time zone)."""
+    schedule = schedule_of(config)
+    if schedule is None:
+        return []
+    compiled = schedule.compile()
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=compiled.tz)
+    return compiled.next_fires(start, n)

@@ -151,10 +151,12 @@ def load_module(conn: Conn, module_id: str) -> ModuleDef:
     return ModuleDef(module, database, connection, notify)
 
 
-def module_rows(conn: Conn) -> list[dict[str, Any]]:
-    """Every module with its last run, for ``dx modules``."""
+def module_rows(conn: Conn, tenant: str | None = None, module: str | None = None) -> list[dict[str, Any]]:
+    """Modules with their last run (all, or one tenant's, or one), for ``dx modules`` and the API."""
     return conn.execute(
         "SELECT m.id, m.tenant, m.kind, m.database, m.config->>'mode' AS mode, m.config, m.paused,"
         " r.id AS last_run, r.status AS last_status, r.finished_at AS last_finished"
         " FROM dx.modules m LEFT JOIN LATERAL (SELECT id, status, finished_at FROM dx.runs"
-        " WHERE module = m.id ORDER BY id DESC LIMIT 1) r ON true ORDER BY m.tenant, m.id").fetchall()
+        " WHERE module = m.id ORDER BY id DESC LIMIT 1) r ON true"
+        " WHERE (%(tenant)s::text IS NULL OR m.tenant = %(tenant)s) AND (%(module)s::text IS NULL OR m.id = %(module)s)"
+        " ORDER BY m.tenant, m.id", {"tenant": tenant, "module": module}).fetchall()

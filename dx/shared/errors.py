@@ -23,6 +23,7 @@ class Level(StrEnum):
     RUN = "run"
     RECORD = "record"
     REQUEST = "request"
+    API = "api"
 
 
 class ErrorCode(StrEnum):
@@ -88,6 +89,22 @@ class ErrorCode(StrEnum):
                       "A run request names a module that does not exist or belongs to another tenant; "
                       "it is dead-lettered.")
 
+    # HTTP API: the request is refused, nothing changes (the body is {"error": {"code", "message"}})
+    UNAUTHENTICATED = ("UNAUTHENTICATED", Level.API,
+                       "401: the request has no bearer token, or one that is unknown or revoked "
+                       "(`dx token create --tenant T` makes one).")
+    NOT_FOUND = ("NOT_FOUND", Level.API,
+                 "404: no such path, or no such module or run for the token's tenant (another tenant's "
+                 "look the same as missing ones).")
+    METHOD_NOT_ALLOWED = ("METHOD_NOT_ALLOWED", Level.API, "405: the path exists but not with this method.")
+    INVALID_REQUEST = ("INVALID_REQUEST", Level.API,
+                       "422: a parameter or the JSON body is not valid; `details` says which and why.")
+    REQUEST_ID_REUSED = ("REQUEST_ID_REUSED", Level.API,
+                         "409: a run-now's request_id was already used by the tenant for another module.")
+    SERVICE_UNAVAILABLE = ("SERVICE_UNAVAILABLE", Level.API,
+                           "503: PostgreSQL or RabbitMQ does not answer; try again later.")
+    SERVER_ERROR = ("SERVER_ERROR", Level.API, "500: the API failed unexpectedly; its log says why.")
+
     # record-level: one record is rejected, the others are applied
     MALFORMED_RECORD = ("MALFORMED_RECORD", Level.RECORD,
                         "The record has a different number of fields than the header.")
@@ -141,6 +158,7 @@ def render_error_codes_markdown() -> str:
         Level.RUN: "Run-level (the run fails; the database keeps its previous content)",
         Level.RECORD: "Record-level (one record is rejected and reported; the others are applied)",
         Level.REQUEST: "Request-level (a run request or a scheduled fire is refused or skipped; no data moves)",
+        Level.API: "HTTP API (`dx serve`: the HTTP request is refused; nothing changes)",
     }
     for level in Level:
         lines += [f"## {titles[level]}", "", "| code | meaning |", "|---|---|"]

@@ -8,6 +8,7 @@ record's own fields as received. Cells a spreadsheet would run as a formula
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator
 from typing import IO
@@ -45,18 +46,37 @@ def _rows(conn: Conn, run_id: int) -> Iterator[dict[str, object]]:
         yield from cur
 
 
-def write_report(conn: Conn, run_id: int, out: IO[str]) -> int:
-    """Write the run's report to ``out``; returns the number of failed operations."""
+def report_rows(conn: Conn, run_id: int) -> Iterator[list[str]]:
+    """The report's header, then one neutralised row per failed operation (streamed)."""
     run = conn.execute("SELECT source_columns FROM dx.runs WHERE id = %s", (run_id,)).fetchone()
     columns = list((run or {}).get("source_columns") or [])
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(FIXED_COLUMNS + columns)
-    count = 0
+    yield FIXED_COLUMNS + columns
     for row in _rows(conn, run_id):
         record = row["record"] or {}
         if isinstance(record, str):
             record = json.loads(record)
         assert isinstance(record, dict)
-        writer.writerow([neutralise(row[c]) for c in FIXED_COLUMNS] + [neutralise(record.get(c)) for c in columns])
+        yield [neutralise(row[c]) for c in FIXED_COLUMNS] + [neutralise(record.get(c)) for c in columns]
+
+
+def write_report(conn: Conn, run_id: int, out: IO[str]) -> int:
+    """Write the run's report to ``out``; returns the number of failed operations."""
+    writer = csv.writer(out, lineterminator="\n")
+    count = -1  # the header is not a failed operation
+    for cells in report_rows(conn, run_id):
+        writer.writerow(cells)
         count += 1
     return count
+
+
+def report_text(conn: Conn, run_id: int) -> Iterator[str]:
+    """The report as CSV text in pieces of FETCH_ROWS rows (an HTTP download streams them)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for i, cells in enumerate(report_rows(conn, run_id), start=1):
+        writer.writerow(cells)
+        if i % FETCH_ROWS == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()

@@ -285,3 +285,52 @@ def workers(cluster_env: dict[str, str], tmp_path: Path) -> Iterator[Workers]:
     w = Workers(cluster_env, tmp_path)
     yield w
     w.stop_all()
+
+
+@dataclass
+class Api:
+    """A ``python -m dx serve`` process on a free loopback port."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self, token: str | None = None) -> Any:
+        """An httpx client for the server, with the token as bearer if given."""
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def api(cluster_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """``dx serve`` as a real subprocess, answering /healthz."""
+    import httpx
+
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("api") / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "dx", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                                env={**os.environ, **cluster_env}, stdout=log, stderr=log)
+    server = Api(f"http://127.0.0.1:{port}", proc, log_path)
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"dx serve exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{server.url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"dx serve did not answer /healthz within 30 s: {log_path.read_text()[-2000:]}")
+        time.sleep(0.1)
+    yield server
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
