@@ -46,7 +46,7 @@ def test_queue_depth_rises_while_work_waits_and_falls_once_workers_take_it(api, 
 
     # When: a run is requested over HTTP and a request waits in dx.requests with no consumer
     with api.client(token) as c:
-        run_id = c.post("/api/v1/modules/apim-import/runs", json={}).json()["id"]
+        run_id = c.post("/api/v1/modules/apim-import/runs").json()["id"]  # no body, as curl -X POST
     connection = pika.BlockingConnection(pika.URLParameters(cluster_env["DX_BROKER_URL"]))
     channel = connection.channel()
     channel.queue_declare(REQUESTS_QUEUE, durable=True)
