@@ -48,6 +48,7 @@ def known(conn: Conn) -> Known:
     return Known(
         tenants=frozenset(r["id"] for r in conn.execute("SELECT id FROM dx.tenants")),
         connections=tuple((r["id"], r["tenant"]) for r in conn.execute("SELECT id, tenant FROM dx.connections")),
+        connection_types=tuple((r["id"], r["type"]) for r in conn.execute("SELECT id, type FROM dx.connections")),
         databases=frozenset((r["tenant"], r["id"]) for r in conn.execute("SELECT tenant, id FROM dx.databases")),
     )
 

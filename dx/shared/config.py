@@ -38,6 +38,15 @@ SECRET_PATTERN = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 PATH_FIELD = re.compile(r"\{(date(?::[^{}]*)?|run|module)\}")
 #: Module kinds that write to the client's side.
 EXPORT_KINDS = ("displacer", "exporter")
+#: XML element and attribute names (namespace prefixes are not part of the name: elements match by local name).
+XML_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$"
+#: A table of the client's PostgreSQL: `name` or `schema.name`, each part quoted as written.
+TABLE_PATTERN = r'^[^."]{1,63}(\.[^."]{1,63})?$'
+#: Source options of a file (sftp, local) that a postgres source does not take.
+FILE_OPTIONS = ("format", "delimiter", "quote", "header", "columns", "encoding", "compression", "after",
+                "archive_dir", "settle_s", "record_element", "action_attribute")
+#: Source options of a postgres connection.
+QUERY_OPTIONS = ("table", "query", "watermark", "timeout_s")
 
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 FieldType = Literal["text", "int", "decimal", "bool", "date", "timestamp", "email"]
@@ -54,6 +63,13 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _set(model: BaseModel, names: Iterable[str]) -> list[str]:
+    """The options among ``names`` set to other than their default (a stored config, dumped with
+    its defaults, reads back the same)."""
+    fields = type(model).model_fields
+    return [n for n in names if getattr(model, n) != fields[n].default]
+
+
 def _secret(value: str | None) -> str | None:
     if value is not None and not SECRET_PATTERN.match(value):
         raise ValueError("secrets must be ${ENV_VAR} references, never written in clear")
@@ -68,21 +84,50 @@ class TenantCfg(Strict):
 class ConnectionCfg(Strict):
     id: Id
     tenant: Id
-    type: Literal["sftp", "local"]
-    root: str
+    type: Literal["sftp", "local", "postgres"]
+    #: sftp, local: the folder every path is confined under.
+    root: str = ""
     host: str | None = None
+    #: default 22 for sftp, 5432 for postgres.
     port: int = Field(22, ge=1, le=65535)
     username: str | None = None
     password: str | None = None
     private_key: str | None = None
     passphrase: str | None = None
     host_key: str | None = None
+    #: seconds to connect (and, for sftp, to authenticate).
     timeout_s: float = Field(15.0, gt=0)
+    #: postgres: the client's database and how to use TLS (libpq's sslmode).
+    dbname: str | None = None
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
 
     _check_secrets = field_validator("password", "private_key", "passphrase")(_secret)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _postgres_port(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("type") == "postgres" and "port" not in data:
+            return {**data, "port": 5432}
+        return data
+
+    @model_validator(mode="after")
+    def _postgres_needs(self) -> ConnectionCfg:
+        if self.type != "postgres":
+            if _set(self, ("dbname", "sslmode")):
+                raise ValueError("dbname and sslmode belong to a postgres connection")
+            return self
+        missing = [n for n in ("host", "dbname", "username", "password") if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"a postgres connection needs {', '.join(missing)} (password: a ${{ENV_VAR}} reference)")
+        wrong = _set(self, ("root", "private_key", "passphrase", "host_key"))
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)}: a postgres connection does not take these")
+        return self
+
     @model_validator(mode="after")
     def _sftp_needs(self) -> ConnectionCfg:
+        if self.type == "postgres":
+            return self  # checked by _postgres_needs
         if self.type == "sftp":
             missing = [n for n in ("host", "username", "host_key") if getattr(self, n) is None]
             if missing:
@@ -93,7 +138,7 @@ class ConnectionCfg(Strict):
             if self.host_key is not None and len(self.host_key.split()) < 2:
                 raise ValueError("host_key must look like 'ssh-ed25519 AAAA...'")
         if not self.root.startswith("/"):
-            raise ValueError("root must be an absolute path")
+            raise ValueError("root must be an absolute path" if self.root else f"a {self.type} connection needs root")
         return self
 
 
@@ -132,8 +177,9 @@ def _encoding_name(value: str) -> str:
 
 class SourceCfg(Strict):
     connection: Id
-    path: str = Field(min_length=1)
-    format: Literal["csv"] = "csv"
+    #: a file source: the file, or a pattern in the file name (empty for a postgres source).
+    path: str = ""
+    format: Literal["csv", "xml"] = "csv"
     delimiter: str = Field(",", min_length=1, max_length=1)
     quote: str = Field('"', min_length=1, max_length=1)
     header: bool = True
@@ -146,6 +192,16 @@ class SourceCfg(Strict):
     #: blank: an empty or all-space cell is empty; unquoted: only an unquoted empty cell is,
     #: `""` is the empty string and text is kept as written (the files the Displacer writes).
     nulls: Literal["blank", "unquoted"] = "blank"
+    #: xml: the element holding one record (matched by local name, any namespace).
+    record_element: Annotated[str, Field(pattern=XML_NAME_PATTERN)] = "RECORD"
+    #: xml: the record element's attribute holding the operation (default: the module's operation_field).
+    action_attribute: Annotated[str, Field(pattern=XML_NAME_PATTERN)] | None = None
+    #: postgres: a table (`name` or `schema.name`) or a read-only query, and an optional watermark column.
+    table: Annotated[str, Field(pattern=TABLE_PATTERN)] | None = None
+    query: str | None = Field(None, min_length=1)
+    watermark: Annotated[str, Field(min_length=1, max_length=63)] | None = None
+    #: postgres: the statement timeout of the query, in seconds.
+    timeout_s: float = Field(900.0, gt=0)
 
     _check_encoding = field_validator("encoding")(_encoding_name)
 
@@ -154,6 +210,37 @@ class SourceCfg(Strict):
         if not self.header and not self.columns:
             raise ValueError("a source without header needs columns: [names in file order]")
         return self
+
+    @model_validator(mode="after")
+    def _file_or_query(self) -> SourceCfg:
+        if self.is_query:
+            if self.table is not None and self.query is not None:
+                raise ValueError("give table or query, not both")
+            wrong = _set(self, ("path", *FILE_OPTIONS))
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)}: a table or query source does not take these")
+            return self
+        if not self.path:
+            raise ValueError("a source needs path (a file) or table/query (a postgres connection)")
+        wrong = _set(self, QUERY_OPTIONS)
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)}: only a table or query source (postgres connection) takes these")
+        return self
+
+    @model_validator(mode="after")
+    def _format_options(self) -> SourceCfg:
+        other = ("delimiter", "quote", "header", "columns", "encoding") if self.format == "xml" \
+            else ("record_element", "action_attribute")
+        wrong = _set(self, other)
+        if wrong:
+            detail = " (the XML declaration names the encoding)" if "encoding" in wrong else ""
+            raise ValueError(f"{', '.join(wrong)}: not an option of format {self.format}{detail}")
+        return self
+
+    @property
+    def is_query(self) -> bool:
+        """Whether this source is a table or query of the client's PostgreSQL."""
+        return self.table is not None or self.query is not None
 
 
 class TargetCfg(Strict):
@@ -315,6 +402,17 @@ class ModuleCfg(Strict):
         return self
 
     @model_validator(mode="after")
+    def _source_fits_kind(self) -> ModuleCfg:
+        if self.source is None:
+            return self
+        if self.source.action_attribute is not None and self.kind != "updater":
+            raise ValueError("source.action_attribute: only an updater reads each record's operation")
+        if self.source.watermark is not None and self.mode == "overwrite":
+            raise ValueError("source.watermark: an overwrite replaces the database with the whole source; "
+                             "use upsert or append with a watermark")
+        return self
+
+    @model_validator(mode="after")
     def _kind_needs(self) -> ModuleCfg:
         if self.kind in EXPORT_KINDS:
             return self  # checked by _export_needs
@@ -347,6 +445,7 @@ class Known:
 
     tenants: frozenset[str] = frozenset()
     connections: tuple[tuple[str, str], ...] = ()  # (id, tenant)
+    connection_types: tuple[tuple[str, str], ...] = ()  # (id, type)
     databases: frozenset[tuple[str, str]] = frozenset()  # (tenant, id)
 
 
@@ -387,7 +486,23 @@ def _cross_checks(cfg: Config, known: Known) -> list[str]:
                 problems.append(f"modules[{i}].{side}.connection: {ref.connection!r} belongs to "
                                 f"tenant {conn_owner!r}, not {m.tenant!r}")
         problems += _field_checks(i, m, [d for d in cfg.databases if (d.tenant, d.id) == (m.tenant, m.database)])
+    types = dict(known.connection_types) | {c.id: c.type for c in cfg.connections}
+    problems += [p for i, m in enumerate(cfg.modules) for p in _source_kind_checks(i, m, types)]
     return problems
+
+
+def _source_kind_checks(i: int, m: ModuleCfg, types: dict[str, str]) -> list[str]:
+    """A postgres connection reads a table or query; the other connections read files."""
+    src = m.source
+    if src is None or src.connection not in types:
+        return []
+    if types[src.connection] == "postgres" and not src.is_query:
+        return [f"modules[{i}].source: connection {src.connection!r} is a postgres connection: "
+                "give table or query instead of path"]
+    if types[src.connection] != "postgres" and src.is_query:
+        return [f"modules[{i}].source: table and query need a postgres connection; "
+                f"{src.connection!r} is {types[src.connection]}"]
+    return []
 
 
 def _field_checks(i: int, m: ModuleCfg, dbs: list[DatabaseCfg]) -> list[str]:

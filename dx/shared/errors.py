@@ -48,8 +48,16 @@ class ErrorCode(StrEnum):
                          "The source file could not be read or decompressed.")
     SOURCE_UNDECODABLE = ("SOURCE_UNDECODABLE", Level.RUN,
                           "The source file is not in the configured encoding.")
+    SOURCE_UNSAFE = ("SOURCE_UNSAFE", Level.RUN,
+                     "The XML source declares entities or an external DTD: refused, never expanded nor fetched "
+                     "(protection against entity bombs and external-entity reads).")
+    SOURCE_QUERY_FAILED = ("SOURCE_QUERY_FAILED", Level.RUN,
+                           "The table or query of the client's PostgreSQL could not be read: bad SQL, a missing "
+                           "table, column or privilege, a write refused by the read-only transaction, or the "
+                           "statement timeout.")
     MALFORMED_HEADER = ("MALFORMED_HEADER", Level.RUN,
-                        "The header line is missing, empty or names a column twice.")
+                        "The header line is missing, empty or names a column twice (XML: the document holds "
+                        "no element of the configured record_element).")
     MISSING_REQUIRED_COLUMN = ("MISSING_REQUIRED_COLUMN", Level.RUN,
                                "The source has no column for the primary key or a required field.")
     EMPTY_SOURCE = ("EMPTY_SOURCE", Level.RUN,
@@ -107,7 +115,8 @@ class ErrorCode(StrEnum):
 
     # record-level: one record is rejected, the others are applied
     MALFORMED_RECORD = ("MALFORMED_RECORD", Level.RECORD,
-                        "The record has a different number of fields than the header.")
+                        "The record has a different number of fields than the header (XML: it gives a field "
+                        "twice, or a field holds elements).")
     KEY_MISSING = ("KEY_MISSING", Level.RECORD, "The primary-key field is empty.")
     REQUIRED_FIELD_MISSING = ("REQUIRED_FIELD_MISSING", Level.RECORD, "A required field is empty.")
     INVALID_VALUE = ("INVALID_VALUE", Level.RECORD, "A value does not parse as its field's type.")

@@ -28,7 +28,7 @@ from dx.shared.catalog import ModuleDef, load_module, table_ident
 from dx.shared.config import SourceCfg
 from dx.shared.connections import FileInfo, Remote, open_remote
 from dx.shared.errors import ErrorCode, RunError
-from dx.shared.formats.csv import iter_batches, read_header
+from dx.shared.formats import open_source
 from dx.shared.runs import RunStatus, active_run
 from dx.shared.settings import get_settings
 from dx.shared.validate import key_expr, map_columns, missing_required
@@ -72,10 +72,8 @@ def _settled(remote: Remote, info: FileInfo, settle_s: float) -> FileInfo:
 
 def _partition(run_id: int, mdef: ModuleDef, local_path: str, n_chunks: int) -> tuple[list[str], list[dict]]:
     """Split the source into chunk part files; returns (columns, malformed failures)."""
-    src = mdef.module.source
-    assert src is not None
     path = Path(local_path)
-    columns = read_header(path, src)
+    columns, batches = open_source(path, mdef)
     module = mdef.module
     missing = missing_required(columns, mdef.database) if module.kind == "importer" else missing_required(
         columns, mdef.database, all_required=module.update_missing == "insert", operation_field=module.operation_field)
@@ -85,10 +83,9 @@ def _partition(run_id: int, mdef: ModuleDef, local_path: str, n_chunks: int) -> 
     key_col = map_columns(columns, mdef.database)[mdef.database.primary_key]
     key = key_expr(key_col, mdef.database.fields[mdef.database.primary_key])
     failures: list[dict] = []
-    for batch_no, (frame, bad) in enumerate(iter_batches(path, src, columns)):
+    for batch_no, (frame, bad) in enumerate(batches):
         failures += [{"row_number": m.row_number, "error_code": ErrorCode.MALFORMED_RECORD.value,
-                      "error_message": f"expected {m.expected} fields, found {m.actual}: {m.text[:200]}"}
-                     for m in bad]
+                      "error_message": m.message} for m in bad]
         if frame.is_empty():
             continue
         part = (key.hash(seed=0) % n_chunks).fill_null(0).alias("__part")

@@ -37,12 +37,20 @@ ROW = "__row"
 
 @dataclass(frozen=True)
 class Malformed:
-    """A record whose field count differs from the header's."""
+    """A record that cannot be read as fields: its field count differs from the header's
+    (or, ``reason``, what else is wrong with it)."""
 
     row_number: int
     text: str
     expected: int
     actual: int
+    reason: str | None = None
+
+    @property
+    def message(self) -> str:
+        """The failed operation's message."""
+        why = self.reason or f"expected {self.expected} fields, found {self.actual}"
+        return f"{why}: {self.text[:200]}"
 
 
 @contextmanager
