@@ -493,6 +493,9 @@ def _cross_checks(cfg: Config, known: Known) -> list[str]:
 
 def _source_kind_checks(i: int, m: ModuleCfg, types: dict[str, str]) -> list[str]:
     """A postgres connection reads a table or query; the other connections read files."""
+    if m.target is not None and types.get(m.target.connection) == "postgres":
+        return [f"modules[{i}].target.connection: {m.target.connection!r} is a postgres connection; "
+                "targets are files (sftp or local)"]
     src = m.source
     if src is None or src.connection not in types:
         return []

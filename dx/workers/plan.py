@@ -35,6 +35,7 @@ from dx.shared.validate import key_expr, map_columns, missing_required
 from dx.workers import staging
 from dx.workers.failures import fail_run, on_failure_options
 from dx.workers.importer import shadow_table
+from dx.workers.source_query import stage_query
 
 log = structlog.get_logger(__name__)
 #: Upper bound on chunks per run (messages and part files stay manageable).
@@ -135,14 +136,17 @@ def _plan(run_id: int, mdef: ModuleDef) -> None:
     source_dir = staging.run_dir(run_id) / "source"
     source_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with open_remote(mdef.connection) as remote:
-        info = _pick_file(remote, src, mdef.connection.id)
-        if info is None:
-            fail_run(run_id, None, "every file matching the pattern was imported already",
-                     status=RunStatus.SKIPPED)
-            return
-        info = _settled(remote, info, src.settle_s)
-        local = remote.fetch(info.path, source_dir)
+    if src.is_query:
+        info, local = stage_query(run_id, mdef, source_dir)
+    else:
+        with open_remote(mdef.connection) as remote:
+            picked = _pick_file(remote, src, mdef.connection.id)
+            if picked is None:
+                fail_run(run_id, None, "every file matching the pattern was imported already",
+                         status=RunStatus.SKIPPED)
+                return
+            info = _settled(remote, picked, src.settle_s)
+            local = remote.fetch(info.path, source_dir)
     log.info("plan.fetched", path=info.path, bytes=info.size_bytes, seconds=round(time.monotonic() - started, 3))
     chunk_bytes = mdef.module.chunk_bytes or settings.chunk_bytes
     n_chunks = 0 if info.size_bytes == 0 else min(MAX_CHUNKS, max(1, math.ceil(info.size_bytes / chunk_bytes)))

@@ -30,6 +30,7 @@ from dx.shared.runs import COUNTERS, RunStatus, chunks_done, finish, get_run
 from dx.workers import staging
 from dx.workers.failures import drop_shadow, notify
 from dx.workers.importer import finish_overwrite
+from dx.workers.source_query import adopt_watermark
 
 log = structlog.get_logger(__name__)
 
@@ -75,13 +76,21 @@ def _finish(conn: Conn, run: dict[str, Any], mdef: ModuleDef) -> None:
         status = RunStatus.FAILED
     else:
         status = RunStatus.COMPLETED_WITH_ERRORS if failed else RunStatus.COMPLETED
-        conn.execute(
-            "INSERT INTO dx.file_ledger (connection, path, size_bytes, mtime, run_id)"
-            " SELECT m.config->'source'->>'connection', r.source_path, r.source_bytes, %s, r.id"
-            " FROM dx.runs r JOIN dx.modules m ON m.id = r.module WHERE r.id = %s ON CONFLICT DO NOTHING",
-            (run["source_mtime"], run_id))
+        if mdef.module.source is not None and mdef.module.source.is_query:
+            adopt_watermark(conn, run_id, mdef)
+        else:
+            _record_in_ledger(conn, run)
     finish(conn, run_id, status, error_code=code.value if code else None, error_message=message, counters=counters)
     log.info("run.finished", status=status.value, **counters)
+
+
+def _record_in_ledger(conn: Conn, run: dict[str, Any]) -> None:
+    """Keep the imported file from being imported again."""
+    conn.execute(
+        "INSERT INTO dx.file_ledger (connection, path, size_bytes, mtime, run_id)"
+        " SELECT m.config->'source'->>'connection', r.source_path, r.source_bytes, %s, r.id"
+        " FROM dx.runs r JOIN dx.modules m ON m.id = r.module WHERE r.id = %s ON CONFLICT DO NOTHING",
+        (run["source_mtime"], run["id"]))
 
 
 def _dispose_source(run_id: int, mdef: ModuleDef) -> None:

@@ -83,6 +83,8 @@ def resolve_secret(reference: str | None) -> str | None:
 @contextmanager
 def open_remote(cfg: ConnectionCfg) -> Iterator[Remote]:
     """A Remote for the connection, closed when the block ends."""
+    if cfg.type == "postgres":
+        raise RunError(ErrorCode.CONFIG_INVALID, f"connection {cfg.id} is a postgres connection: it holds no files")
     if cfg.type == "local":
         from dx.shared.connections.local import LocalRemote
 
