@@ -332,3 +332,105 @@ def test_an_export_module_mistake_is_named_by_its_path(fields, path, message):
     # Given an export module with one mistake / When parsed / Then the problem names its path and says why
     problems = problems_of(config_with(export_module(**fields)))
     assert any(p.startswith(f"{path}: ") and message in p for p in problems), problems
+
+
+# --- XML and postgres sources ------------------------------------------------------------------------------
+
+PG_CONNECTION = {"id": "acme-crm", "tenant": "acme", "type": "postgres", "host": "db.acme.example",
+                 "dbname": "crm", "username": "dx_reader", "password": "${ACME_CRM_PASSWORD}"}
+
+
+def _source(**source: Any) -> Callable[[dict[str, Any]], object]:
+    def change(raw: dict[str, Any]) -> None:
+        raw["connections"].append(dict(PG_CONNECTION))
+        raw["modules"][0]["source"] = source
+    return change
+
+
+def test_xml_and_postgres_sources_parse_with_their_options():
+    # Given an XML source for an updater and a postgres table source with a watermark
+    def change(raw: dict[str, Any]) -> None:
+        raw["connections"].append(dict(PG_CONNECTION))
+        raw["modules"].append({"id": "acme-xml", "tenant": "acme", "kind": "updater", "database": "contacts",
+                               "operation_field": "action",
+                               "source": {"connection": "acme-sftp", "path": "in/*.xml", "format": "xml",
+                                          "record_element": "CONTACT", "action_attribute": "OP"}})
+        raw["modules"][0]["source"] = {"connection": "acme-crm", "table": "crm.contacts", "watermark": "changed_at",
+                                       "timeout_s": 60}
+    # When parsed
+    cfg = parse_config(config_with(change))
+    # Then the options are kept, a postgres connection's port defaults to 5432
+    pg, xml = cfg.modules[0].source, cfg.modules[1].source
+    assert pg is not None and xml is not None
+    assert (pg.table, pg.watermark, pg.timeout_s, pg.is_query) == ("crm.contacts", "changed_at", 60, True)
+    assert (xml.format, xml.record_element, xml.action_attribute, xml.is_query) == ("xml", "CONTACT", "OP", False)
+    assert cfg.connections[2].port == 5432
+
+
+@pytest.mark.parametrize("change, problem", [
+    (_source(connection="acme-sftp", path="in/a.xml", format="xml", delimiter=";"),
+     "modules[0].source: delimiter: not an option of format xml"),
+    (_source(connection="acme-sftp", path="in/a.xml", format="xml", encoding="latin-1"),
+     "modules[0].source: encoding: not an option of format xml (the XML declaration names the encoding)"),
+    (_source(connection="acme-sftp", path="in/a.csv", record_element="ROW"),
+     "modules[0].source: record_element: not an option of format csv"),
+    (_source(connection="acme-sftp", path="in/a.xml", format="xml", action_attribute="ACTION"),
+     "modules[0]: source.action_attribute: only an updater reads each record's operation"),
+    (_source(connection="acme-crm", table="crm.contacts", query="SELECT 1"),
+     "modules[0].source: give table or query, not both"),
+    (_source(connection="acme-crm", table="crm.contacts", path="in/a.csv"),
+     "modules[0].source: path: a table or query source does not take these"),
+    (_source(connection="acme-crm", path="in/a.csv"),
+     "modules[0].source: connection 'acme-crm' is a postgres connection: give table or query instead of path"),
+    (_source(connection="acme-sftp", table="contacts"),
+     "modules[0].source: table and query need a postgres connection; 'acme-sftp' is sftp"),
+    (_source(connection="acme-sftp", path="in/a.csv", watermark="changed_at"),
+     "modules[0].source: watermark: only a table or query source (postgres connection) takes these"),
+    (_source(connection="acme-crm", table='crm."contacts"'),
+     "modules[0].source.table: String should match pattern"),
+    (_source(connection="acme-crm"),
+     "modules[0].source: a source needs path (a file) or table/query (a postgres connection)"),
+])
+def test_source_mistakes_are_named_by_their_path(change, problem):
+    # Given a source option that does not fit its format or connection
+    # When parsed / Then the problem names the source
+    with pytest.raises(ConfigError) as info:
+        parse_config(config_with(change))
+    assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
+
+
+def test_a_watermark_does_not_go_with_overwrite_and_postgres_connections_need_their_fields():
+    # Given an overwrite with a watermark, and a postgres connection without dbname nor secret
+    def change(raw: dict[str, Any]) -> None:
+        raw["connections"].append({k: v for k, v in PG_CONNECTION.items() if k not in ("dbname", "password")})
+        raw["modules"][0]["mode"] = "overwrite"
+        raw["modules"][0]["source"] = {"connection": "acme-crm", "table": "contacts", "watermark": "changed_at"}
+    # When parsed
+    with pytest.raises(ConfigError) as info:
+        parse_config(config_with(change))
+    # Then both are named
+    assert any(p.startswith("modules[0]: source.watermark: an overwrite") for p in info.value.problems)
+    assert "connections[2]: a postgres connection needs dbname, password (password: a ${ENV_VAR} reference)" \
+        in info.value.problems
+
+
+def test_a_postgres_connection_known_from_a_previous_apply_is_checked_too():
+    # Given a module reading a path through a postgres connection applied earlier
+    def change(raw: dict[str, Any]) -> None:
+        raw["modules"][0]["source"] = {"connection": "old-crm", "path": "in/a.csv"}
+    known = Known(tenants=frozenset({"acme"}), connections=(("old-crm", "acme"),),
+                  connection_types=(("old-crm", "postgres"),))
+    # When parsed / Then the cross-check knows its type
+    with pytest.raises(ConfigError) as info:
+        parse_config(config_with(change), known)
+    assert info.value.problems == ["modules[0].source: connection 'old-crm' is a postgres connection: "
+                                   "give table or query instead of path"]
+
+
+def test_a_stored_source_reads_back_the_same():
+    # Given parsed postgres and XML sources, dumped as the catalog stores them
+    cfg = parse_config(config_with(_source(connection="acme-crm", query="SELECT * FROM crm.contacts")))
+    stored = cfg.modules[0].model_dump(mode="json")
+    # When validated again (every default now explicit) / Then nothing is refused
+    assert type(cfg.modules[0]).model_validate(stored) == cfg.modules[0]
+    assert type(cfg.connections[2]).model_validate(cfg.connections[2].model_dump()) == cfg.connections[2]
