@@ -27,7 +27,7 @@ lxml's ``iterparse`` with each record cleared after use keeps memory flat.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -98,59 +98,80 @@ def _refuse_entities(tree: etree._ElementTree, name: str) -> None:
                        "(never expanded nor fetched): send the values themselves")
 
 
-def _fields(rec: etree._Element, action: tuple[str, str] | None) -> dict[str, str | None] | str:
-    """A record's values by field name, or why it is malformed.
+class _Fields:
+    """Reads a record element as {column: value}, or why it is malformed; each distinct
+    tag or attribute name is resolved once (this runs per record: keep it lean)."""
 
-    ``action``: (attribute name lower-cased, column) of the operation, or None.
-    """
-    values: dict[str, str | None] = {}
-    if action is not None:
-        for key, value in rec.attrib.items():
-            if _local(key).lower() == action[0]:
-                values[action[1]] = value
-    for child in rec:
-        field = _local(child.tag)
-        if action is not None and field.lower() == action[1].lower():
-            field = action[1]
-        if field in values:
-            return f"{field} is given twice in the record"
-        if len(child):
-            return f"{field} holds elements instead of a value"
-        values[field] = child.text or ""
-    return values
+    def __init__(self, src: SourceCfg, operation_field: str | None) -> None:
+        #: (attribute name lower-cased, column) of the operation, or None (an importer)
+        self.action = None if operation_field is None else \
+            ((src.action_attribute or operation_field).lower(), operation_field)
+        self.names: dict[str, str] = {}
+        self.is_action: dict[str, bool] = {}
 
+    def column(self, tag: str) -> str:
+        """The column of a child element's tag: its local name (the operation field's, any case)."""
+        name = self.names.get(tag)
+        if name is None:
+            name = _local(tag)
+            if self.action is not None and name.lower() == self.action[1].lower():
+                name = self.action[1]
+            self.names[tag] = name
+        return name
 
-def _action(src: SourceCfg, operation_field: str | None) -> tuple[str, str] | None:
-    if operation_field is None:
-        return None
-    return (src.action_attribute or operation_field).lower(), operation_field
+    def action_in(self, keys: Iterable[str]) -> bool:
+        """Whether one of these attribute names is the operation's."""
+        for key in keys:
+            found = self.is_action.get(key)
+            if found is None:
+                found = self.is_action[key] = self.action is not None and _local(key).lower() == self.action[0]
+            if found:
+                return True
+        return False
+
+    def __call__(self, rec: etree._Element) -> dict[str, str | None] | str:
+        values: dict[str, str | None] = {}
+        if self.action is not None and rec.attrib:
+            for key, value in rec.items():
+                if self.action_in((key,)):
+                    values[self.action[1]] = value
+        for child in rec:
+            field = self.column(child.tag)
+            if field in values:
+                return f"{field} is given twice in the record"
+            if len(child):
+                return f"{field} holds elements instead of a value"
+            values[field] = child.text or ""
+        return values
 
 
 def read_columns(path: Path, src: SourceCfg, operation_field: str | None) -> list[str]:
     """The field names of the whole document, in order of first appearance (the
     operation's column first when an attribute carries it); checks the whole document."""
-    action = _action(src, operation_field)
-    seen: dict[str, None] = {}
+    fields = _Fields(src, operation_field)
+    tags: dict[str, None] = {}
+    action_attribute = False
     with open_decompressed(path, src.compression) as fh:
         for rec in _records(fh, src, path.name):
-            values = _fields(rec, action)
-            if isinstance(values, dict):
-                seen.update(dict.fromkeys(values))
-    return list(seen)
+            action_attribute = action_attribute or fields.action_in(rec.keys())
+            for child in rec:
+                tags[child.tag] = None
+    first = [operation_field] if action_attribute and operation_field else []
+    return list(dict.fromkeys([*first, *(fields.column(t) for t in tags)]))
 
 
 def iter_batches(path: Path, src: SourceCfg, columns: list[str],
                  operation_field: str | None) -> Iterator[tuple[pl.DataFrame, list[Malformed]]]:
     """Yield (batch, malformed records of that batch) in source order: ``__row`` and one
     String column per name of ``columns``."""
-    action = _action(src, operation_field)
+    fields = _Fields(src, operation_field)
     schema = {ROW: pl.Int64, **{c: pl.String for c in columns}}
     rows: list[dict[str, str | None]] = []
     numbers: list[int] = []
     bad: list[Malformed] = []
     with open_decompressed(path, src.compression) as fh:
         for number, rec in enumerate(_records(fh, src, path.name), start=1):
-            values = _fields(rec, action)
+            values = fields(rec)
             if isinstance(values, str):
                 text = etree.tostring(rec, encoding="unicode")[:QUOTED_CHARS]
                 bad.append(Malformed(number, text, 0, 0, reason=values))
