@@ -18,6 +18,11 @@ LAST = ["Rossi", "Bianchi", "O'Neil", "Müller", "García", "Dupont", "Smith", "
 CITIES = ["Milano", "Roma", "Torino", "Napoli", "Bologna", "Paris", "Zürich", "München", "Sevilla", "Ragusa, RG"]
 DOMAINS = ["example.com", "mail.example", "posta.example.it", "example.org"]
 
+#: First number of the new keys of an Updater source (past any generated contact).
+NEW_KEYS_START = 1_000_000_000
+#: Rows generated at once by write_contacts.
+BLOCK_ROWS = 1_000_000
+
 #: The database fields of a generated file, as a `dx apply` fragment would declare them.
 FIELDS = {
     "email": {"type": "email", "required": True}, "first_name": "text", "last_name": "text",
@@ -81,6 +86,32 @@ def _break(frame: pl.DataFrame, rng: np.random.Generator, ratio: float) -> pl.Da
         pl.when(k == 2).then(pl.lit("31/02/1990")).otherwise(pl.col("birth_date")).alias("birth_date"),
         pl.when(k == 3).then(pl.lit("lots")).otherwise(pl.col("points")).alias("points"),
     )
+
+
+def operations(existing: pl.Series, rows: int, *, seed: int = 7) -> pl.DataFrame:
+    """An Updater source: ``operation`` then the contact fields, in random order.
+
+    A third are I of new keys, a third U and a third D of distinct keys taken
+    from ``existing`` (the e-mails of contacts already in the database).
+    """
+    n_insert, n_delete = rows // 3, rows // 3
+    n_update = rows - n_insert - n_delete
+    frame = contacts(rows, seed=seed, start=NEW_KEYS_START)
+    picked = existing.sample(n_update + n_delete, seed=seed, shuffle=True)
+    ops = ["I"] * n_insert + ["U"] * n_update + ["D"] * n_delete
+    order = np.random.default_rng(seed).permutation(rows)
+    return frame.with_columns(pl.concat([frame["email"].head(n_insert), picked]).alias("email"),
+                              pl.Series("operation", ops)).select("operation", *frame.columns)[order]
+
+
+def write_contacts(path: Path, rows: int, *, seed: int = 7, start: int = 0) -> Path:
+    """A contact CSV of any size, written block by block so memory stays flat (same as contacts() up to a block)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as out:
+        for i, first in enumerate(range(0, rows, BLOCK_ROWS)):
+            block = contacts(min(BLOCK_ROWS, rows - first), seed=seed + i, start=start + first)
+            block.write_csv(out, include_header=i == 0)
+    return path
 
 
 def write_csv(frame: pl.DataFrame, path: Path, *, delimiter: str = ",", encoding: str = "utf-8") -> Path:

@@ -1,0 +1,153 @@
+"""The benchmark's cluster: sshd, private database and vhost, workers, dx config.
+
+Everything the scenarios share: the SFTP server holding the sources, the
+``bench`` tenant with its modules, the worker processes (their peak memory
+read from the kernel), and one timed dx run from request to report.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+
+from bench.measure import Sample, peak_mb, reset_peak
+from dx.shared.generate import FIELDS, write_contacts
+from tests.support.cluster import Workers, private_services
+from tests.support.sshd import Sftp, running_sshd
+
+#: The tenant of every benchmark module.
+TENANT = "bench"
+#: Poll interval of a timed run (small next to the 1.5 s target of a small run).
+POLL_S = 0.02
+
+
+def config(sftp: Sftp, modules: list[dict[str, Any]]) -> str:
+    """Tenant ``bench``, its SFTP connection, databases ``contacts`` and ``small``, the given modules.
+
+    The connection logs in with a key: the password of the shared system user
+    ``dxsftp`` is reset by every test session that starts an sshd.
+    """
+    return yaml.safe_dump({
+        "tenants": [{"id": TENANT, "notify": ["ops@bench.example"]}],
+        "connections": [{"id": "bench-sftp", "tenant": TENANT, "type": "sftp", "host": "127.0.0.1",
+                         "port": sftp.port, "username": "dxsftp", "host_key": sftp.host_key,
+                         "root": str(sftp.root), "private_key": "${DX_BENCH_SFTP_KEY}"}],
+        "databases": [{"id": db, "tenant": TENANT, "primary_key": "email", "fields": FIELDS}
+                      for db in ("contacts", "small")],
+        "modules": [{"tenant": TENANT, **m} for m in modules],
+    })
+
+
+def importer(module_id: str, mode: str, path: str, database: str = "contacts") -> dict[str, Any]:
+    """An importer module that keeps its source (so the same file serves every repetition)."""
+    return {"id": module_id, "kind": "importer", "database": database, "mode": mode,
+            "source": {"connection": "bench-sftp", "path": path, "after": "keep", "settle_s": 0}}
+
+
+@dataclass
+class Cluster:
+    """The running pieces of one benchmark run."""
+
+    sftp: Sftp
+    env: dict[str, str]
+    workers: Workers
+    data_dir: Path
+    out_dir: Path
+    generation: int = 0  # of worker processes, each with its own log folder
+
+    @property
+    def database_url(self) -> str:
+        return self.env["DX_DATABASE_URL"]
+
+    def use_workers(self, n: int) -> list[int]:
+        """Exactly ``n`` fresh worker processes, consuming; returns their pids."""
+        if len(self.workers.procs) != n:
+            self.workers.stop_all()
+            self.generation += 1
+            self.workers.logdir = self.out_dir / f"workers-{self.generation}"
+            self.workers.logdir.mkdir()
+            self.workers.start(n)
+            deadline = time.monotonic() + 60
+            while not all(p.exists() and b"worker.started" in p.read_bytes() for p in self.worker_logs):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"workers did not start; see {self.out_dir}")
+                time.sleep(0.1)
+        return [p.pid for p in self.workers.procs]
+
+    @property
+    def worker_logs(self) -> list[Path]:
+        """The log file of each running worker."""
+        return [self.workers.logdir / f"worker-{i}.log" for i in range(len(self.workers.procs))]
+
+    def source(self, name: str, rows: int, *, seed: int = 7, start: int = 0) -> Path:
+        """A generated contact file (cached in data_dir), placed at ``in/<name>`` on the SFTP server."""
+        cached = self.data_dir / f"contacts-{rows}-s{seed}-k{start}.csv"
+        if not cached.exists():
+            tmp = cached.with_suffix(".tmp")
+            write_contacts(tmp, rows, seed=seed, start=start)
+            tmp.replace(cached)
+        placed = self.sftp.root / "in" / name
+        placed.parent.mkdir(parents=True, exist_ok=True)
+        placed.unlink(missing_ok=True)
+        os.link(cached, placed)
+        self.sftp.adopt(placed)
+        return cached
+
+    def dx_run(self, scenario: str, module: str, rows: int, note: str = "") -> tuple[Sample, dict[str, Any]]:
+        """Request a run as ``dx run`` does; time it to the report (e-mail written); peak RSS per worker."""
+        from dx.scheduler.requests import request_run
+        from dx.shared.runs import Trigger
+
+        pids = [p.pid for p in self.workers.procs]
+        for pid in pids:
+            reset_peak(pid)
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            started = time.monotonic()
+            run_id = request_run(module, Trigger.MANUAL, "bench")
+            while True:
+                row = conn.execute("SELECT email_sent_at IS NOT NULL FROM dx.runs WHERE id = %s", (run_id,)).fetchone()
+                if row and row[0]:
+                    break
+                if time.monotonic() - started > 3600:
+                    raise RuntimeError(f"run {run_id} did not end within an hour")
+                time.sleep(POLL_S)
+            wall_s = time.monotonic() - started
+            cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+            run = cur.execute(
+                "SELECT *, extract(epoch FROM started_at - created_at) AS queued_s,"
+                " extract(epoch FROM planned_at - started_at) AS plan_s,"
+                " extract(epoch FROM finished_at - planned_at) AS chunks_reduce_s,"
+                " extract(epoch FROM email_sent_at - finished_at) AS report_s FROM dx.runs WHERE id = %s",
+                (run_id,)).fetchone()
+        assert run is not None
+        if run["status"] not in ("completed", "completed_with_errors"):
+            raise RuntimeError(f"run {run_id} of {module} ended {run['status']}: {run['error_message']}")
+        sample = Sample(scenario, f"dx ({len(pids)} workers)", rows, wall_s, [peak_mb(p) for p in pids], note)
+        return sample, run
+
+
+@contextmanager
+def cluster(data_dir: Path, out_dir: Path, modules: list[dict[str, Any]]) -> Iterator[Cluster]:
+    """Start sshd, a private database and vhost, apply the config; stop everything at the end."""
+    from dx.cli import main
+
+    with ExitStack() as stack:
+        sftp = stack.enter_context(running_sshd())
+        home = out_dir / "home"
+        env = stack.enter_context(private_services(f"dx_bench_{os.getpid()}", home,
+                                                   {"DX_BENCH_SFTP_KEY": sftp.private_key}))
+        cfg = out_dir / "config.yaml"
+        cfg.write_text(config(sftp, modules))
+        if main(["apply", "-f", str(cfg)]) != 0:
+            raise RuntimeError(f"dx apply refused {cfg}")
+        workers = Workers(env, out_dir)
+        stack.callback(workers.stop_all)
+        yield Cluster(sftp, env, workers, data_dir, out_dir)

@@ -1,0 +1,127 @@
+"""RESULTS.md: the numbers of one benchmark run, ratios to the baselines, targets met or missed."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from bench.measure import Sample, best_median
+
+#: The baselines a dx sample is compared with, in its scenario.
+BASELINES = ("psql \\copy", "pgloader", "psql \\copy TO + sftp put")
+
+
+def _groups(samples: list[Sample]) -> dict[tuple[str, str], list[Sample]]:
+    groups: dict[tuple[str, str], list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[(s.scenario, s.tool)].append(s)
+    return groups
+
+
+def ratio(samples: list[Sample], scenario: str, tool: str, baseline: str) -> tuple[float, float] | None:
+    """(best/best, median/median) of ``tool`` to ``baseline`` in ``scenario``; None if either is missing."""
+    groups = _groups(samples)
+    mine, base = groups.get((scenario, tool)), groups.get((scenario, baseline))
+    if not mine or not base:
+        return None
+    (mb, mm), (bb, bm) = best_median(mine), best_median(base)
+    return mb / bb, mm / bm
+
+
+def table(samples: list[Sample]) -> list[str]:
+    """One row per scenario and tool: best, median, rows/s, peak memory, ratios to the baselines."""
+    lines = ["| scenario | tool | rows | runs | best s | median s | rows/s (best) | peak RSS MB per process (max) "
+             "| × psql \\copy (best / median) | × pgloader |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"]
+    groups = _groups(samples)
+    for (scenario, tool), group in groups.items():
+        if scenario == "scaling":
+            continue
+        best, median = best_median(group)
+        peaks = [max(p) for p in zip(*(s.peak_mb for s in group), strict=False)]
+        cells = []
+        for baseline in ("psql \\copy", "pgloader"):
+            r = None if tool in BASELINES else ratio(samples, scenario, tool, baseline)
+            if r is None and baseline == "psql \\copy" and tool not in BASELINES:
+                r = ratio(samples, scenario, tool, "psql \\copy TO + sftp put")
+            cells.append(f"{r[0]:.2f} / {r[1]:.2f}" if r else "")
+        lines.append(f"| {scenario} | {tool} | {group[0].rows:,} | {len(group)} | {best:.2f} | {median:.2f} "
+                     f"| {group[0].rows / best:,.0f} | {', '.join(f'{p:.0f}' for p in peaks)} | {cells[0]} "
+                     f"| {cells[1]} |")
+    return lines
+
+
+def scaling(samples: list[Sample]) -> list[str]:
+    """Throughput against the number of worker processes."""
+    runs = [s for s in samples if s.scenario == "scaling"]
+    if not runs:
+        return []
+    psql = [s for s in samples if s.tool == "psql \\copy" and s.scenario == "overwrite"]
+    base = min(s.wall_s for s in psql) if psql else None
+    lines = ["| workers | wall s | rows/s | × psql \\copy (best) | peak RSS MB per worker |",
+             "| ---: | ---: | ---: | ---: | --- |"]
+    for s in runs:
+        vs = f"{s.wall_s / base:.2f}" if base else ""
+        lines.append(f"| {len(s.peak_mb)} | {s.wall_s:.2f} | {s.rows_per_s:,.0f} | {vs} "
+                     f"| {', '.join(f'{p:.0f}' for p in s.peak_mb)} |")
+    return lines
+
+
+def targets(samples: list[Sample], rows: int, memory_rows: int, checks: list[tuple[str, str, float]],
+            small_target_s: float, memory_target_mb: float) -> list[str]:
+    """Each target of issue 6: measured, met or missed (and by how much)."""
+    lines = ["| target | measured (best / median) | verdict |", "| --- | --- | --- |"]
+
+    def verdict(value: float, limit: float) -> str:
+        return "met" if value <= limit else f"**missed** by {value / limit - 1:.0%}"
+
+    for scenario, baseline, limit in checks:
+        tools = {s.tool for s in samples if s.scenario == scenario and s.tool.startswith("dx")}
+        for tool in sorted(tools):
+            r = ratio(samples, scenario, tool, baseline)
+            if r:
+                lines.append(f"| {scenario}: {tool} ≤ {limit}× {baseline} | {r[0]:.2f}× / {r[1]:.2f}× "
+                             f"| {verdict(r[0], limit)} (best), {verdict(r[1], limit)} (median) |")
+    small = [s.wall_s for s in samples if s.scenario == "small"]
+    if small:
+        lines.append(f"| 100-row run ≤ {small_target_s} s, request to report | {min(small):.2f} s / "
+                     f"{statistics.median(small):.2f} s | {verdict(statistics.median(small), small_target_s)} |")
+    for n in sorted({rows, memory_rows}):
+        peaks = [max(s.peak_mb) for s in samples if s.scenario == "memory" and s.rows == n and s.tool.startswith("dx")]
+        if peaks:
+            lines.append(f"| worker peak RSS < {memory_target_mb} MB at {n:,} rows | {max(peaks):.0f} MB "
+                         f"| {verdict(max(peaks), memory_target_mb)} |")
+    return lines
+
+
+def render(samples: list[Sample], machine: dict[str, str], command: str, when: str, rows: int, memory_rows: int,
+           checks: list[tuple[str, str, float]], small_target_s: float, memory_target_mb: float,
+           sections: list[str], notes: list[str], kept: str) -> str:
+    out = ["# Benchmark results", "", f"`{command}` — {when}. Written by `bench/run.py`; regenerate, do not edit"
+           " above the notes marker.", "", "## Machine", "", "| | |", "| --- | --- |"]
+    out += [f"| {k} | {v} |" for k, v in machine.items()]
+    out += ["", "The 2 cores are shared with other jobs (test suites of other agents): timings are noisy; "
+            "key scenarios are repeated and reported as best and median.", "",
+            "## Targets (issue 6)", "", *targets(samples, rows, memory_rows, checks, small_target_s,
+                                                  memory_target_mb),
+            "", "## Results", "", *table(samples)]
+    if any(s.scenario == "scaling" for s in samples):
+        out += ["", f"## Worker processes ({rows:,} rows overwrite)", "", *scaling(samples)]
+    out += ["", "## Every run", "", "| scenario | tool | rows | wall s | peak RSS MB | note |",
+            "| --- | --- | ---: | ---: | --- | --- |"]
+    out += [f"| {s.scenario} | {s.tool} | {s.rows:,} | {s.wall_s:.2f} | {', '.join(f'{p:.0f}' for p in s.peak_mb)} "
+            f"| {s.note} |" for s in samples]
+    out += ["", *sections]
+    if notes:
+        out += ["## Skipped", "", *[f"- {n}" for n in notes], ""]
+    return "\n".join(out) + "\n" + kept
+
+
+def kept_notes(path: Path, marker: str) -> str:
+    """The hand-written part of an existing RESULTS.md (from the marker on)."""
+    if path.exists():
+        text = path.read_text()
+        if marker in text:
+            return text[text.index(marker):]
+    return marker + "\n"
