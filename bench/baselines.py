@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from bench.measure import run_child
-from tests.support.sshd import SFTP_USER, Sftp
+from tests.support.sshd import Sftp
 
 #: Schema of the baseline tables.
 SCHEMA = "bench"
@@ -88,7 +88,7 @@ def psql_export_put(database_url: str, query: str, local: Path, sftp: Sftp, remo
     known.write_text(f"[127.0.0.1]:{sftp.port} {sftp.host_key}\n")
     put_s, put_mb = run_child(["sftp", "-q", "-b", "-", "-i", str(key), "-P", str(sftp.port),
                                "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
-                               f"{SFTP_USER}@127.0.0.1"], None, log, stdin=f"put {local} {remote}\n")
+                               f"{sftp.user}@127.0.0.1"], None, log, stdin=f"put {local} {remote}\n")
     return copy_s + put_s, max(copy_mb, put_mb)
 
 

@@ -30,15 +30,11 @@ POLL_S = 0.02
 
 
 def config(sftp: Sftp, modules: list[dict[str, Any]]) -> str:
-    """Tenant ``bench``, its SFTP connection, databases ``contacts`` and ``small``, the given modules.
-
-    The connection logs in with a key: the password of the shared system user
-    ``dxsftp`` is reset by every test session that starts an sshd.
-    """
+    """Tenant ``bench``, its SFTP connection (key login), databases ``contacts`` and ``small``, the modules."""
     return yaml.safe_dump({
         "tenants": [{"id": TENANT, "notify": ["ops@bench.example"]}],
         "connections": [{"id": "bench-sftp", "tenant": TENANT, "type": "sftp", "host": "127.0.0.1",
-                         "port": sftp.port, "username": "dxsftp", "host_key": sftp.host_key,
+                         "port": sftp.port, "username": sftp.user, "host_key": sftp.host_key,
                          "root": str(sftp.root), "private_key": "${DX_BENCH_SFTP_KEY}"}],
         "databases": [{"id": db, "tenant": TENANT, "primary_key": "email", "fields": FIELDS}
                       for db in ("contacts", "small")],
