@@ -27,6 +27,7 @@ from dx.shared import db
 from dx.shared.catalog import ModuleDef, load_module, table_ident
 from dx.shared.config import SourceCfg
 from dx.shared.connections import FileInfo, Remote, open_remote
+from dx.shared.connections.download import Download, downloading
 from dx.shared.errors import ErrorCode, RunError
 from dx.shared.formats import open_source
 from dx.shared.runs import RunStatus, active_run
@@ -71,10 +72,18 @@ def _settled(remote: Remote, info: FileInfo, settle_s: float) -> FileInfo:
     return again
 
 
-def _partition(run_id: int, mdef: ModuleDef, local_path: str, n_chunks: int) -> tuple[list[str], list[dict]]:
-    """Split the source into chunk part files; returns (columns, malformed failures)."""
-    path = Path(local_path)
-    columns, batches = open_source(path, mdef)
+def _partition(run_id: int, mdef: ModuleDef, source: Path | Download, n_chunks: int) -> tuple[list[str], list[dict]]:
+    """Split the source into chunk part files (a CSV download is read while it arrives);
+    returns (columns, malformed failures)."""
+    staging.remove_chunks(run_id)  # a retried plan starts from no part files
+    src = mdef.module.source
+    assert src is not None
+    opener = None
+    if isinstance(source, Download) and src.format == "csv":
+        path, opener = source.growing, source.opener
+    else:
+        path = source.wait() if isinstance(source, Download) else source
+    columns, batches = open_source(path, mdef, opener)
     module = mdef.module
     missing = missing_required(columns, mdef.database) if module.kind == "importer" else missing_required(
         columns, mdef.database, all_required=module.update_missing == "insert", operation_field=module.operation_field)
@@ -136,8 +145,15 @@ def _plan(run_id: int, mdef: ModuleDef) -> None:
     source_dir = staging.run_dir(run_id) / "source"
     source_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    chunk_bytes = mdef.module.chunk_bytes or settings.chunk_bytes
+    columns: list[str] = []
+    failures: list[dict] = []
     if src.is_query:
         info, local = stage_query(run_id, mdef, source_dir)
+        log.info("plan.fetched", path=info.path, bytes=info.size_bytes, seconds=round(time.monotonic() - started, 3))
+        n_chunks = _n_chunks(info.size_bytes, chunk_bytes)
+        if n_chunks:
+            columns, failures = _partition(run_id, mdef, local, n_chunks)
     else:
         with open_remote(mdef.connection) as remote:
             picked = _pick_file(remote, src, mdef.connection.id)
@@ -146,15 +162,11 @@ def _plan(run_id: int, mdef: ModuleDef) -> None:
                          status=RunStatus.SKIPPED)
                 return
             info = _settled(remote, picked, src.settle_s)
-            local = remote.fetch(info.path, source_dir)
-    log.info("plan.fetched", path=info.path, bytes=info.size_bytes, seconds=round(time.monotonic() - started, 3))
-    chunk_bytes = mdef.module.chunk_bytes or settings.chunk_bytes
-    n_chunks = 0 if info.size_bytes == 0 else min(MAX_CHUNKS, max(1, math.ceil(info.size_bytes / chunk_bytes)))
-    columns: list[str] = []
-    failures: list[dict] = []
-    if n_chunks:
-        staging.remove_chunks(run_id)  # a retried plan starts from no part files
-        columns, failures = _partition(run_id, mdef, str(local), n_chunks)
+            n_chunks = _n_chunks(info.size_bytes, chunk_bytes)
+            if n_chunks:
+                with downloading(remote, info.path, source_dir) as download:
+                    columns, failures = _partition(run_id, mdef, download, n_chunks)
+                log.info("plan.fetched", path=info.path, bytes=info.size_bytes, seconds=round(download.seconds, 3))
     shutil.rmtree(source_dir, ignore_errors=True)
     with db.transaction() as conn:
         if mdef.module.mode == "overwrite":
@@ -174,6 +186,10 @@ def _plan(run_id: int, mdef: ModuleDef) -> None:
             (n_chunks, info.path, info.size_bytes, info.mtime, columns, len(failures), run_id))
     log.info("plan.done", n_chunks=n_chunks, malformed=len(failures), seconds=round(time.monotonic() - started, 3))
     _dispatch(run_id, n_chunks)
+
+
+def _n_chunks(size_bytes: int, chunk_bytes: int) -> int:
+    return 0 if size_bytes == 0 else min(MAX_CHUNKS, max(1, math.ceil(size_bytes / chunk_bytes)))
 
 
 def _dispatch(run_id: int, n_chunks: int) -> None:

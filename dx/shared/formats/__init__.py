@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 Batches = Iterator[tuple[pl.DataFrame, list[Malformed]]]
 
 
-def open_source(path: Path, mdef: ModuleDef) -> tuple[list[str], Batches]:
-    """The source's columns and its batches (read lazily, as the iterator is consumed)."""
+def open_source(path: Path, mdef: ModuleDef, opener: csv.Opener | None = None) -> tuple[list[str], Batches]:
+    """The source's columns and its batches (read lazily, as the iterator is consumed);
+    ``opener`` opens a CSV's bytes (a download still arriving)."""
     src, module = mdef.module.source, mdef.module
     assert src is not None
     if src.format == "xml":
@@ -33,5 +34,6 @@ def open_source(path: Path, mdef: ModuleDef) -> tuple[list[str], Batches]:
         if not columns:  # no record at all: any columns are true of it; these pass the plan's checks
             columns = [*mdef.database.fields, *([operation_field] if operation_field else [])]
         return columns, xml.iter_batches(path, src, columns, operation_field)
-    columns = csv.read_header(path, src)
-    return columns, csv.iter_batches(path, src, columns)
+    opener = opener or csv.open_file
+    columns = csv.read_header(path, src, opener)
+    return columns, csv.iter_batches(path, src, columns, opener)

@@ -14,7 +14,7 @@ import csv
 import gzip
 import io
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,17 +53,26 @@ class Malformed:
         return f"{why}: {self.text[:200]}"
 
 
+#: Opens a source's bytes (by default the file at its path; a download still being written, in the plan).
+Opener = Callable[[Path], IO[bytes]]
+
+
+def open_file(path: Path) -> IO[bytes]:
+    """The default opener: the file at ``path``."""
+    return open(path, "rb")
+
+
 @contextmanager
-def _open(path: Path, compression: str) -> Iterator[IO[bytes]]:
+def _open(path: Path, compression: str, opener: Opener = open_file) -> Iterator[IO[bytes]]:
     kind = compression
     if kind == "auto":
         kind = "gzip" if path.name.endswith(".gz") else "zip" if path.name.endswith(".zip") else "none"
     try:
         if kind == "gzip":
-            with gzip.open(path, "rb") as gz:
+            with opener(path) as raw, gzip.open(raw, "rb") as gz:
                 yield gz  # type: ignore[misc]
         elif kind == "zip":
-            with zipfile.ZipFile(path) as zf:
+            with opener(path) as raw, zipfile.ZipFile(raw) as zf:
                 members = [m for m in zf.infolist() if not m.is_dir()]
                 if len(members) != 1:
                     raise RunError(ErrorCode.SOURCE_UNREADABLE,
@@ -71,17 +80,17 @@ def _open(path: Path, compression: str) -> Iterator[IO[bytes]]:
                 with zf.open(members[0]) as fh:
                     yield fh
         else:
-            with open(path, "rb") as fh:
+            with opener(path) as fh:
                 yield fh
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{path.name} could not be read: {exc}") from None
 
 
-def read_header(path: Path, src: SourceCfg) -> list[str]:
+def read_header(path: Path, src: SourceCfg, opener: Opener = open_file) -> list[str]:
     """The column names: the first record of the file, or the configured columns."""
     if not src.header:
         return list(src.columns or [])
-    with _open(path, src.compression) as fh:
+    with _open(path, src.compression, opener) as fh:
         head = fh.read(HEADER_BYTES)
     encoding = "utf-8-sig" if src.encoding == "utf-8" else src.encoding
     try:
@@ -104,7 +113,8 @@ def read_header(path: Path, src: SourceCfg) -> list[str]:
     return names
 
 
-def iter_batches(path: Path, src: SourceCfg, columns: list[str]) -> Iterator[tuple[pl.DataFrame, list[Malformed]]]:
+def iter_batches(path: Path, src: SourceCfg, columns: list[str],
+                 opener: Opener = open_file) -> Iterator[tuple[pl.DataFrame, list[Malformed]]]:
     """Yield (batch, malformed records of that batch) in source order."""
     malformed: list[Malformed] = []
     skip = 1 if src.header else 0
@@ -121,7 +131,7 @@ def iter_batches(path: Path, src: SourceCfg, columns: list[str]) -> Iterator[tup
     convert_opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}, null_values=[""],
                                         strings_can_be_null=src.nulls == "unquoted", quoted_strings_can_be_null=False)
     numbering = _Numbering()
-    with _open(path, src.compression) as fh:
+    with _open(path, src.compression, opener) as fh:
         try:
             reader = pacsv.open_csv(fh, read_options=read_opts, parse_options=parse_opts,
                                     convert_options=convert_opts)
