@@ -11,6 +11,7 @@ on the same file and an identical table. It prints the numbers and writes
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -263,8 +264,11 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, of: {', '.join(SCENARIOS)}")
     parser.add_argument("--workers", type=int, default=2, help="dx worker processes (scaling tries 1, 2, 4)")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions of the key scenarios")
+    parser.add_argument("--chunk-mb", type=int, default=None, help="DX_CHUNK_BYTES of the workers, in MB")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args(argv)
+    if args.chunk_mb:
+        os.environ["DX_CHUNK_BYTES"] = str(args.chunk_mb * 1024 * 1024)
     chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SCENARIOS]
     problems = [f"unknown scenario {s!r}; choose from {', '.join(SCENARIOS)}" for s in unknown]
