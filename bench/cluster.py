@@ -120,8 +120,8 @@ class Cluster:
             run = cur.execute(
                 "SELECT *, extract(epoch FROM started_at - created_at) AS queued_s,"
                 " extract(epoch FROM planned_at - started_at) AS plan_s,"
-                " extract(epoch FROM finished_at - planned_at) AS chunks_reduce_s,"
-                " extract(epoch FROM email_sent_at - finished_at) AS report_s FROM dx.runs WHERE id = %s",
+                " extract(epoch FROM finished_at - planned_at) AS chunks_s,"  # finished_at: reduce's start (now())
+                " extract(epoch FROM email_sent_at - finished_at) AS reduce_s FROM dx.runs WHERE id = %s",
                 (run_id,)).fetchone()
         assert run is not None
         if run["status"] not in ("completed", "completed_with_errors"):

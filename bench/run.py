@@ -86,8 +86,8 @@ class Bench:
 
     def dx(self, scenario: str, module: str, rows: int, note: str = "") -> dict[str, Any]:
         sample, run = self.cl.dx_run(scenario, module, rows, note)
-        stages = (f"queued {run['queued_s']:.2f} s, plan {run['plan_s']:.2f} s, chunks+reduce "
-                  f"{run['chunks_reduce_s']:.2f} s, report {run['report_s']:.2f} s; {run['n_chunks']} chunks")
+        stages = (f"queued {run['queued_s']:.2f} s, plan {run['plan_s']:.2f} s, chunks "
+                  f"{run['chunks_s']:.2f} s, reduce+report {run['reduce_s']:.2f} s; {run['n_chunks']} chunks")
         sample.note = f"{note} {stages}".strip()
         expected = rows if module != "bench-updater" else run["rows_read"]
         if run["rows_read"] != expected:

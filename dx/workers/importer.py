@@ -3,8 +3,9 @@
 Every chunk is loaded with COPY and applied with one SQL statement per mode:
 - overwrite: COPY into the run's shadow table; ``finish_overwrite`` swaps it
   in atomically (readers see the old content or the new, never a mix);
-- append: COPY into a temporary table, INSERT .. ON CONFLICT DO NOTHING;
-  keys that already exist come back as KEY_EXISTS failed operations;
+- append: COPY straight into the target when every key is new; else COPY
+  into a temporary table, INSERT .. ON CONFLICT DO NOTHING; keys that
+  already exist come back as KEY_EXISTS failed operations;
 - upsert: the last occurrence of each key, INSERT .. ON CONFLICT DO UPDATE
   of the columns the source has.
 """
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
+import psycopg
 from psycopg import sql
 
 from dx.shared.catalog import ModuleDef, table_ident
@@ -77,6 +79,17 @@ def load_table(conn: Conn, mdef: ModuleDef, frame: pl.DataFrame,
     return load
 
 
+def _copy_if_all_new(conn: Conn, target: sql.Composable, frame: pl.DataFrame) -> bool:
+    """Append's common case, new keys only: COPY straight into the target (half the time of a load
+    table and INSERT .. ON CONFLICT); False, with nothing written, as soon as one key exists."""
+    try:
+        with conn.transaction():  # a savepoint: an existing key undoes this COPY only
+            copy_frame(conn, target, frame)
+    except psycopg.errors.UniqueViolation:
+        return False
+    return True
+
+
 def fields_of(v: Validated) -> list[str]:
     """The database fields a validated chunk carries (the mapped source columns)."""
     return [c for c in v.good.columns if c not in (ROW, KEY, OP)]
@@ -95,6 +108,8 @@ def apply_chunk(conn: Conn, run: dict[str, Any], mdef: ModuleDef, v: Validated) 
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in fields)
     key = sql.Identifier(pk)
     if mode == "append":
+        if _copy_if_all_new(conn, target, v.good.select(fields)):
+            return ChunkOutcome({"inserted": v.good.height, "not_inserted": n_failed}, v.failed)
         load = load_table(conn, mdef, v.good.select(ROW, *fields))
         rejected = [r[ROW] for r in conn.execute(sql.SQL(
             "WITH ins AS (INSERT INTO {t} ({c}) SELECT {c} FROM {l} ORDER BY {r} ON CONFLICT ({k}) DO NOTHING"
