@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 bash scripts/services.sh
 . .venv/bin/activate
-ruff check dx tests
+ruff check dx tests bench
 mypy
 dx docs --check
 pytest "$@"

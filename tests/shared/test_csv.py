@@ -198,7 +198,9 @@ def test_row_numbers_start_at_one_without_header(write_file, make_source):
 
 def test_row_numbers_stay_exact_across_many_blocks(write_file, make_source, monkeypatch):
     # Given 2,000 records, every 7th malformed and every 5th spanning two lines, read in 256-byte blocks
+    # handed on in batches of several blocks (1 KiB)
     monkeypatch.setattr(dxcsv, "BLOCK_BYTES", 256)
+    monkeypatch.setattr(dxcsv, "BATCH_BYTES", 1024)
     lines, expected_good, expected_bad = ["id,note"], [], []
     for n in range(1, 2001):
         if n % 7 == 0:
