@@ -22,8 +22,9 @@ from urllib.parse import urlsplit
 from dx.shared.errors import ConfigError
 
 N = TypeVar("N", int, float)
-#: Bytes of source per chunk: a 1M-row contact file (~100 MB) makes 4 chunks.
-DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
+#: Bytes of source per chunk: a 1M-row contact file (~130 MB) makes 8 chunks; a worker then
+#: stays under 500 MB even at 10M rows (32 MB chunks took it to 540 MB; bench/RESULTS.md).
+DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
