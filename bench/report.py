@@ -12,17 +12,23 @@ from bench.measure import Sample, best_median
 BASELINES = ("psql \\copy", "pgloader", "psql \\copy TO + sftp put")
 
 
-def _groups(samples: list[Sample]) -> dict[tuple[str, str], list[Sample]]:
-    groups: dict[tuple[str, str], list[Sample]] = defaultdict(list)
+def _groups(samples: list[Sample]) -> dict[tuple[str, str, int], list[Sample]]:
+    groups: dict[tuple[str, str, int], list[Sample]] = defaultdict(list)
     for s in samples:
-        groups[(s.scenario, s.tool)].append(s)
+        groups[(s.scenario, s.tool, s.rows)].append(s)
     return groups
 
 
-def ratio(samples: list[Sample], scenario: str, tool: str, baseline: str) -> tuple[float, float] | None:
-    """(best/best, median/median) of ``tool`` to ``baseline`` in ``scenario``; None if either is missing."""
+def ratio(samples: list[Sample], scenario: str, tool: str, baseline: str,
+          rows: int | None = None) -> tuple[float, float] | None:
+    """(best/best, median/median) of ``tool`` to ``baseline`` in ``scenario`` (at ``rows``); None if one is missing."""
     groups = _groups(samples)
-    mine, base = groups.get((scenario, tool)), groups.get((scenario, baseline))
+    sizes = [rows] if rows is not None else sorted({n for (sc, t, n) in groups if sc == scenario and t == tool})
+    mine = base = None
+    for n in sizes:
+        mine, base = groups.get((scenario, tool, n)), groups.get((scenario, baseline, n))
+        if mine and base:
+            break
     if not mine or not base:
         return None
     (mb, mm), (bb, bm) = best_median(mine), best_median(base)
@@ -35,19 +41,19 @@ def table(samples: list[Sample]) -> list[str]:
              "| × psql \\copy (best / median) | × pgloader |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"]
     groups = _groups(samples)
-    for (scenario, tool), group in groups.items():
+    for (scenario, tool, rows), group in groups.items():
         if scenario == "scaling":
             continue
         best, median = best_median(group)
         peaks = [max(p) for p in zip(*(s.peak_mb for s in group), strict=False)]
         cells = []
         for baseline in ("psql \\copy", "pgloader"):
-            r = None if tool in BASELINES else ratio(samples, scenario, tool, baseline)
+            r = None if tool in BASELINES else ratio(samples, scenario, tool, baseline, rows)
             if r is None and baseline == "psql \\copy" and tool not in BASELINES:
-                r = ratio(samples, scenario, tool, "psql \\copy TO + sftp put")
+                r = ratio(samples, scenario, tool, "psql \\copy TO + sftp put", rows)
             cells.append(f"{r[0]:.2f} / {r[1]:.2f}" if r else "")
-        lines.append(f"| {scenario} | {tool} | {group[0].rows:,} | {len(group)} | {best:.2f} | {median:.2f} "
-                     f"| {group[0].rows / best:,.0f} | {', '.join(f'{p:.0f}' for p in peaks)} | {cells[0]} "
+        lines.append(f"| {scenario} | {tool} | {rows:,} | {len(group)} | {best:.2f} | {median:.2f} "
+                     f"| {rows / best:,.0f} | {', '.join(f'{p:.0f}' for p in peaks)} | {cells[0]} "
                      f"| {cells[1]} |")
     return lines
 
@@ -79,8 +85,12 @@ def targets(samples: list[Sample], rows: int, memory_rows: int, checks: list[tup
     for scenario, baseline, limit in checks:
         tools = {s.tool for s in samples if s.scenario == scenario and s.tool.startswith("dx")}
         for tool in sorted(tools):
-            r = ratio(samples, scenario, tool, baseline)
-            if r:
+            r = ratio(samples, scenario, tool, baseline, rows)
+            if r and limit < 1:  # "at least 1/limit times faster"
+                lines.append(f"| {scenario}: {tool} ≥ {1 / limit:.0f}× faster than {baseline} "
+                             f"| {1 / r[0]:.1f}× / {1 / r[1]:.1f}× faster | {verdict(r[0], limit)} (best), "
+                             f"{verdict(r[1], limit)} (median) |")
+            elif r:
                 lines.append(f"| {scenario}: {tool} ≤ {limit}× {baseline} | {r[0]:.2f}× / {r[1]:.2f}× "
                              f"| {verdict(r[0], limit)} (best), {verdict(r[1], limit)} (median) |")
     small = [s.wall_s for s in samples if s.scenario == "small"]

@@ -11,12 +11,13 @@ on the same file and an identical table. It prints the numbers and writes
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="repetitions of the key scenarios")
     parser.add_argument("--chunk-mb", type=int, default=None, help="DX_CHUNK_BYTES of the workers, in MB")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--render", type=Path, metavar="OUT_DIR",
+                        help="only rewrite RESULTS.md from an earlier run's samples.json")
     args = parser.parse_args(argv)
     if args.chunk_mb:
         os.environ["DX_CHUNK_BYTES"] = str(args.chunk_mb * 1024 * 1024)
@@ -276,6 +279,21 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 2
+    if args.render:
+        saved = json.loads((args.render / "samples.json").read_text())
+    else:
+        saved = measure_all(args, chosen)
+    samples = [Sample(**s) for s in saved["samples"]]
+    text = render(samples, saved["machine"], saved["command"], saved["when"], args.rows, args.memory_rows, TARGETS,
+                  SMALL_TARGET_S, MEMORY_TARGET_MB, saved["sections"], saved["notes"],
+                  kept_notes(args.results, NOTES))
+    args.results.write_text(text)
+    print(f"\nwritten: {args.results}")
+    return 0
+
+
+def measure_all(args: argparse.Namespace, chosen: list[str]) -> dict[str, Any]:
+    """Run the chosen scenarios; what they measured, also saved as out/<time>/samples.json."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out_dir = HERE / "out" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     out_dir.mkdir(parents=True)
@@ -287,12 +305,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in chosen:
             print(f"--- {name}", flush=True)
             SCENARIOS[name](b)
-    command = "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = render(b.samples, details, command, when, args.rows, args.memory_rows, TARGETS, SMALL_TARGET_S,
-                  MEMORY_TARGET_MB, b.sections, b.notes, kept_notes(args.results, NOTES))
-    args.results.write_text(text)
-    print(f"\nwritten: {args.results} (logs and profiles in {out_dir})")
-    return 0
+    saved = {"samples": [asdict(s) for s in b.samples], "machine": details, "when": when,
+             "command": "python -m bench.run " + " ".join(sys.argv[1:]), "sections": b.sections, "notes": b.notes}
+    (out_dir / "samples.json").write_text(json.dumps(saved, indent=1))
+    print(f"logs, profiles and samples.json in {out_dir}")
+    return saved
 
 
 if __name__ == "__main__":
