@@ -56,7 +56,7 @@ HOOKS = {
     "updater": {"id": "bench-updater", "kind": "updater", "database": "contacts",
                 "source": {"connection": "bench-sftp", "path": "in/operations.csv", "after": "keep", "settle_s": 0}},
     "displacer": {"id": "bench-displacer", "kind": "displacer", "database": "contacts",
-                  "target": {"connection": "bench-sftp", "path": "out/contacts.csv"}},
+                  "target": {"connection": "bench-sftp", "path": "out/contacts_{run}.csv"}},
 }
 
 
@@ -90,9 +90,9 @@ class Bench:
         stages = (f"queued {run['queued_s']:.2f} s, plan {run['plan_s']:.2f} s, chunks "
                   f"{run['chunks_s']:.2f} s, reduce+report {run['reduce_s']:.2f} s; {run['n_chunks']} chunks")
         sample.note = f"{note} {stages}".strip()
-        expected = rows if module != "bench-updater" else run["rows_read"]
-        if run["rows_read"] != expected:
-            raise RuntimeError(f"run {run['id']} read {run['rows_read']} rows, expected {rows}")
+        done = run["rows_exported"] if module == "bench-displacer" else run["rows_read"]
+        if done != rows:
+            raise RuntimeError(f"run {run['id']} of {module} handled {done} rows, expected {rows}")
         self.add(sample)
         return run
 
