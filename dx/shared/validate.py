@@ -24,7 +24,8 @@ TRUE_WORDS = ["true", "t", "yes", "y", "1", "on"]
 FALSE_WORDS = ["false", "f", "no", "n", "0", "off"]
 EMAIL_RE = r"^[^@\s]+@([^@\s.]+\.)+[^@\s.]+$"
 DECIMAL_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
-DEFAULT_TIMESTAMP_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
+#: A timestamp field without a format takes YYYY-MM-DD[( |T)HH:MM[:SS[.fraction]]], read as UTC.
+TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S%.f"
 #: Characters of a bad value quoted in a message.
 MESSAGE_VALUE_CHARS = 80
 FAILED_SCHEMA = {"row_number": pl.Int64, "key": pl.String, "operation": pl.String,
@@ -107,8 +108,14 @@ def _parse(raw: pl.Expr, f: FieldCfg) -> pl.Expr:
         case "timestamp":
             if f.format and "%z" in f.format:
                 return s.str.to_datetime(f.format, strict=False, time_zone="UTC")
-            formats = (f.format,) if f.format else DEFAULT_TIMESTAMP_FORMATS
-            return pl.coalesce([s.str.to_datetime(fmt, strict=False, time_unit="us") for fmt in formats]) \
+            if f.format:
+                return s.str.to_datetime(f.format, strict=False, time_unit="us").dt.replace_time_zone("UTC")
+            # the default forms (date; date and time to the minute, second or fraction; space or T)
+            # are made one canonical form with string operations, then parsed once
+            t = s.str.replace("T", " ", literal=True)
+            n = t.str.len_bytes()
+            canonical = pl.when(n == 10).then(t + " 00:00:00").when(n == 16).then(t + ":00").otherwise(t)
+            return canonical.str.to_datetime(TIMESTAMP_FORMAT, strict=False, time_unit="us") \
                 .dt.replace_time_zone("UTC")
         case "email":
             low = s.str.to_lowercase()

@@ -47,6 +47,8 @@ GOOD_VALUES = [
     ("timestamp", "2024-01-02 03:04:05", datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)),
     ("timestamp", "2024-01-02T03:04:05", datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)),
     ("timestamp", "2024-01-02", datetime(2024, 1, 2, tzinfo=UTC)),
+    ("timestamp", "2024-01-02T03:04", datetime(2024, 1, 2, 3, 4, tzinfo=UTC)),
+    ("timestamp", "2024-01-02 03:04:05.25", datetime(2024, 1, 2, 3, 4, 5, 250000, tzinfo=UTC)),
     ({"type": "timestamp", "format": "%Y-%m-%dT%H:%M:%S%z"}, "2024-01-02T03:04:05+0200",
      datetime(2024, 1, 2, 1, 4, 5, tzinfo=UTC)),
     ("email", " Zoe.Smith@Example.COM ", "zoe.smith@example.com"),
@@ -71,7 +73,8 @@ BAD_VALUES = [
     ("decimal", "1,5"), ("decimal", "NaN"), ("decimal", "1.2.3"),
     ("bool", "maybe"), ("bool", "2"),
     ({"type": "date", "format": "%d/%m/%Y"}, "2024-12-31"), ("date", "2023-02-29"), ("date", "20241231"),
-    ("timestamp", "yesterday"), ("timestamp", "2024-01-02 25:00:00"),
+    ("timestamp", "yesterday"), ("timestamp", "2024-01-02 25:00:00"), ("timestamp", "2024-01-0203:04"),
+    ("timestamp", "2024-01-02 03"),
     ({"type": "timestamp", "format": "%Y-%m-%dT%H:%M:%S%z"}, "2024-01-02T03:04:05"),
     ("email", "nobody"), ("email", "a@b"), ("email", "a@@b.io"), ("email", "a b@c.io"),
 ]
