@@ -124,6 +124,11 @@ def _parse(raw: pl.Expr, f: FieldCfg) -> pl.Expr:
             return raw
 
 
+def _typed(name: str) -> str:
+    """The column holding a field's parsed value while the source's own column is still needed."""
+    return f"__typed_{name}"
+
+
 def _quoted(raw: pl.Expr) -> pl.Expr:
     return raw.str.slice(0, MESSAGE_VALUE_CHARS)
 
@@ -163,8 +168,8 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
                 checks.append((pl.col(OP) == "I", ErrorCode.REQUIRED_FIELD_MISSING,
                                pl.lit(f"{name}: required, but the source has no {name} column")))
             continue
-        value = _parse(raw[name], f)
-        typed[name] = value.alias(name)
+        typed[name] = _parse(raw[name], f).alias(_typed(name))
+        value = pl.col(_typed(name))  # parsed once, in the first pass
         applies = pl.lit(True) if name == pk else writes
         if f.required and name != pk:
             checks.append((applies & raw[name].is_null(), ErrorCode.REQUIRED_FIELD_MISSING,
@@ -177,15 +182,17 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
             checks.append((applies & (raw[name].str.len_chars() > f.max_length), ErrorCode.VALUE_TOO_LONG,
                            pl.format(f"{name}: {{}} characters, at most {f.max_length} allowed",
                                      raw[name].str.len_chars())))
-    code = pl.coalesce([pl.when(c).then(pl.lit(e.value)) for c, e, _ in checks])
-    message = pl.coalesce([pl.when(c).then(m) for c, _, m in checks])
-    # codes and typed values in one lazy pass (each field parsed once); messages for bad rows only
-    frame = chunk.lazy().with_columns(key_expr(mapping[pk], db.fields[pk]).alias(KEY), op.alias(OP)) \
-        .with_columns(code.alias("__code"), *[v.alias(f"__t_{n}") for n, v in typed.items()]).collect()
-    ok = frame.filter(pl.col("__code").is_null())
-    bad = frame.filter(pl.col("__code").is_not_null()).select(
+    # pass 1: key, operation and typed values; pass 2: one boolean over every check.
+    # Codes and messages are built for the failed rows only (Polars would build both
+    # branches of every when/then for every row).
+    frame = chunk.with_columns(key_expr(mapping[pk], db.fields[pk]).alias(KEY), op.alias(OP), *typed.values()) \
+        .with_columns(pl.any_horizontal([c for c, _, _ in checks]).fill_null(False).alias("__invalid"))
+    ok = frame.filter(~pl.col("__invalid"))
+    # rechunk: Polars 2.1 panics on pl.format inside when/then over a filtered, not rechunked frame
+    bad = frame.filter(pl.col("__invalid")).rechunk().select(
         pl.col(ROW).alias("row_number"), pl.col(KEY).alias("key"), pl.col(OP).alias("operation"),
-        pl.col("__code").alias("error_code"), message.alias("error_message"))
+        pl.coalesce([pl.when(c).then(pl.lit(e.value)) for c, e, _ in checks]).alias("error_code"),
+        pl.coalesce([pl.when(c).then(m) for c, _, m in checks]).alias("error_message"))
     failed = [bad]
     if dedupe == "first":  # among the valid records the first occurrence of a key counts (chunk in source order)
         first = ok[KEY].is_first_distinct()
@@ -197,7 +204,7 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
             pl.format("the key appears earlier in the source (row {}); the first occurrence was applied",
                       pl.col("__first")).alias("error_message")))
     keep_op = [OP] if operation_column is not None else []
-    good = ok.select(ROW, KEY, *keep_op, *[pl.col(f"__t_{n}").alias(n) for n in typed])
+    good = ok.select(ROW, KEY, *keep_op, *[pl.col(_typed(n)).alias(n) for n in typed])
     rejected = pl.concat(failed).sort("row_number")
     return Validated(good, with_records(rejected, chunk, source_columns), chunk, source_columns)
 
