@@ -123,6 +123,12 @@ def _merge(conn: Conn, mdef: ModuleDef, fields: list[str], load: sql.Identifier)
 
 def apply_updates(conn: Conn, run: dict[str, Any], mdef: ModuleDef, v: Validated) -> ChunkOutcome:
     """Apply one validated chunk of operations in the caller's transaction."""
+    # Every join here looks up a chunk's keys in the target's primary key: an index
+    # nested loop costs O(chunk), where the hash join the planner picks for an
+    # unanalysed temporary table reads the whole target once per chunk (measured on
+    # 125,000 keys against 1,000,000 rows: MERGE 0.52 s against 0.72-0.88 s).
+    conn.execute("SET LOCAL enable_hashjoin = off")
+    conn.execute("SET LOCAL enable_mergejoin = off")
     pk = mdef.database.primary_key
     fields = fields_of(v)
     outcome = replay(v.good, pk, existing_rows(conn, mdef, v.good), mdef.module.update_missing == "insert")
