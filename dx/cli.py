@@ -28,6 +28,8 @@ from dx.shared.settings import get_settings
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: Seconds between two looks at a run being waited for.
 POLL_S = 0.2
+#: Commands that read or write the control schema without migrating it first.
+SCHEMA_USERS = ("modules", "pause", "resume", "run", "runs", "show", "report", "schedule")
 DOCS_PATH = Path(__file__).resolve().parent.parent / "docs" / "error-codes.md"
 
 
@@ -465,6 +467,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _require_schema() -> None:
+    """A clear error, instead of a missing column later, when `dx migrate` is due."""
+    with db.connect() as conn:
+        missing = db.missing_migrations(conn)
+    if missing:
+        raise ConfigError([f"the control schema lacks {', '.join(missing)}: run `dx migrate` "
+                           "(dx worker, dx scheduler and dx serve migrate when they start)"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -472,6 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         interactive = args.command not in ("worker", "scheduler", "serve")
         configure("WARNING" if interactive and settings.log_level == "INFO" else settings.log_level,
                   json=not interactive)
+        if args.command in SCHEMA_USERS:
+            _require_schema()
         return int(args.func(args))
     except ConfigError as exc:
         for problem in exc.problems:

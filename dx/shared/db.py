@@ -74,6 +74,14 @@ def _migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+def missing_migrations(conn: Conn) -> list[str]:
+    """The migrations this version of dx has that the database has not applied."""
+    if conn.execute("SELECT to_regclass('dx.schema_migrations') AS t").fetchone()["t"] is None:  # type: ignore[index]
+        return [name for _, name, _ in _migrations()]
+    done = {r["version"] for r in conn.execute("SELECT version FROM dx.schema_migrations")}
+    return [name for version, name, _ in _migrations() if version not in done]
+
+
 def migrate(settings: Settings | None = None) -> list[str]:
     """Apply the missing migrations; returns the names applied."""
     applied: list[str] = []
