@@ -520,6 +520,47 @@ def _field_checks(i: int, m: ModuleCfg, dbs: list[DatabaseCfg]) -> list[str]:
     return problems
 
 
+#: Each section of a config file and the model of its items.
+SECTIONS: dict[str, type[Strict]] = {"tenants": TenantCfg, "connections": ConnectionCfg, "databases": DatabaseCfg,
+                                     "modules": ModuleCfg}
+
+
+def _partial_cross_checks(raw: dict[str, Any], known: Known) -> list[str]:
+    """The reference checks over the items that are valid on their own, so that one schema
+    mistake does not hide the other problems. An invalid item still counts as defined
+    (by its raw id): a reference to it is not reported as dangling."""
+    kept: dict[str, list[Any]] = {}
+    positions: dict[str, list[int]] = {}
+    ids: dict[str, list[dict[str, Any]]] = {}
+    for section, model in SECTIONS.items():
+        items = raw.get(section)
+        kept[section], positions[section], ids[section] = [], [], []
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            try:
+                kept[section].append(model.model_validate(item))
+                positions[section].append(i)
+            except ValidationError:
+                if isinstance(item, dict):
+                    ids[section].append({k: v for k, v in item.items() if isinstance(v, str)})
+    try:
+        partial = Config.model_validate({k: [m.model_dump(mode="json") for m in v] for k, v in kept.items()})
+    except ValidationError:
+        return []
+    known = Known(
+        tenants=known.tenants | {t["id"] for t in ids["tenants"] if "id" in t},
+        connections=known.connections + tuple((c["id"], c.get("tenant", "")) for c in ids["connections"] if "id" in c),
+        connection_types=known.connection_types + tuple(
+            (c["id"], c["type"]) for c in ids["connections"] if "id" in c and "type" in c),
+        databases=known.databases | {(d.get("tenant", ""), d["id"]) for d in ids["databases"] if "id" in d})
+
+    def renumber(problem: str) -> str:  # an index among the valid items → its index in the file
+        section, _, rest = problem.partition("[")
+        number, _, tail = rest.partition("]")
+        return f"{section}[{positions[section][int(number)]}]{tail}" if section in positions else problem
+
+    return [renumber(p) for p in _cross_checks(partial, known)]
+
+
 def parse_config(text: str, known: Known | None = None) -> Config:
     """Parse and validate YAML text; ConfigError lists every problem with its path."""
     try:
@@ -539,7 +580,7 @@ def parse_config(text: str, known: Known | None = None) -> Config:
             if err["type"] == "extra_forbidden":
                 message = "unknown key (check its spelling)"
             problems.append(f"{_path(err['loc'])}: {message}")
-        raise ConfigError(problems) from exc
+        raise ConfigError(problems + _partial_cross_checks(raw, known or Known())) from exc
     problems = _cross_checks(cfg, known or Known())
     if problems:
         raise ConfigError(problems)

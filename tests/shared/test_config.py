@@ -122,8 +122,6 @@ def test_every_problem_is_reported_at_once():
         "connections[0].port", "databases[0].fields.age.type", "modules[0].source.delimiter"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: reference checks (_cross_checks) run only when the schema is valid, "
-                                       "so a schema mistake hides every dangling reference")
 def test_schema_and_reference_problems_are_reported_together():
     # Given a bad delimiter AND a module of a tenant that does not exist
     text = config_with(lambda raw: source(raw).update(delimiter=";;"),
@@ -133,6 +131,27 @@ def test_schema_and_reference_problems_are_reported_together():
     # Then both are reported in the same run of `dx apply`
     paths = {p.split(":")[0] for p in problems}
     assert {"modules[0].source.delimiter", "databases[0].tenant"} <= paths
+
+
+def test_a_reference_to_an_invalid_item_is_not_called_dangling():
+    # Given a connection with a schema mistake, which the module refers to
+    text = config_with(lambda raw: raw["connections"][0].update(port="twenty-two"))
+    # When parsed / Then only the schema mistake is reported, not an "unknown connection"
+    problems = problems_of(text)
+    assert len(problems) == 1 and problems[0].startswith("connections[0].port: "), problems
+
+
+def test_reference_problems_name_the_item_by_its_place_in_the_file():
+    # Given a first module with a schema mistake and a second one naming a missing database
+    def two_modules(raw):
+        second = {**raw["modules"][0], "id": "second", "database": "nope"}
+        raw["modules"][0]["kind"] = "teleporter"
+        raw["modules"].append(second)
+
+    problems = problems_of(config_with(two_modules))
+    # Then the missing database is reported at modules[1], where it is in the file
+    assert any(p.startswith("modules[0].kind: ") for p in problems), problems
+    assert any(p.startswith("modules[1].database: no database 'nope'") for p in problems), problems
 
 
 @pytest.mark.parametrize("field", ["password", "passphrase", "private_key"])
