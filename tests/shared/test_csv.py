@@ -282,8 +282,6 @@ def test_a_missing_header_is_malformed_header(write_file, make_source, raises_ru
         read_header(write_file("empty.csv", content), make_source())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: iter_batches skips the header with pyarrow skip_rows=1, which counts "
-                                       "physical lines, so a quoted newline in the header leaks into the data")
 def test_a_quoted_newline_in_the_header_does_not_become_a_record(write_file, make_source):
     # Given a spreadsheet export whose header cell holds a line break
     path = write_file("excel.csv", 'email,"Opt-in\n(yes/no)"\na@x.io,yes\nb@x.io,no\n')

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import polars as pl
 import pyarrow as pa
@@ -120,21 +120,23 @@ def iter_batches(path: Path, src: SourceCfg, columns: list[str],
                  opener: Opener = open_file) -> Iterator[tuple[pl.DataFrame, list[Malformed]]]:
     """Yield (batch, malformed records of that batch) in source order."""
     malformed: list[Malformed] = []
-    skip = 1 if src.header else 0
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
-        malformed.append(Malformed((row.number or 0) - skip, row.text, row.expected_columns, row.actual_columns))
+        malformed.append(Malformed(row.number or 0, row.text, row.expected_columns, row.actual_columns))
         return "skip"
 
+    # the header is skipped here, not by pyarrow's skip_rows (which counts physical lines,
+    # so a header cell holding a quoted line break would leak into the data)
     read_opts = pacsv.ReadOptions(use_threads=False, block_size=BLOCK_BYTES, column_names=columns,
-                                  skip_rows=skip, encoding="utf8" if src.encoding == "utf-8" else src.encoding)
+                                  encoding="utf8" if src.encoding == "utf-8" else src.encoding)
     parse_opts = pacsv.ParseOptions(delimiter=src.delimiter, quote_char=src.quote, newlines_in_values=True,
                                     invalid_row_handler=on_invalid)
     # nulls "unquoted": an unquoted empty cell is null, a quoted one ("") the empty string
     convert_opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}, null_values=[""],
                                         strings_can_be_null=src.nulls == "unquoted", quoted_strings_can_be_null=False)
     numbering = _Numbering()
-    with _open(path, src.compression, opener) as fh:
+    with _open(path, src.compression, opener) as raw:
+        fh = _after_header(raw, src.quote.encode()) if src.header else raw
         try:
             reader = pacsv.open_csv(fh, read_options=read_opts, parse_options=parse_opts,
                                     convert_options=convert_opts)
@@ -167,6 +169,38 @@ def iter_batches(path: Path, src: SourceCfg, columns: list[str],
             raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{path.name} could not be parsed {near}: {text}") from None
     if malformed:  # records rejected after the last batch
         yield pl.DataFrame(schema={ROW: pl.Int64, **{c: pl.String for c in columns}}), list(malformed)
+
+
+class _Rest(io.RawIOBase):
+    """The bytes read past the header, then the rest of the stream."""
+
+    def __init__(self, rest: bytes, stream: IO[bytes]) -> None:
+        self.rest, self.stream = rest, stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.rest:
+            n = min(len(buffer), len(self.rest))
+            buffer[:n], self.rest = self.rest[:n], self.rest[n:]
+            return n
+        data = self.stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _after_header(stream: IO[bytes], quote: bytes) -> IO[bytes]:
+    """The stream past its first record: the first line end outside quotes (the
+    delimiters, quote and line ends of the supported encodings are ASCII bytes)."""
+    inside = False
+    while block := stream.read(HEADER_BYTES):
+        for i, byte in enumerate(block):
+            if byte == quote[0]:
+                inside = not inside
+            elif byte == 0x0A and not inside:
+                return io.BufferedReader(_Rest(block[i + 1:], stream), BLOCK_BYTES)
+    return io.BytesIO(b"")  # the header is the whole file
 
 
 def _batch(blocks: list[pa.RecordBatch], numbers: list[pl.Series], columns: list[str]) -> pl.DataFrame:
