@@ -77,10 +77,17 @@ def chunks_done(conn: Conn, run_id: int) -> int:
     return int(row["n"]) if row else 0
 
 
-def chunk_committed(conn: Conn, run_id: int, chunk_no: int) -> bool:
-    """Whether the chunk's result is in: a redelivered chunk message then does nothing."""
-    return conn.execute("SELECT 1 FROM dx.chunk_results WHERE run_id = %s AND chunk_no = %s",
-                        (run_id, chunk_no)).fetchone() is not None
+def pending_chunk(conn: Conn, run_id: int, chunk_no: int, actor: str) -> dict[str, Any] | None:
+    """The run while its chunk ``chunk_no`` is still to be done (the run has not ended and the
+    chunk's result is not in: a redelivered chunk message then does nothing); else None."""
+    run = active_run(conn, run_id, actor)
+    if run is None:
+        return None
+    if conn.execute("SELECT 1 FROM dx.chunk_results WHERE run_id = %s AND chunk_no = %s",
+                    (run_id, chunk_no)).fetchone() is not None:
+        log.info(f"{actor}.skip", reason="chunk already done")
+        return None
+    return run
 
 
 def error_counts(conn: Conn, run_id: int) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from psycopg import sql
 from dx.shared import db
 from dx.shared.catalog import load_module
 from dx.shared.formats.csv import ROW
-from dx.shared.runs import RunStatus, active_run, chunk_committed
+from dx.shared.runs import RunStatus, pending_chunk
 from dx.shared.validate import find_column, validate
 from dx.workers import staging
 from dx.workers.importer import apply_chunk, copy_frame
@@ -42,11 +42,8 @@ def chunk(run_id: int, chunk_no: int) -> None:
     """Validate and apply chunk ``chunk_no`` of run ``run_id``, once."""
     started = time.monotonic()
     with db.connect() as conn:
-        run = active_run(conn, run_id, "chunk")
+        run = pending_chunk(conn, run_id, chunk_no, "chunk")
         if run is None:
-            return
-        if chunk_committed(conn, run_id, chunk_no):
-            log.info("chunk.skip", reason="already applied")
             return
         mdef = load_module(conn, run["module"])
     columns = list(run["source_columns"])

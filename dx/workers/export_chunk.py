@@ -29,7 +29,7 @@ import structlog
 from dx.shared import db
 from dx.shared.catalog import load_module
 from dx.shared.errors import ErrorCode
-from dx.shared.runs import RunStatus, active_run, chunk_committed
+from dx.shared.runs import RunStatus, pending_chunk
 from dx.workers import staging
 from dx.workers.export import export_query
 from dx.workers.export_query import copy_statement
@@ -53,11 +53,8 @@ def export_chunk(run_id: int, chunk_no: int) -> None:
     """Write chunk ``chunk_no`` of export run ``run_id`` to the staging folder, once."""
     started = time.monotonic()
     with db.connect() as conn:
-        run = active_run(conn, run_id, "export_chunk")
+        run = pending_chunk(conn, run_id, chunk_no, "export_chunk")
         if run is None:
-            return
-        if chunk_committed(conn, run_id, chunk_no):
-            log.info("export_chunk.skip", reason="already written")
             return
         mdef = load_module(conn, run["module"])
         export = conn.execute("SELECT snapshot_from::text, snapshot_to::text, bounds FROM dx.exports"
