@@ -33,7 +33,7 @@ from bench.report import kept_notes, render
 from dx.shared.catalog import table_ident
 from dx.shared.config import parse_config
 from dx.shared.errors import ConfigError
-from dx.shared.generate import operations
+from dx.shared.generate import updates
 
 HERE = Path(__file__).parent
 #: Kept in RESULTS.md across runs: everything after this line.
@@ -210,7 +210,8 @@ def s_updater(b: Bench) -> None:
     base = b.cl.source("contacts.csv", rows)
     ops_csv = b.cl.data_dir / f"operations-{rows}.csv"
     if not ops_csv.exists():
-        operations(pl.read_csv(base, columns=["email"], infer_schema=False)["email"], rows).write_csv(ops_csv)
+        existing = pl.read_csv(base, columns=["email"], infer_schema=False)["email"]
+        updates(existing, rows, mix=(1 / 3, 1 / 3, 1 / 3), bad_ratio=0, distinct=True).write_csv(ops_csv)
     placed = b.cl.sftp.root / "in" / "operations.csv"
     shutil.copyfile(ops_csv, placed)
     b.cl.sftp.adopt(placed)

@@ -340,7 +340,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from dx.shared.generate import contacts, updates, write_csv
 
     if args.what == "updates":
-        frame = updates(args.rows, base_rows=args.base_rows, seed=args.seed, bad_ratio=args.bad_ratio)
+        frame = updates(contacts(args.base_rows, seed=args.seed)["email"], args.rows, seed=args.seed,
+                        bad_ratio=args.bad_ratio)
     else:
         frame = contacts(args.rows, seed=args.seed, bad_ratio=args.bad_ratio, start=args.start)
     write_csv(frame, Path(args.output), delimiter=args.delimiter, encoding=args.encoding)

@@ -57,15 +57,26 @@ def contacts(rows: int, *, seed: int = 7, bad_ratio: float = 0.0, start: int = 0
     return frame
 
 
-def updates(rows: int, *, base_rows: int, seed: int = 7, bad_ratio: float = 0.01) -> pl.DataFrame:
-    """Mixed Updater records over the contacts of ``contacts(base_rows, seed=seed)``:
-    about 60% U and 15% D of existing keys, 25% I of new keys; ``bad_ratio`` of them
-    spoiled (an unknown operation or a non-numeric ``points``). Column ``operation`` first."""
+def updates(existing: pl.Series, rows: int, *, seed: int = 7, mix: tuple[float, float, float] = (0.6, 0.25, 0.15),
+            bad_ratio: float = 0.01, distinct: bool = False) -> pl.DataFrame:
+    """An Updater source: ``operation`` then the contact fields, in random order.
+
+    About ``mix`` (U, I, D) of the records: I of new keys, U and D of keys from
+    ``existing`` (the e-mails of contacts already in the database), drawn at random
+    (a key may come again: a U after its D fails, as it should), or with
+    ``distinct`` each key at most once, so that the file also loads with
+    ``psql \\copy`` (the benchmark's baseline). ``bad_ratio`` of them are spoiled:
+    an unknown operation or a non-numeric ``points``.
+    """
     rng = np.random.default_rng(seed + 1)
-    base = contacts(base_rows, seed=seed)["email"]
-    fresh = contacts(rows, seed=seed + 2, start=base_rows)
-    op = pl.Series(np.asarray(["U", "I", "D"])[rng.choice(3, rows, p=[0.6, 0.25, 0.15])])
-    old = base.gather(rng.integers(0, base_rows, rows)) if base_rows else fresh["email"]
+    fresh = contacts(rows, seed=seed + 2, start=NEW_KEYS_START)
+    ops = np.asarray(["U", "I", "D"])[rng.choice(3, rows, p=list(mix))]
+    old = fresh["email"]
+    if len(existing):
+        picks = np.zeros(rows, dtype=np.int64)
+        picks[ops != "I"] = rng.choice(len(existing), int((ops != "I").sum()), replace=not distinct)
+        old = existing.gather(picks)
+    op = pl.Series(ops)
     fault = pl.Series(np.where(rng.random(rows) < bad_ratio, rng.integers(1, 3, rows), 0))
     return fresh.with_columns(
         pl.when(fault == 1).then(pl.lit("X")).otherwise(op).alias("operation"),
@@ -86,22 +97,6 @@ def _break(frame: pl.DataFrame, rng: np.random.Generator, ratio: float) -> pl.Da
         pl.when(k == 2).then(pl.lit("31/02/1990")).otherwise(pl.col("birth_date")).alias("birth_date"),
         pl.when(k == 3).then(pl.lit("lots")).otherwise(pl.col("points")).alias("points"),
     )
-
-
-def operations(existing: pl.Series, rows: int, *, seed: int = 7) -> pl.DataFrame:
-    """An Updater source: ``operation`` then the contact fields, in random order.
-
-    A third are I of new keys, a third U and a third D of distinct keys taken
-    from ``existing`` (the e-mails of contacts already in the database).
-    """
-    n_insert, n_delete = rows // 3, rows // 3
-    n_update = rows - n_insert - n_delete
-    frame = contacts(rows, seed=seed, start=NEW_KEYS_START)
-    picked = existing.sample(n_update + n_delete, seed=seed, shuffle=True)
-    ops = ["I"] * n_insert + ["U"] * n_update + ["D"] * n_delete
-    order = np.random.default_rng(seed).permutation(rows)
-    return frame.with_columns(pl.concat([frame["email"].head(n_insert), picked]).alias("email"),
-                              pl.Series("operation", ops)).select("operation", *frame.columns)[order]
 
 
 def write_contacts(path: Path, rows: int, *, seed: int = 7, start: int = 0) -> Path:

@@ -148,7 +148,7 @@ def test_a_million_mixed_records_add_up(cluster_env, sshd, workers, tmp_path):
         with conn.cursor().copy(f'COPY "tenant_{TENANT}".contacts (email, first_name, points, birth_date)'
                                 " FROM STDIN (FORMAT csv, HEADER)") as copy:
             copy.write(base.with_columns(base["birth_date"].str.to_date("%d/%m/%Y")).write_csv())
-    ops = updates(1_000_000, base_rows=base_rows, seed=5).select("operation", "email", "first_name", "points")
+    ops = updates(base["email"], 1_000_000, seed=5).select("operation", "email", "first_name", "points")
     sshd.put("upd/ops_million.csv", ops.write_csv().encode())
     workers.start(2)
 
