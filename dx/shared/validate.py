@@ -43,23 +43,19 @@ class Validated:
 
     def fail(self, rows: pl.DataFrame, code: ErrorCode, message: str) -> pl.DataFrame:
         """Failed operations (FAILED_SCHEMA) for valid ``rows`` that the database turned down."""
-        failed = rows.select(
-            pl.col(ROW).alias("row_number"), pl.col(KEY).alias("key"),
-            (pl.col(OP) if OP in rows.columns else pl.lit("I")).alias("operation"),
-            pl.lit(code.value).alias("error_code"), pl.lit(message).alias("error_message"))
-        return with_records(failed, self.source, self.source_columns)
+        return with_records(_failed(rows, pl.lit(code.value), pl.lit(message)), self.source, self.source_columns)
+
+
+def _failed(rows: pl.DataFrame, code: pl.Expr, message: pl.Expr) -> pl.DataFrame:
+    """Failed operations of ``rows`` (FAILED_SCHEMA less the record); an importer's rows are inserts."""
+    operation = pl.col(OP) if OP in rows.columns else pl.lit("I")
+    return rows.select(pl.col(ROW).alias("row_number"), pl.col(KEY).alias("key"), operation.alias("operation"),
+                       code.alias("error_code"), message.alias("error_message"))
 
 
 def map_columns(source_columns: list[str], db: DatabaseCfg) -> dict[str, str]:
-    """field name -> source column: exact name first, else case-insensitive."""
-    lower = {c.lower(): c for c in reversed(source_columns)}
-    out = {}
-    for name in db.fields:
-        if name in source_columns:
-            out[name] = name
-        elif name.lower() in lower:
-            out[name] = lower[name.lower()]
-    return out
+    """field name -> source column (see ``find_column``), for the fields the source has."""
+    return {name: col for name in db.fields if (col := find_column(source_columns, name)) is not None}
 
 
 def find_column(source_columns: list[str], name: str) -> str | None:
@@ -189,20 +185,15 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
         .with_columns(pl.any_horizontal([c for c, _, _ in checks]).fill_null(False).alias("__invalid"))
     ok = frame.filter(~pl.col("__invalid"))
     # rechunk: Polars 2.1 panics on pl.format inside when/then over a filtered, not rechunked frame
-    bad = frame.filter(pl.col("__invalid")).rechunk().select(
-        pl.col(ROW).alias("row_number"), pl.col(KEY).alias("key"), pl.col(OP).alias("operation"),
-        pl.coalesce([pl.when(c).then(pl.lit(e.value)) for c, e, _ in checks]).alias("error_code"),
-        pl.coalesce([pl.when(c).then(m) for c, _, m in checks]).alias("error_message"))
-    failed = [bad]
+    failed = [_failed(frame.filter(pl.col("__invalid")).rechunk(),
+                      pl.coalesce([pl.when(c).then(pl.lit(e.value)) for c, e, _ in checks]),
+                      pl.coalesce([pl.when(c).then(m) for c, _, m in checks]))]
     if dedupe == "first":  # among the valid records the first occurrence of a key counts (chunk in source order)
         first = ok[KEY].is_first_distinct()
         dups = ok.filter(~first).join(ok.filter(first).select(KEY, pl.col(ROW).alias("__first")), on=KEY)
         ok = ok.filter(first)
-        failed.append(dups.select(
-            pl.col(ROW).alias("row_number"), pl.col(KEY).alias("key"), pl.col(OP).alias("operation"),
-            pl.lit(ErrorCode.DUPLICATE_KEY.value).alias("error_code"),
-            pl.format("the key appears earlier in the source (row {}); the first occurrence was applied",
-                      pl.col("__first")).alias("error_message")))
+        failed.append(_failed(dups, pl.lit(ErrorCode.DUPLICATE_KEY.value), pl.format(
+            "the key appears earlier in the source (row {}); the first occurrence was applied", pl.col("__first"))))
     keep_op = [OP] if operation_column is not None else []
     good = ok.select(ROW, KEY, *keep_op, *[pl.col(_typed(n)).alias(n) for n in typed])
     rejected = pl.concat(failed).sort("row_number")

@@ -67,11 +67,11 @@ def copy_frame(conn: Conn, table: sql.Composable, frame: pl.DataFrame) -> None:
 
 
 def load_table(conn: Conn, mdef: ModuleDef, frame: pl.DataFrame,
-               extra: tuple[tuple[str, str], ...] = ((ROW, "bigint"),)) -> sql.Identifier:
-    """A temporary table like the target plus the ``extra`` (name, SQL type) columns,
+               extra: tuple[tuple[str, str], ...] = ((ROW, "bigint"),), name: str = LOAD_TABLE) -> sql.Identifier:
+    """A temporary table ``name`` like the target plus the ``extra`` (name, SQL type) columns,
     holding ``frame``; dropped at commit."""
     target = table_ident(mdef.database.tenant, mdef.database.id)
-    load = sql.Identifier(LOAD_TABLE)
+    load = sql.Identifier(name)
     conn.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(load, target))
     for name, sql_type in extra:
         conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(load, sql.Identifier(name), sql.SQL(sql_type)))

@@ -26,7 +26,7 @@ from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode, RetriableError
 from dx.shared.formats.csv import ROW
 from dx.shared.validate import OP, Validated
-from dx.workers.importer import ChunkOutcome, copy_frame, fields_of, load_table
+from dx.workers.importer import ChunkOutcome, fields_of, load_table
 
 #: Column of the load table telling what happens to a key.
 ACTION = "__action"
@@ -42,11 +42,7 @@ def existing_rows(conn: Conn, mdef: ModuleDef, good: pl.DataFrame) -> pl.Series:
     concurrent writer of the same keys makes the chunk roll back and retry."""
     pk = mdef.database.primary_key
     target = table_ident(mdef.database.tenant, mdef.database.id)
-    keys = sql.Identifier("dx_keys")
-    conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
-        keys, sql.Identifier(pk), target))
-    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} bigint").format(keys, sql.Identifier(ROW)))
-    copy_frame(conn, keys, good.select(ROW, pk))
+    keys = load_table(conn, mdef, good.select(ROW, pk), name="dx_keys")
     rows = conn.execute(sql.SQL(
         "SELECT k.{r} FROM {k} k JOIN {t} t ON t.{p} = k.{p}"
     ).format(r=sql.Identifier(ROW), k=keys, t=target, p=sql.Identifier(pk))).fetchall()
