@@ -26,7 +26,7 @@ from psycopg import sql
 from dx.shared import db
 from dx.shared.catalog import load_module
 from dx.shared.formats.csv import ROW
-from dx.shared.runs import RunStatus, pending_chunk
+from dx.shared.runs import claim_chunk, pending_chunk
 from dx.shared.validate import find_column, validate
 from dx.workers import staging
 from dx.workers.importer import apply_chunk, copy_frame
@@ -59,14 +59,7 @@ def chunk(run_id: int, chunk_no: int) -> None:
                              keep_blank_text=keep_blank_text)
         apply = apply_chunk
     with db.transaction() as conn:
-        current = conn.execute("SELECT status FROM dx.runs WHERE id = %s FOR SHARE", (run_id,)).fetchone()
-        if current is None or RunStatus(current["status"]).terminal:
-            return
-        claimed = conn.execute(
-            "INSERT INTO dx.chunk_results (run_id, chunk_no, rows_read, duration_ms) VALUES (%s, %s, %s, 0)"
-            " ON CONFLICT DO NOTHING RETURNING chunk_no", (run_id, chunk_no, frame.height)).fetchone()
-        if claimed is None:
-            log.info("chunk.skip", reason="applied by a twin delivery")
+        if not claim_chunk(conn, run_id, chunk_no, frame.height, "chunk"):
             return
         outcome = apply(conn, run, mdef, validated)
         failed = outcome.failed.with_columns(pl.lit(run_id).alias("run_id"), pl.lit(chunk_no).alias("chunk_no"))

@@ -29,7 +29,7 @@ import structlog
 from dx.shared import db
 from dx.shared.catalog import load_module
 from dx.shared.errors import ErrorCode
-from dx.shared.runs import RunStatus, pending_chunk
+from dx.shared.runs import claim_chunk, pending_chunk
 from dx.workers import staging
 from dx.workers.export import export_query
 from dx.workers.export_query import copy_statement
@@ -81,9 +81,6 @@ def export_chunk(run_id: int, chunk_no: int) -> None:
     tmp.replace(part)
     duration_ms = int((time.monotonic() - started) * 1000)
     with db.transaction() as conn:
-        current = conn.execute("SELECT status FROM dx.runs WHERE id = %s FOR SHARE", (run_id,)).fetchone()
-        if current is None or RunStatus(current["status"]).terminal:
+        if not claim_chunk(conn, run_id, chunk_no, rows, "export_chunk", duration_ms):
             return
-        conn.execute("INSERT INTO dx.chunk_results (run_id, chunk_no, rows_read, duration_ms) VALUES (%s, %s, %s, %s)"
-                     " ON CONFLICT DO NOTHING", (run_id, chunk_no, rows, duration_ms))
     log.info("export_chunk.done", rows=rows, bytes=part.stat().st_size, ms=duration_ms)
