@@ -257,6 +257,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stop_on_signals() -> threading.Event:
+    """An event that SIGTERM (Kubernetes stopping the pod) or SIGINT sets."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from dx.workers.broker import start_worker
 
@@ -266,9 +274,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
               "`dx run` and `dx demo`. Set DX_BROKER_URL=amqp://... to run a separate worker.", file=sys.stderr)
         return EXIT_USAGE
     db.migrate()
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signals()
     worker = start_worker(args.threads or settings.worker_threads)
     print(json.dumps({"event": "worker.started", "threads": worker.worker_threads}), file=sys.stderr, flush=True)
     stop.wait()
@@ -283,9 +289,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     db.migrate()
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signals()
     worker = consumer = None
     if settings.broker_url is None:  # embedded: the runs it fires are worked on in this process
         worker = start_worker(2)
