@@ -23,7 +23,8 @@ OPERATIONS = ["I", "U", "D"]
 TRUE_WORDS = ["true", "t", "yes", "y", "1", "on"]
 FALSE_WORDS = ["false", "f", "no", "n", "0", "off"]
 EMAIL_RE = r"^[^@\s]+@([^@\s.]+\.)+[^@\s.]+$"
-DECIMAL_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+#: A decimal: ASCII digits (``\d`` takes any script's), an optional point, an exponent of at most 3 digits.
+DECIMAL_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
 #: A timestamp field without a format takes YYYY-MM-DD[( |T)HH:MM[:SS[.fraction]]], read as UTC.
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S%.f"
 #: Characters of a bad value quoted in a message.

@@ -26,10 +26,11 @@ from psycopg import sql
 from dx.shared import db
 from dx.shared.catalog import load_module
 from dx.shared.formats.csv import ROW
+from dx.shared.pgcopy import copy_frame
 from dx.shared.runs import claim_chunk, pending_chunk
 from dx.shared.validate import find_column, validate
 from dx.workers import staging
-from dx.workers.importer import apply_chunk, copy_frame
+from dx.workers.importer import apply_chunk
 from dx.workers.updater import apply_updates
 
 log = structlog.get_logger(__name__)

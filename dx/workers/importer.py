@@ -12,7 +12,6 @@ Every chunk is loaded with COPY and applied with one SQL statement per mode:
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +23,9 @@ from dx.shared.catalog import ModuleDef, table_ident
 from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode
 from dx.shared.formats.csv import ROW
+from dx.shared.pgcopy import copy_frame
 from dx.shared.validate import KEY, OP, Validated
 
-#: Rows per slice of a COPY (a slice of contact rows is a few MB).
-COPY_SLICE_ROWS = 50_000
 #: Name of the per-transaction load table of append and upsert.
 LOAD_TABLE = "dx_load"
 
@@ -43,27 +41,6 @@ class ChunkOutcome:
 
     counters: dict[str, int]
     failed: pl.DataFrame
-
-
-def copy_frame(conn: Conn, table: sql.Composable, frame: pl.DataFrame) -> None:
-    """COPY a typed frame into ``table`` (columns by name); timestamps go as UTC.
-
-    Sent in slices of COPY_SLICE_ROWS, each written by Polars straight to
-    bytes: no whole-chunk CSV text in memory, and PostgreSQL parses one slice
-    while the next is formatted.
-    """
-    if frame.is_empty():
-        return
-    conn.execute("SET LOCAL TIME ZONE 'UTC'")
-    utc = [pl.col(c).dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-           for c, t in frame.schema.items() if isinstance(t, pl.Datetime) and t.time_zone]
-    data = frame.with_columns(utc)
-    cols = sql.SQL(", ").join(sql.Identifier(c) for c in frame.columns)
-    with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(table, cols)) as copy:
-        for piece in data.iter_slices(COPY_SLICE_ROWS):
-            buf = io.BytesIO()
-            piece.write_csv(buf, include_header=False, quote_style="non_numeric", null_value="")
-            copy.write(buf.getvalue())
 
 
 def load_table(conn: Conn, mdef: ModuleDef, frame: pl.DataFrame,

@@ -15,7 +15,7 @@ import pytest
 from dx.shared import db
 from dx.shared.catalog import table_ident
 from dx.shared.generate import contacts
-from dx.workers.importer import copy_frame
+from dx.shared.pgcopy import copy_frame
 from tests.integration.helpers import apply, export_config, run
 
 PEOPLE = {"email": {"type": "email", "required": True}, "name": "text", "notes": "text", "points": "int",
