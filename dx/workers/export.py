@@ -17,6 +17,7 @@ flight, so that a watermark is never read by two exports at once.
 
 from __future__ import annotations
 
+import posixpath
 import shutil
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -46,6 +47,17 @@ log = structlog.get_logger(__name__)
 CHUNK_ROWS = 250_000
 #: Upper bound on chunks per run.
 MAX_CHUNKS = 256
+
+
+def temp_name(path: str, run_id: int) -> str:
+    """The hidden name a file is uploaded under; sources never match it (leading dot)."""
+    folder, name = posixpath.split(path)
+    return posixpath.join(folder, f".{name}.part-{run_id}")
+
+
+def remote_part(path: str, run_id: int, chunk_no: int) -> str:
+    """Where a chunk uploads its part beside the target, for the server to join (hidden too)."""
+    return f"{temp_name(path, run_id)}-{chunk_no:04d}"
 
 
 def export_query(mdef: ModuleDef, export: dict) -> ExportQuery:

@@ -5,8 +5,10 @@ sends nothing (the group's completion callback sends ``export_reduce``).
 Runs the COPY of its key range (formatted, quoted and transcoded by
 PostgreSQL), gzips it if the target wants it (a gzip member per chunk: the
 members joined in order are one valid gzip file), writes it to the staging
-folder under a temporary name and renames it, then records its row count in
-``dx.chunk_results``.
+folder under a temporary name and renames it; where the target's server can
+join files itself (``Remote.can_join``) it also uploads the part beside the
+target (``remote_part``), in parallel with the other chunks. Then it records
+its row count in ``dx.chunk_results``.
 
 Retries: 5 with backoff; then ``run_crashed`` fails the run. A value the
 target's encoding cannot hold fails the run at once (TARGET_UNENCODABLE).
@@ -28,10 +30,11 @@ import structlog
 
 from dx.shared import db
 from dx.shared.catalog import load_module
+from dx.shared.connections import open_remote
 from dx.shared.errors import ErrorCode
 from dx.shared.runs import claim_chunk, pending_chunk
 from dx.workers import staging
-from dx.workers.export import export_query
+from dx.workers.export import export_query, remote_part
 from dx.workers.export_query import copy_statement
 from dx.workers.failures import fail_run
 
@@ -57,7 +60,7 @@ def export_chunk(run_id: int, chunk_no: int) -> None:
         if run is None:
             return
         mdef = load_module(conn, run["module"])
-        export = conn.execute("SELECT snapshot_from::text, snapshot_to::text, bounds FROM dx.exports"
+        export = conn.execute("SELECT snapshot_from::text, snapshot_to::text, bounds, target_path FROM dx.exports"
                               " WHERE run_id = %s", (run_id,)).fetchone()
     assert export is not None and mdef.module.target is not None
     target = mdef.module.target
@@ -67,6 +70,7 @@ def export_chunk(run_id: int, chunk_no: int) -> None:
     try:
         with db.connect() as conn, open_part(tmp, target.compression) as out:
             conn.execute("SET TIME ZONE 'UTC'")  # timestamps are exported in UTC
+            conn.execute("SET DateStyle = 'ISO'")  # what the default date and timestamp forms are written in
             cur = conn.cursor()
             with cur.copy(statement, params) as copy:
                 for block in copy:
@@ -79,6 +83,11 @@ def export_chunk(run_id: int, chunk_no: int) -> None:
         fail_run(run_id, ErrorCode.TARGET_UNENCODABLE, message)
         return
     tmp.replace(part)
+    assert mdef.connection is not None
+    with open_remote(mdef.connection) as remote:
+        if remote.can_join():
+            with open(part, "rb") as fh:
+                remote.upload(fh, remote_part(export["target_path"], run_id, chunk_no))
     duration_ms = int((time.monotonic() - started) * 1000)
     with db.transaction() as conn:
         if not claim_chunk(conn, run_id, chunk_no, rows, "export_chunk", duration_ms):

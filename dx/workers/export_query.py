@@ -122,19 +122,20 @@ def to_char_format(fmt: str) -> str:
 
 
 def _value(col: sql.Composable, f: FieldCfg, spreadsheet: bool) -> sql.Composable:
-    """A field as the text the Importer reads back (timestamps in UTC: the session's zone)."""
+    """A field as the text the Importer reads back (timestamps in UTC: the session's zone; DateStyle ISO)."""
     match f.type:
         case "int" | "decimal":
             return sql.SQL("{}::text").format(col)
         case "bool":
             return sql.SQL("CASE WHEN {c} THEN 'true' WHEN NOT {c} THEN 'false' END").format(c=col)
+        # the default forms are PostgreSQL's own output with DateStyle ISO (a third of to_char's time):
+        # YYYY-MM-DD, and HH:MM:SS with as many fraction digits as needed (none for whole seconds)
+        case "date" | "timestamp" if f.format:
+            return sql.SQL("to_char({}, {})").format(col, sql.Literal(to_char_format(f.format)))
         case "date":
-            return sql.SQL("to_char({}, {})").format(col, sql.Literal(to_char_format(f.format or "%Y-%m-%d")))
+            return sql.SQL("{}::text").format(col)
         case "timestamp":
-            if f.format:
-                return sql.SQL("to_char({}, {})").format(col, sql.Literal(to_char_format(f.format)))
-            # whole seconds without a fraction, else as many digits as needed
-            return sql.SQL("rtrim(rtrim(to_char({}, 'YYYY-MM-DD HH24:MI:SS.US'), '0'), '.')").format(col)
+            return sql.SQL("{}::timestamp::text").format(col)
         case _:
             return neutralise_sql(col) if spreadsheet else col
 

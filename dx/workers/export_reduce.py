@@ -3,9 +3,11 @@
 Consumes ``export_reduce(run_id)``, the completion callback of the export
 plan's chunk group (or sent directly when there is no row). Checks that every
 chunk's result exists (the barrier may fire early or twice), then, holding
-the run's row lock: uploads header, parts in key order and footer as one
-stream under a temporary name (``.NAME.part-RUN`` beside the target), renames
-it to its final name, does the same for the manifest, and in the same
+the run's row lock: joins header, parts in key order and footer under a
+temporary name (``.NAME.part-RUN`` beside the target): on the server itself
+when every chunk uploaded its part there (``Remote.join``), else uploaded as
+one stream from the staging folder; renames it to its final name, removes
+the uploaded parts, does the same for the manifest, and in the same
 transaction records the delivery, moves an Exporter's watermark to the run's
 snapshot and ends the run. Then sends the e-mail and clears the staging folder.
 
@@ -20,7 +22,9 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO
 
 import dramatiq
@@ -33,7 +37,7 @@ from dx.shared.errors import RunError
 from dx.shared.formats.export import READ_BYTES, JoinedFile, head_and_tail
 from dx.shared.runs import RunStatus, chunks_done, finish, get_run
 from dx.workers import staging
-from dx.workers.export import export_query
+from dx.workers.export import export_query, remote_part, temp_name
 from dx.workers.failures import fail_run, notify
 
 log = structlog.get_logger(__name__)
@@ -77,11 +81,20 @@ def _deliver(run_id: int, mdef: ModuleDef) -> None:
                               " WHERE run_id = %s", (run_id,)).fetchone()
         rows = int(totals["n"]) if totals else 0
         head, tail = head_and_tail(target, export_query(mdef, export).columns)
-        stream = JoinedFile(head, [staging.export_part(run_id, i) for i in range(run["n_chunks"])], tail)
+        local = [staging.export_part(run_id, i) for i in range(run["n_chunks"])]
+        stream = JoinedFile(head, local, tail)
         reader = io.BufferedReader(stream, READ_BYTES)
         final = export["target_path"]
         with open_remote(connection) as remote:
-            _put(remote, reader, final, run_id)
+            parts = [remote_part(final, run_id, i) for i in range(run["n_chunks"])]
+            joined = bool(parts) and _uploaded(remote, parts, local)
+            if joined:
+                _join(remote, head, parts, tail, final, run_id)
+                while reader.read(READ_BYTES):  # the size and digest of what was joined
+                    pass
+            else:
+                _put(remote, reader, final, run_id)
+            _remove_parts(remote, parts)
             manifest = None
             if target.manifest:
                 manifest = {"file": posixpath.basename(final), "rows": rows, "bytes": stream.size_bytes,
@@ -93,9 +106,9 @@ def _deliver(run_id: int, mdef: ModuleDef) -> None:
                 _put(remote, body, f"{final}.manifest.json", run_id)
             # Renamed while the lock is held and just before the commit: were the commit to fail,
             # the file would be delivered again by the next run, never lost.
-            remote.move(_temp_name(final, run_id), final)
+            remote.move(temp_name(final, run_id), final)
             if manifest is not None:
-                remote.move(_temp_name(f"{final}.manifest.json", run_id), f"{final}.manifest.json")
+                remote.move(temp_name(f"{final}.manifest.json", run_id), f"{final}.manifest.json")
         conn.execute("UPDATE dx.exports SET bytes = %s, sha256 = %s, delivered_at = now() WHERE run_id = %s",
                      (stream.size_bytes, stream.digest.hexdigest(), run_id))
         if mdef.module.kind == "exporter":
@@ -104,23 +117,44 @@ def _deliver(run_id: int, mdef: ModuleDef) -> None:
                 " ON CONFLICT (module) DO UPDATE SET snapshot = EXCLUDED.snapshot, run_id = EXCLUDED.run_id,"
                 " moved_at = now()", (mdef.module.id, export["snapshot_to"], run_id))
         finish(conn, run_id, RunStatus.COMPLETED, counters={"rows_exported": rows})
-    log.info("run.finished", status="completed", rows_exported=rows, path=final, bytes=stream.size_bytes)
+    log.info("run.finished", status="completed", rows_exported=rows, path=final, bytes=stream.size_bytes,
+             delivery="joined on the server" if joined else "uploaded")
 
 
-def _temp_name(path: str, run_id: int) -> str:
-    """The hidden name a file is uploaded under; sources never match it (leading dot)."""
-    folder, name = posixpath.split(path)
-    return posixpath.join(folder, f".{name}.part-{run_id}")
+def _uploaded(remote: Remote, parts: list[str], local: list[Path]) -> bool:
+    """Whether the server can join the parts and every chunk uploaded its part whole."""
+    if not remote.can_join():
+        return False
+    for path, mine in zip(parts, local, strict=True):
+        info = remote.stat(path)
+        if info is None or info.size_bytes != mine.stat().st_size:
+            return False
+    return True
 
 
 def _put(remote: Remote, stream: IO[bytes], path: str, run_id: int) -> None:
     """Upload under the temporary name; on failure try to remove what was written."""
-    temp = _temp_name(path, run_id)
+    _cleaning_up(remote, temp_name(path, run_id), lambda temp: remote.upload(stream, temp))
+
+
+def _join(remote: Remote, head: bytes, parts: list[str], tail: bytes, path: str, run_id: int) -> None:
+    """Join the uploaded parts under the temporary name; on failure try to remove what was written."""
+    _cleaning_up(remote, temp_name(path, run_id), lambda temp: remote.join(head, parts, tail, temp))
+
+
+def _cleaning_up(remote: Remote, temp: str, write: Callable[[str], None]) -> None:
     try:
-        remote.upload(stream, temp)
+        write(temp)
     except RunError:
-        try:
-            remote.remove(temp)
-        except Exception as exc:  # the connection is gone: the hidden leftover is harmless
-            log.warning("export.temp_left", path=temp, error=str(exc))
+        _remove_parts(remote, [temp])
         raise
+
+
+def _remove_parts(remote: Remote, paths: list[str]) -> None:
+    """Remove hidden leftovers; a connection that is gone leaves them (harmless: never matched)."""
+    for path in paths:
+        try:
+            if remote.stat(path) is not None:
+                remote.remove(path)
+        except Exception as exc:
+            log.warning("export.temp_left", path=path, error=str(exc))

@@ -129,6 +129,8 @@ def test_an_upload_broken_off_leaves_no_file_and_the_next_run_delivers_everythin
 
     first = prepared_run()
     temp = sshd.root / "big" / f".events.csv.part-{first}"
+    for part in (sshd.root / "big").glob(f"{temp.name}-*"):  # the chunks' uploads gone: the reduce uploads
+        part.unlink()
 
     # When sshd is stopped while the file is being uploaded, then started again
     reducer = threading.Thread(target=export_reduce.fn, args=(first,))
@@ -150,10 +152,12 @@ def test_an_upload_broken_off_leaves_no_file_and_the_next_run_delivers_everythin
     assert not (sshd.root / "big" / "events.csv").exists()
     assert mark is None
 
-    # When the next run goes through
+    # When the next run goes through (its parts joined on the server)
     second = prepared_run()
     export_reduce.fn(second)
-    # Then it delivers every event once, and the watermark is its snapshot
+    # Then it delivers every event once, and the watermark is its snapshot; no part is left
+    # (but the broken run's hidden temporary file: its connection was gone)
+    assert sorted(p.name for p in (sshd.root / "big").iterdir()) == [temp.name, "events.csv"]
     with db.connect() as conn:
         done = conn.execute("SELECT status, rows_exported FROM dx.runs WHERE id = %s", (second,)).fetchone()
         mark = conn.execute("SELECT run_id FROM dx.export_watermarks WHERE module = %s", (module,)).fetchone()

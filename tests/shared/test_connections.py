@@ -226,3 +226,14 @@ def test_an_upload_outside_the_root_is_refused(raises_run_error, tmp_path):
     with raises_run_error(ErrorCode.PATH_OUTSIDE_ROOT):
         LocalRemote(str(tmp_path / "root")).upload(io.BytesIO(b"x"), "../escape.csv")
     assert not (tmp_path / "escape.csv").exists()
+
+
+def test_a_local_join_writes_head_parts_in_order_and_tail(root, outside, raises_run_error):
+    # Given two parts in the client space
+    remote = LocalRemote(str(root))
+    assert remote.can_join()
+    # When joined / Then the file holds head, part 2, part 1, tail; a part outside the root is refused
+    remote.join(b"H\n", ["in/contacts_2.csv", "in/contacts_1.csv"], b"T\n", "out/all.csv")
+    assert (root / "out" / "all.csv").read_bytes() == b"H\nid\n2\nid\n1\nT\n"
+    with raises_run_error(ErrorCode.PATH_OUTSIDE_ROOT):
+        remote.join(b"", ["../secrets/passwd.csv"], b"", "out/leak.csv")

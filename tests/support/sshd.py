@@ -126,8 +126,10 @@ def _descendants(pid: int) -> list[int]:
 
 
 @contextmanager
-def running_sshd() -> Iterator[Sftp]:
-    """An OpenSSH sshd on a free loopback port with a config of our own; stopped on exit."""
+def running_sshd(sftp_flags: str = "") -> Iterator[Sftp]:
+    """An OpenSSH sshd on a free loopback port with a config of our own; stopped on exit.
+
+    ``sftp_flags`` go to its SFTP server (``-P copy-data``: refuse that extension)."""
     if not SSHD.exists():
         raise RuntimeError("OpenSSH sshd is missing: run scripts/services.sh (installs Debian's openssh-server)")
     work = Path(tempfile.mkdtemp(prefix="dx-sshd-"))  # outside 0700 temp folders: dxsftp must enter it
@@ -155,7 +157,7 @@ UsePAM no
 StrictModes no
 PermitRootLogin no
 AllowUsers {SFTP_USER}
-Subsystem sftp internal-sftp
+Subsystem sftp internal-sftp {sftp_flags}
 LogLevel ERROR
 """)
     Path("/run/sshd").mkdir(exist_ok=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,11 @@ class Remote(Protocol):
     def remove(self, path: str) -> None: ...
     def upload(self, source: IO[bytes], path: str) -> None:
         """Write the stream to ``path`` (its folders created); TARGET_WRITE_FAILED if it breaks off."""
+    def can_join(self) -> bool:
+        """Whether ``join`` works here."""
+    def join(self, head: bytes, parts: Sequence[str], tail: bytes, path: str) -> None:
+        """Write ``head``, the files ``parts`` in order and ``tail`` to ``path``, the bytes copied where they
+        are (no transfer); TARGET_WRITE_FAILED if that fails."""
 
 
 def confine(root: str, path: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -66,12 +67,29 @@ class LocalRemote:
         os.replace(self._full(path), self._target(new_path))
 
     def upload(self, source: IO[bytes], path: str) -> None:
+        self._write(path, lambda fh: shutil.copyfileobj(source, fh, UPLOAD_BLOCK_BYTES))
+
+    def can_join(self) -> bool:
+        return True
+
+    def join(self, head: bytes, parts: Sequence[str], tail: bytes, path: str) -> None:
+        def write(fh: IO[bytes]) -> None:
+            fh.write(head)
+            for part in parts:
+                with open(self._full(part), "rb") as src:
+                    shutil.copyfileobj(src, fh, UPLOAD_BLOCK_BYTES)
+            fh.write(tail)
+
+        self._write(path, write)
+
+    def _write(self, path: str, write: Callable[[IO[bytes]], object]) -> None:
+        """Create ``path`` with what ``write`` writes, durable before it is renamed to its final name."""
         target = self._target(path)
         try:
             with open(target, "wb") as fh:
-                shutil.copyfileobj(source, fh, UPLOAD_BLOCK_BYTES)
+                write(fh)
                 fh.flush()
-                os.fsync(fh.fileno())  # durable before it is renamed to its final name
+                os.fsync(fh.fileno())
         except OSError as exc:
             raise RunError(ErrorCode.TARGET_WRITE_FAILED, f"{path!r} could not be written: {exc}") from None
 

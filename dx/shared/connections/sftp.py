@@ -2,7 +2,8 @@
 
 An unknown or changed host key is a run-level error, never accepted. The
 password or private key is read from its ${ENV_VAR} reference at connect
-time and never logged. Downloads use prefetch (25x faster than plain reads).
+time and never logged. Downloads use prefetch (25x faster than plain reads);
+an export's parts are joined on the server (copy-data) where it can.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import base64
 import io
 import posixpath
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
 import paramiko
+from paramiko.sftp import CMD_EXTENDED, int64
 
 from dx.shared.config import ConnectionCfg
 from dx.shared.connections import (
@@ -32,6 +35,8 @@ KEY_CLASSES: tuple[type[paramiko.PKey], ...] = (paramiko.Ed25519Key, paramiko.EC
 #: AES-GCM first: it authenticates as it decrypts, where CTR needs a separate HMAC that paramiko
 #: computes in Python per packet (a 110 MB transfer takes about 20% less time).
 GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+#: OpenSSH's (9.0+) extension copying a byte range from one open file to another on the server.
+COPY_DATA = "copy-data"
 
 
 class _Transport(paramiko.Transport):
@@ -167,6 +172,40 @@ class SftpRemote:
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise RunError(ErrorCode.TARGET_WRITE_FAILED,
                            f"{path!r} could not be written on {self.cfg.host}: {exc or type(exc).__name__}") from None
+
+    # paramiko has no call for extensions: they go through its request primitive, ``_request``.
+    def can_join(self) -> bool:
+        """Asked with handles that do not exist: a server with copy-data says so (a failure on the
+        handles); one without it, or refusing it, answers unsupported or denied."""
+        try:
+            self.sftp._request(CMD_EXTENDED, COPY_DATA, b"", int64(0), int64(0),  # type: ignore[attr-defined]
+                               b"", int64(0))
+        except PermissionError:
+            return False
+        except OSError as exc:
+            return "unsupported" not in str(exc).lower()
+        return True
+
+    def join(self, head: bytes, parts: Sequence[str], tail: bytes, path: str) -> None:
+        """OpenSSH's copy-data extension: the server copies each part into the file itself."""
+        target = confine(self.cfg.root, path)
+        try:
+            self._makedirs(posixpath.dirname(target))
+            with self.sftp.open(target, "wb") as out:
+                out.write(head)
+                out.flush()
+                offset = len(head)
+                for part in parts:
+                    with self.sftp.open(confine(self.cfg.root, part), "rb") as src:
+                        size = src.stat().st_size or 0
+                        self.sftp._request(CMD_EXTENDED, COPY_DATA,  # type: ignore[attr-defined]
+                                           src.handle, int64(0), int64(size), out.handle, int64(offset))
+                    offset += size
+                out.seek(offset)
+                out.write(tail)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise RunError(ErrorCode.TARGET_WRITE_FAILED,
+                           f"{path!r} could not be joined on {self.cfg.host}: {exc or type(exc).__name__}") from None
 
     def remove(self, path: str) -> None:
         self.sftp.remove(confine(self.cfg.root, path))
