@@ -38,17 +38,22 @@ NBASE_DIGITS = 4
 
 
 def copy_frame(conn: Conn, table: sql.Composable, frame: pl.DataFrame) -> None:
-    """COPY ``frame`` into ``table`` (columns by name) in binary format."""
+    """COPY ``frame`` into ``table`` (columns by name) in binary format, encoded slice by slice
+    (a chunk's frame is never held twice, as Arrow and as bytes)."""
     if frame.is_empty():
         return
     types = column_types(conn, table)
-    arrow = pa.table({c: _arrow_column(frame[c], types[c]) for c in frame.columns})
-    encoder = pgpq.ArrowToPostgresBinaryEncoder(arrow.schema)
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in frame.columns)
+    encoder: pgpq.ArrowToPostgresBinaryEncoder | None = None
     with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(table, cols)) as copy:
-        copy.write(encoder.write_header())
-        for batch in arrow.to_batches(COPY_SLICE_ROWS):
+        for piece in frame.iter_slices(COPY_SLICE_ROWS):
+            batch = pa.RecordBatch.from_arrays([_arrow_column(piece[c], types[c]) for c in piece.columns],
+                                               names=piece.columns)
+            if encoder is None:
+                encoder = pgpq.ArrowToPostgresBinaryEncoder(batch.schema)
+                copy.write(encoder.write_header())
             copy.write(encoder.write_batch(batch))
+        assert encoder is not None
         copy.write(encoder.finish())
 
 
