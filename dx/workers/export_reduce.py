@@ -154,7 +154,8 @@ def _remove_parts(remote: Remote, paths: list[str]) -> None:
     """Remove hidden leftovers; a connection that is gone leaves them (harmless: never matched)."""
     for path in paths:
         try:
-            if remote.stat(path) is not None:
-                remote.remove(path)
+            remote.remove(path)
+        except FileNotFoundError:  # never uploaded (the server cannot join), or removed already
+            pass
         except Exception as exc:
             log.warning("export.temp_left", path=path, error=str(exc))
