@@ -39,7 +39,7 @@ from dx.workers.importer import shadow_table
 from dx.workers.source_query import stage_query
 
 log = structlog.get_logger(__name__)
-#: Upper bound on chunks per run (messages and part files stay manageable).
+#: Upper bound on chunks per run (messages and chunk files stay manageable).
 MAX_CHUNKS = 256
 
 
@@ -73,9 +73,9 @@ def _settled(remote: Remote, info: FileInfo, settle_s: float) -> FileInfo:
 
 
 def _partition(run_id: int, mdef: ModuleDef, source: Path | Download, n_chunks: int) -> tuple[list[str], list[dict]]:
-    """Split the source into chunk part files (a CSV download is read while it arrives);
+    """Split the source into chunk files (a CSV download is read while it arrives);
     returns (columns, malformed failures)."""
-    staging.remove_chunks(run_id)  # a retried plan starts from no part files
+    staging.remove_chunks(run_id)  # a retried plan starts from no chunk files
     src = mdef.module.source
     assert src is not None
     opener = None
@@ -93,14 +93,15 @@ def _partition(run_id: int, mdef: ModuleDef, source: Path | Download, n_chunks: 
     key_col = map_columns(columns, mdef.database)[mdef.database.primary_key]
     key = key_expr(key_col, mdef.database.fields[mdef.database.primary_key])
     failures: list[dict] = []
-    for batch_no, (frame, bad) in enumerate(batches):
-        failures += [{"row_number": m.row_number, "error_code": ErrorCode.MALFORMED_RECORD.value,
-                      "error_message": m.message} for m in bad]
-        if frame.is_empty():
-            continue
-        part = (key.hash(seed=0) % n_chunks).fill_null(0).alias("__part")
-        for (chunk_no,), piece in frame.with_columns(part).partition_by("__part", as_dict=True).items():
-            staging.write_part(run_id, int(chunk_no), batch_no, piece.drop("__part"))
+    with staging.ChunkFiles(run_id) as files:
+        for frame, bad in batches:
+            failures += [{"row_number": m.row_number, "error_code": ErrorCode.MALFORMED_RECORD.value,
+                          "error_message": m.message} for m in bad]
+            if frame.is_empty():
+                continue
+            part = (key.hash(seed=0) % n_chunks).fill_null(0).alias("__part")
+            for (chunk_no,), piece in frame.with_columns(part).partition_by("__part", as_dict=True).items():
+                files.write(int(chunk_no), piece.drop("__part"))
     return columns, failures
 
 

@@ -1,16 +1,19 @@
 """The staging store: per-run folders of chunk files every worker reaches.
 
 Layout: ``<DX_STAGING_DIR>/runs/<run>/source/`` (a downloaded source, removed
-after planning) and ``.../chunk-<n>/part-<batch>.arrow`` (Arrow IPC); an
-export's chunks write ``.../export/part-<n>`` (file bytes, joined in order).
+after planning) and ``.../chunks/chunk-<n>.arrow`` (one Arrow IPC file per
+chunk, a record batch per source batch); an export's chunks write
+``.../export/part-<n>`` (file bytes, joined in order).
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import TracebackType
 
 import polars as pl
+import pyarrow as pa
 
 from dx.shared.settings import get_settings
 
@@ -20,32 +23,59 @@ def run_dir(run_id: int) -> Path:
     return get_settings().staging_dir / "runs" / str(run_id)
 
 
-def chunk_dir(run_id: int, chunk_no: int) -> Path:
-    """The folder of one chunk's part files."""
-    return run_dir(run_id) / f"chunk-{chunk_no:04d}"
+def chunk_file(run_id: int, chunk_no: int) -> Path:
+    """The Arrow IPC file of one chunk's records."""
+    return run_dir(run_id) / "chunks" / f"chunk-{chunk_no:04d}.arrow"
 
 
-def write_part(run_id: int, chunk_no: int, batch_no: int, frame: pl.DataFrame) -> None:
-    """Write one batch's slice of a chunk; rewriting it on a retried plan is harmless."""
-    folder = chunk_dir(run_id, chunk_no)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".part-{batch_no:06d}.arrow.tmp"
-    frame.write_ipc(tmp)
-    tmp.replace(folder / f"part-{batch_no:06d}.arrow")
+class ChunkFiles:
+    """The plan's writer of chunk files: one Arrow IPC file per chunk, kept open while the source
+    is read, a record batch per write (one file per batch and chunk cost the plan twice the time
+    and the chunks twice the reading). A file takes its final name when the writer closes cleanly,
+    so a chunk never reads a half-written one; a retried plan starts from ``remove_chunks``."""
+
+    def __init__(self, run_id: int) -> None:
+        self.run_id = run_id
+        self.writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+
+    def write(self, chunk_no: int, frame: pl.DataFrame) -> None:
+        """Append ``frame`` (the same columns every time) to chunk ``chunk_no``."""
+        table = frame.to_arrow()
+        writer = self.writers.get(chunk_no)
+        if writer is None:
+            path = chunk_file(self.run_id, chunk_no)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writer = self.writers[chunk_no] = pa.ipc.new_file(_writing(path), table.schema)
+        writer.write_table(table)
+
+    def __enter__(self) -> ChunkFiles:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        for chunk_no, writer in self.writers.items():
+            writer.close()
+            if kind is None:
+                path = chunk_file(self.run_id, chunk_no)
+                _writing(path).replace(path)
+
+
+def _writing(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
 
 
 def read_chunk(run_id: int, chunk_no: int, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    """All parts of a chunk, in source order; empty with ``schema`` if none."""
-    parts = sorted(chunk_dir(run_id, chunk_no).glob("part-*.arrow"))
-    if not parts:
+    """A chunk's records, in the order written; empty with ``schema`` if the plan wrote none."""
+    path = chunk_file(run_id, chunk_no)
+    if not path.exists():
         return pl.DataFrame(schema=schema)
-    return pl.concat([pl.read_ipc(p) for p in parts])
+    frame = pl.from_arrow(pa.ipc.open_file(pa.memory_map(str(path))).read_all())
+    assert isinstance(frame, pl.DataFrame)
+    return frame
 
 
 def remove_chunks(run_id: int) -> None:
-    """Delete every chunk folder of the run (before a retried plan rewrites them)."""
-    for folder in run_dir(run_id).glob("chunk-*"):
-        shutil.rmtree(folder, ignore_errors=True)
+    """Delete the run's chunk files (before a retried plan writes them again)."""
+    shutil.rmtree(run_dir(run_id) / "chunks", ignore_errors=True)
 
 
 def remove_run(run_id: int) -> None:
