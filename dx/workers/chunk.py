@@ -48,7 +48,7 @@ def chunk(run_id: int, chunk_no: int) -> None:
             return
         mdef = load_module(conn, run["module"])
     columns = list(run["source_columns"])
-    frame = staging.read_chunk(run_id, chunk_no, {ROW: pl.Int64(), **{c: pl.String() for c in columns}}).sort(ROW)
+    frame = staging.read_chunk(run_id, chunk_no, {ROW: pl.Int64(), **{c: pl.String() for c in columns}})
     module = mdef.module
     keep_blank_text = module.source is not None and module.source.nulls == "unquoted"
     if module.kind == "updater":

@@ -100,7 +100,8 @@ def _partition(run_id: int, mdef: ModuleDef, source: Path | Download, n_chunks: 
             if frame.is_empty():
                 continue
             part = (key.hash(seed=0) % n_chunks).fill_null(0).alias("__part")
-            for (chunk_no,), piece in frame.with_columns(part).partition_by("__part", as_dict=True).items():
+            pieces = frame.with_columns(part).partition_by("__part", maintain_order=True, as_dict=True)
+            for (chunk_no,), piece in pieces.items():  # each in source order: chunks read them unsorted
                 files.write(int(chunk_no), piece.drop("__part"))
     return columns, failures
 

@@ -15,7 +15,7 @@ from dx.shared import db
 from dx.shared.generate import contacts
 from dx.shared.runs import Trigger
 from dx.workers.broker import QUEUES
-from tests.integration.helpers import apply, config, seed, table
+from tests.integration.helpers import apply, config, failures, seed, table
 
 
 def _snapshot(run_id: int, tenant: str) -> tuple:
@@ -100,22 +100,26 @@ def test_twice_delivered_chunks_and_reduce_change_nothing(cluster_env, sshd, smt
 
 @pytest.mark.slow
 def test_million_rows_overwrite_on_two_workers(cluster_env, sshd, workers, tmp_path):
-    # Given: 1,000,000 contacts on the SFTP server and a database holding other contacts
+    # Given: 1,000,000 contacts on the SFTP server, then 1,000 of them again with another name
+    # (in later read batches than their first occurrence), and a database holding other contacts
     tenant = "million"
     apply(config(tenant, sshd, [{"id": "million-import", "mode": "overwrite",
                                  "source": {"path": "million/contacts.csv"}}]), tmp_path)
     seed(tenant, [("old@x.it", "Old", 1)])
     frame = contacts(1_000_000, seed=11).select("email", "first_name", "points", "birth_date")
-    sshd.put("million/contacts.csv", frame.write_csv().encode())
+    again = frame.gather_every(1000).with_columns(pl.lit("Again").alias("first_name"))
+    sshd.put("million/contacts.csv", pl.concat([frame, again]).write_csv().encode())
     workers.start(2)
 
     # When: it is imported in overwrite mode
     run_id = request_run("million-import", Trigger.MANUAL, "pytest")
     run = wait_for(run_id, 600)
 
-    # Then: through several chunks, the table is exactly the file
-    assert run["status"] == "completed", run["error_message"]
-    assert run["n_chunks"] >= 2 and run["inserted"] == 1_000_000
+    # Then: through several chunks, the table is exactly the first occurrences (chunks keep source
+    # order across batches), and every repeat is a DUPLICATE_KEY naming its first row
+    assert run["status"] == "completed_with_errors", run["error_message"]
+    assert run["n_chunks"] >= 2 and (run["inserted"], run["not_inserted"]) == (1_000_000, 1_000)
+    assert failures(run_id) == [(1_000_000 + i, "DUPLICATE_KEY") for i in range(1, 1_001)]
     with db.connect() as conn:
         chunks = conn.execute("SELECT count(*) AS n FROM dx.chunk_results WHERE run_id = %s",
                               (run_id,)).fetchone()["n"]
