@@ -28,7 +28,7 @@ def batch(rows: range) -> pl.DataFrame:
 
 
 def test_a_chunk_reads_back_every_batch_written_to_it_in_order():
-    # Given three batches split over two chunks (chunk 1 gets nothing from the second batch)
+    # Given three batches split over two chunks (the second goes to chunk 0 only, with an empty piece after it)
     with staging.ChunkFiles(7) as files:
         files.write(0, batch(range(1, 4)))
         files.write(1, batch(range(4, 6)))
