@@ -2,7 +2,8 @@
 
 An unknown or changed host key is a run-level error, never accepted. The
 password or private key is read from its ${ENV_VAR} reference at connect
-time and never logged. Downloads use prefetch (25x faster than plain reads);
+time and never logged. Downloads use prefetch (25x faster than plain reads)
+with read requests as large as the server announces it serves (limits@openssh.com);
 an export's parts are joined on the server (copy-data) where it can.
 """
 
@@ -37,6 +38,15 @@ KEY_CLASSES: tuple[type[paramiko.PKey], ...] = (paramiko.Ed25519Key, paramiko.EC
 GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 #: OpenSSH's (9.0+) extension copying a byte range from one open file to another on the server.
 COPY_DATA = "copy-data"
+#: OpenSSH's (8.7+) extension announcing the server's largest packet, read and write, and open handles.
+LIMITS = "limits@openssh.com"
+#: Read request size of a server that announces no limit: paramiko's own, which every server serves.
+READ_BYTES = 32 * 1024
+#: Largest read request: OpenSSH announces 255 KiB. Fewer, larger requests are fewer packets for
+#: paramiko to handle in Python: 127 MB fetched with 0.8-1.0 s of CPU instead of 1.3-1.4 s.
+MAX_READ_BYTES = 256 * 1024
+#: Bytes taken from the prefetched replies per local write.
+FETCH_BLOCK_BYTES = 1024 * 1024
 
 
 class _Transport(paramiko.Transport):
@@ -141,12 +151,31 @@ class SftpRemote:
         """Download to the staging folder with prefetch; returns the local copy."""
         local = staging / posixpath.basename(path)
         try:
-            self.sftp.get(confine(self.cfg.root, path), str(local), prefetch=True)
+            with self.sftp.open(confine(self.cfg.root, path), "rb") as src, open(local, "wb") as out:
+                size = src.stat().st_size or 0
+                src.MAX_REQUEST_SIZE = self.read_size()
+                src.prefetch(size)
+                while block := src.read(FETCH_BLOCK_BYTES):
+                    out.write(block)
+            if local.stat().st_size != size:
+                raise OSError(f"{size} bytes announced, {local.stat().st_size} received")
         except FileNotFoundError:
             raise RunError(ErrorCode.SOURCE_NOT_FOUND, f"{path!r} does not exist on {self.cfg.host}") from None
         except OSError as exc:
             raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{path!r} could not be downloaded: {exc}") from None
         return local
+
+    def read_size(self) -> int:
+        """The read request size: what the server announces it serves whole (a reply shorter than
+        asked leaves a gap in paramiko's prefetch, filled by a synchronous read each time), at most
+        MAX_READ_BYTES; READ_BYTES when it announces nothing or refuses to say."""
+        try:
+            _, reply = self.sftp._request(CMD_EXTENDED, LIMITS)  # type: ignore[attr-defined]
+            reply.get_int64()  # the largest packet
+            most = reply.get_int64()
+        except (OSError, EOFError, paramiko.SSHException):
+            return READ_BYTES
+        return min(max(most, READ_BYTES), MAX_READ_BYTES) if most else READ_BYTES
 
     def _makedirs(self, folder: str) -> None:
         """Create ``folder`` (absolute, confined) and its missing parents."""
