@@ -114,8 +114,7 @@ def numeric_wire(text: pl.Series) -> pa.Array:
     out[starts + 2] = np.where(negative, NUMERIC_NEG, 0)
     out[starts + 3] = frac.str.len_bytes().to_numpy()
     offsets = np.concatenate([[0], ends * 2]).astype(np.int32)
-    valid = text.is_not_null()
-    validity = pa.array(valid.to_numpy()).buffers()[1] if text.null_count() else None
+    validity = pa.array(text.is_not_null().to_numpy()).buffers()[1] if text.null_count() else None
     return pa.BinaryArray.from_buffers(pa.binary(), len(text), [validity, pa.py_buffer(offsets),
                                                                 pa.py_buffer(out.tobytes())], text.null_count())
 

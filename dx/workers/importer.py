@@ -50,8 +50,9 @@ def load_table(conn: Conn, mdef: ModuleDef, frame: pl.DataFrame,
     target = table_ident(mdef.database.tenant, mdef.database.id)
     load = sql.Identifier(name)
     conn.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(load, target))
-    for name, sql_type in extra:
-        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(load, sql.Identifier(name), sql.SQL(sql_type)))
+    for column, sql_type in extra:
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(load, sql.Identifier(column),
+                                                                       sql.SQL(sql_type)))
     copy_frame(conn, load, frame)
     return load
 

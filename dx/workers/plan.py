@@ -92,6 +92,7 @@ def _partition(run_id: int, mdef: ModuleDef, source: Path | Download, n_chunks: 
                        f"{path.name} has no column for {', '.join(missing)} (columns found: {', '.join(columns)})")
     key_col = map_columns(columns, mdef.database)[mdef.database.primary_key]
     key = key_expr(key_col, mdef.database.fields[mdef.database.primary_key])
+    part = (key.hash(seed=0) % n_chunks).fill_null(0).alias("__part")
     failures: list[dict] = []
     with staging.ChunkFiles(run_id) as files:
         for frame, bad in batches:
@@ -99,7 +100,6 @@ def _partition(run_id: int, mdef: ModuleDef, source: Path | Download, n_chunks: 
                           "error_message": m.message} for m in bad]
             if frame.is_empty():
                 continue
-            part = (key.hash(seed=0) % n_chunks).fill_null(0).alias("__part")
             pieces = frame.with_columns(part).partition_by("__part", maintain_order=True, as_dict=True)
             for (chunk_no,), piece in pieces.items():  # each in source order: chunks read them unsorted
                 files.write(int(chunk_no), piece.drop("__part"))

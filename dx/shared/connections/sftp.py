@@ -157,8 +157,8 @@ class SftpRemote:
                 src.prefetch(size)
                 while block := src.read(FETCH_BLOCK_BYTES):
                     out.write(block)
-            if local.stat().st_size != size:
-                raise OSError(f"{size} bytes announced, {local.stat().st_size} received")
+            if (received := local.stat().st_size) != size:
+                raise OSError(f"{size} bytes announced, {received} received")
         except FileNotFoundError:
             raise RunError(ErrorCode.SOURCE_NOT_FOUND, f"{path!r} does not exist on {self.cfg.host}") from None
         except OSError as exc:
