@@ -1,11 +1,14 @@
 """The Updater's set-based work: apply a chunk of I/U/D operations in source order.
 
 Every occurrence of a key is in one chunk (the plan partitions by a hash of
-the key), in source order. The outcome of a key's operations depends only on
-whether the key exists before the chunk, so one query tells that for every
-key; the per-key replay is then column-wise (one sort and one group-by in
-Polars), and the database sees one MERGE from one COPY into a temporary
-table. No round trip per record.
+the key), in source order. Most keys have one record in a chunk: one
+statement applies all of those (a DELETE, an UPDATE and an INSERT .. ON
+CONFLICT DO NOTHING from one COPY into a temporary table), and the keys it
+returns are their outcome. For keys with several records, the outcome depends
+only on whether the key exists before the chunk, so one query tells that for
+every such key; the per-key replay is then column-wise (one sort and one
+group-by in Polars), and the database sees one MERGE from one more COPY. No
+round trip per record.
 
 The replay: an operation either succeeds or fails on the key's state just
 before it, and a success sets the state (I and an inserting U: exists, D:
@@ -25,7 +28,7 @@ from dx.shared.catalog import ModuleDef, table_ident
 from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode, RetriableError
 from dx.shared.formats.csv import ROW
-from dx.shared.validate import OP, Validated
+from dx.shared.validate import KEY, OP, Validated
 from dx.workers.importer import ChunkOutcome, fields_of, load_table
 
 #: Column of the load table telling what happens to a key.
@@ -42,7 +45,7 @@ def existing_rows(conn: Conn, mdef: ModuleDef, good: pl.DataFrame) -> pl.Series:
     concurrent writer of the same keys makes the chunk roll back and retry."""
     pk = mdef.database.primary_key
     target = table_ident(mdef.database.tenant, mdef.database.id)
-    keys = load_table(conn, mdef, good.select(ROW, pk), name="dx_keys")
+    keys = load_table(conn, mdef, good.select(ROW, pk).sort(pk), name="dx_keys")
     rows = conn.execute(sql.SQL(
         "SELECT k.{r} FROM {k} k JOIN {t} t ON t.{p} = k.{p}"
     ).format(r=sql.Identifier(ROW), k=keys, t=target, p=sql.Identifier(pk))).fetchall()
@@ -117,8 +120,62 @@ def _merge(conn: Conn, mdef: ModuleDef, fields: list[str], load: sql.Identifier)
              v=sql.SQL(", ").join(sql.SQL("l.{}").format(sql.Identifier(c)) for c in fields))
 
 
+def _single_statement(mdef: ModuleDef, fields: list[str], load: sql.Identifier, upsert: bool) -> sql.Composed:
+    """One statement applying the load table's operations on keys that have one each: a DELETE,
+    an UPDATE (an upsert's INSERT .. ON CONFLICT DO UPDATE) and an INSERT .. ON CONFLICT DO
+    NOTHING, each returning the keys it wrote; the keys are disjoint, so no part sees another's."""
+    pk = mdef.database.primary_key
+    t, p, o = table_ident(mdef.database.tenant, mdef.database.id), sql.Identifier(pk), sql.Identifier(OP)
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in fields)
+    # a file of keys only still "updates": setting the key to itself keeps the outcome visible
+    own = [c for c in fields if c != pk] or [pk]
+    if upsert:
+        update = sql.SQL(
+            "INSERT INTO {t} ({c}) SELECT {c} FROM {l} WHERE {o} = 'U' ON CONFLICT ({p}) DO UPDATE SET {s}"
+            " RETURNING {p} AS k, xmax = 0 AS new").format(
+            t=t, c=cols, l=load, o=o, p=p,
+            s=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in own))
+    else:
+        update = sql.SQL("UPDATE {t} t SET {s} FROM {l} l WHERE l.{o} = 'U' AND t.{p} = l.{p}"
+                         " RETURNING t.{p} AS k, false AS new").format(
+            t=t, l=load, o=o, p=p,
+            s=sql.SQL(", ").join(sql.SQL("{c} = l.{c}").format(c=sql.Identifier(c)) for c in own))
+    return sql.SQL(
+        "WITH d AS (DELETE FROM {t} t USING {l} l WHERE l.{o} = 'D' AND t.{p} = l.{p} RETURNING t.{p} AS k),"
+        " u AS ({update}),"
+        " i AS (INSERT INTO {t} ({c}) SELECT {c} FROM {l} WHERE {o} = 'I' ON CONFLICT ({p}) DO NOTHING"
+        " RETURNING {p} AS k)"
+        " SELECT (SELECT array_agg(k) FROM d) AS deleted, (SELECT array_agg(k) FROM u WHERE NOT new) AS updated,"
+        " (SELECT array_agg(k) FROM (SELECT k FROM i UNION ALL SELECT k FROM u WHERE new) n) AS inserted"
+    ).format(t=t, l=load, o=o, p=p, c=cols, update=update)
+
+
+def apply_single(conn: Conn, mdef: ModuleDef, fields: list[str], good: pl.DataFrame, upsert: bool) -> pl.DataFrame:
+    """Apply the records whose key has no other record in the chunk (most of a file), without the
+    existence query and replay: their outcome is what the statement did to the key. Returns them
+    with ``ins``, ``upd``, ``del`` and ``code`` as ``replay`` gives them."""
+    pk = mdef.database.primary_key
+    load = load_table(conn, mdef, good.select(ROW, OP, *fields).sort(pk), ((ROW, "bigint"), (OP, "text")),
+                      name="dx_single")
+    row = conn.execute(_single_statement(mdef, fields, load, upsert)).fetchone()
+    assert row is not None
+
+    def wrote(kind: str) -> pl.Expr:
+        return pl.col(pk).is_in(pl.Series(row[kind] or [], dtype=good.schema[pk]).implode())
+    op = pl.col(OP)
+    done = good.with_columns(((op != "D") & wrote("inserted")).alias("ins"), ((op == "U") & wrote("updated")).alias("upd"),
+                             ((op == "D") & wrote("deleted")).alias("del"))
+    if upsert and (missed := done.filter((op == "U") & ~pl.col("ins") & ~pl.col("upd")).height):
+        raise RetriableError(f"another writer changed {missed} of this chunk's keys while it applied; "
+                             "the chunk is rolled back and applied again")
+    return done.with_columns(pl.when((op == "I") & ~pl.col("ins")).then(pl.lit(ErrorCode.KEY_EXISTS.value))
+                             .when(~(pl.col("ins") | pl.col("upd") | pl.col("del")))
+                             .then(pl.lit(ErrorCode.KEY_NOT_FOUND.value)).alias("code"))
+
+
 def apply_updates(conn: Conn, run: dict[str, Any], mdef: ModuleDef, v: Validated) -> ChunkOutcome:
-    """Apply one validated chunk of operations in the caller's transaction."""
+    """Apply one validated chunk of operations in the caller's transaction: keys with one record
+    by ``apply_single``, keys with several by the replay and one MERGE."""
     # Every join here looks up a chunk's keys in the target's primary key: an index
     # nested loop costs O(chunk), where the hash join the planner picks for an
     # unanalysed temporary table reads the whole target once per chunk (measured on
@@ -127,24 +184,34 @@ def apply_updates(conn: Conn, run: dict[str, Any], mdef: ModuleDef, v: Validated
     conn.execute("SET LOCAL enable_mergejoin = off")
     pk = mdef.database.primary_key
     fields = fields_of(v)
-    outcome = replay(v.good, pk, existing_rows(conn, mdef, v.good), mdef.module.update_missing == "insert")
-    writes = outcome.filter(pl.col("action").is_not_null()).select(*fields, pl.col("action").alias(ACTION))
-    deletes = outcome.filter(pl.col("gone")).select(pk, pl.lit("delete").alias(ACTION))
-    load = load_table(conn, mdef, pl.concat([writes, deletes], how="diagonal_relaxed"), ((ACTION, "text"),))
-    expected = writes.height + deletes.height
-    if expected:
-        touched = conn.execute(_merge(conn, mdef, fields, load)).rowcount
-        if touched != expected:
-            raise RetriableError(f"another writer changed {expected - touched} of this chunk's keys while it "
-                                 "applied; the chunk is rolled back and applied again")
-    refused = [v.fail(outcome.filter((pl.col("code") == code.value) & (pl.col(OP) == op)), code, message)
+    upsert = mdef.module.update_missing == "insert"
+    repeated = v.good[pk].is_duplicated()
+    outcomes = [apply_single(conn, mdef, fields, v.good.filter(~repeated), upsert)] if not repeated.all() else []
+    several = v.good.filter(repeated)
+    if not several.is_empty():
+        outcome = replay(several, pk, existing_rows(conn, mdef, several), upsert)
+        writes = outcome.filter(pl.col("action").is_not_null()).select(*fields, pl.col("action").alias(ACTION))
+        deletes = outcome.filter(pl.col("gone")).select(pk, pl.lit("delete").alias(ACTION))
+        load = load_table(conn, mdef, pl.concat([writes, deletes], how="diagonal_relaxed").sort(pk),
+                          ((ACTION, "text"),))
+        expected = writes.height + deletes.height
+        if expected:
+            touched = conn.execute(_merge(conn, mdef, fields, load)).rowcount
+            if touched != expected:
+                raise RetriableError(f"another writer changed {expected - touched} of this chunk's keys while it "
+                                     "applied; the chunk is rolled back and applied again")
+        outcomes.append(outcome)
+    done = pl.concat([o.select(ROW, KEY, OP, "ins", "upd", "del", "code") for o in outcomes]) if outcomes \
+        else pl.DataFrame(schema={ROW: pl.Int64, KEY: pl.String, OP: pl.String, "ins": pl.Boolean,
+                                  "upd": pl.Boolean, "del": pl.Boolean, "code": pl.String})
+    refused = [v.fail(done.filter((pl.col("code") == code.value) & (pl.col(OP) == op)), code, message)
                for code, op, message in (
                    (ErrorCode.KEY_EXISTS, "I", "the key exists (in the database or inserted earlier in the source)"),
                    (ErrorCode.KEY_NOT_FOUND, "U", "no record with this key to update at this point of the source"),
                    (ErrorCode.KEY_NOT_FOUND, "D", "no record with this key to delete at this point of the source"))]
     failed = pl.concat([v.failed, *refused])
-    counters = {"inserted": int(outcome["ins"].sum()), "updated": int(outcome["upd"].sum()),
-                "deleted": int(outcome["del"].sum())} | dict.fromkeys(NOT_COUNTER.values(), 0)
+    counters = {"inserted": int(done["ins"].sum()), "updated": int(done["upd"].sum()),
+                "deleted": int(done["del"].sum())} | dict.fromkeys(NOT_COUNTER.values(), 0)
     for op, n in failed.group_by("operation").len().iter_rows():
         counters[NOT_COUNTER.get(op, "not_updated")] += n
     return ChunkOutcome(counters, failed)

@@ -168,10 +168,46 @@ def test_a_million_mixed_records_add_up(cluster_env, sshd, workers, tmp_path):
     assert n_failed == sum(result[c] for c in COUNTERS if c.startswith("not_"))
 
 
-def test_a_concurrent_writer_makes_the_chunk_retry_not_miscount(cluster_env, sshd, tmp_path):
-    # Given: a planned run (no workers) updating two keys that exist
+def test_a_concurrent_writer_makes_a_replayed_chunk_retry_not_miscount(cluster_env, sshd, tmp_path):
+    # Given: a planned run (no workers) updating a key once and another twice (replayed, one MERGE)
     from dx.scheduler.requests import request_run
     from dx.shared.errors import RetriableError
+    from dx.shared.runs import Trigger
+    from dx.workers.chunk import chunk
+    from dx.workers.plan import plan
+
+    _configure(sshd, tmp_path, chunk_bytes=1 << 20, upsert=False)
+    _seed({k: {"first_name": "Init", "points": 1, "birth_date": BIRTH} for k in ("a@x.it", "b@x.it")})
+    sshd.put("upd/ops_race.csv", _csv([["U", "a@x.it", "A", "2"], ["U", "b@x.it", "B", "3"],
+                                       ["U", "b@x.it", "C", "4"]]))
+    run_id = request_run("upd-ops", Trigger.MANUAL, "pytest")
+    plan.fn(run_id)
+
+    # When: another transaction deletes b@x.it, committing while the chunk waits on that row
+    # (the connection closes before the pool waits: a failed wait below releases the row, not hangs)
+    with ThreadPoolExecutor(1) as pool, db.connect() as other:
+        other.execute(f'DELETE FROM "tenant_{TENANT}".contacts WHERE email = %s', ("b@x.it",))  # noqa: S608
+        applied = pool.submit(chunk.fn, run_id, 0)
+        _wait_for_lock_wait("MERGE")
+        other.commit()
+        # Then: the chunk notices that it touched fewer rows than it planned, and rolls back
+        with pytest.raises(RetriableError, match="another writer changed 1"):
+            applied.result(30)
+    with db.connect() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM dx.chunk_results WHERE run_id = %s",
+                            (run_id,)).fetchone()["n"] == 0
+    # When: it is delivered again / Then: the updates of the vanished key are failed operations
+    chunk.fn(run_id, 0)
+    assert table(TENANT) == {"a@x.it": ("A", 2, BIRTH)}
+    with db.connect() as conn:
+        assert conn.execute("SELECT row_number, error_code FROM dx.failed_operations WHERE run_id = %s"
+                            " ORDER BY row_number", (run_id,)).fetchall() == [
+            {"row_number": 2, "error_code": "KEY_NOT_FOUND"}, {"row_number": 3, "error_code": "KEY_NOT_FOUND"}]
+
+
+def test_a_concurrent_delete_makes_a_single_update_key_not_found_at_once(cluster_env, sshd, tmp_path):
+    # Given: a planned run (no workers) updating two keys that exist, once each
+    from dx.scheduler.requests import request_run
     from dx.shared.runs import Trigger
     from dx.workers.chunk import chunk
     from dx.workers.plan import plan
@@ -182,33 +218,29 @@ def test_a_concurrent_writer_makes_the_chunk_retry_not_miscount(cluster_env, ssh
     run_id = request_run("upd-ops", Trigger.MANUAL, "pytest")
     plan.fn(run_id)
 
-    # When: another transaction deletes b@x.it, committing while the chunk waits on that row
-    with db.connect() as other:
+    # When: another transaction deletes b@x.it, committing while the chunk's statement waits on that row
+    # (the connection closes before the pool waits: a failed wait below releases the row, not hangs)
+    with ThreadPoolExecutor(1) as pool, db.connect() as other:
         other.execute(f'DELETE FROM "tenant_{TENANT}".contacts WHERE email = %s', ("b@x.it",))  # noqa: S608
-        with ThreadPoolExecutor(1) as pool:
-            applied = pool.submit(chunk.fn, run_id, 0)
-            _wait_for_lock_wait()
-            other.commit()
-            # Then: the chunk notices that it touched fewer rows than it planned, and rolls back
-            with pytest.raises(RetriableError, match="another writer changed 1"):
-                applied.result(30)
-    with db.connect() as conn:
-        assert conn.execute("SELECT count(*) AS n FROM dx.chunk_results WHERE run_id = %s",
-                            (run_id,)).fetchone()["n"] == 0
-    # When: it is delivered again / Then: the update of the vanished key is a failed operation
-    chunk.fn(run_id, 0)
+        applied = pool.submit(chunk.fn, run_id, 0)
+        _wait_for_lock_wait("WITH d AS")
+        other.commit()
+        applied.result(30)
+    # Then: the update found no row (the delete came first) and says so, counted once
     assert table(TENANT) == {"a@x.it": ("A", 2, BIRTH)}
     with db.connect() as conn:
         assert conn.execute("SELECT row_number, error_code FROM dx.failed_operations WHERE run_id = %s",
                             (run_id,)).fetchall() == [{"row_number": 2, "error_code": "KEY_NOT_FOUND"}]
+        assert conn.execute("SELECT updated, not_updated FROM dx.chunk_results WHERE run_id = %s",
+                            (run_id,)).fetchone() == {"updated": 1, "not_updated": 1}
 
 
-def _wait_for_lock_wait(timeout_s: float = 20) -> None:
+def _wait_for_lock_wait(statement: str, timeout_s: float = 20) -> None:
     deadline = time.monotonic() + timeout_s
     with db.connect(autocommit=True) as conn:
         while time.monotonic() < deadline:
             if conn.execute("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                            " AND query LIKE 'MERGE%'").fetchone():
+                            " AND query LIKE %s", (statement + "%",)).fetchone():
                 return
             time.sleep(0.02)
     raise AssertionError("the chunk never waited on the locked row")
