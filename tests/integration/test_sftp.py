@@ -1,4 +1,4 @@
-"""The SFTP connection against OpenSSH: what it negotiates, and downloads of the size it announces."""
+"""The SFTP connection against OpenSSH: what it negotiates, and transfers in the request size it announces."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from dx.shared.config import ConnectionCfg
-from dx.shared.connections.sftp import READ_BYTES, SftpRemote
+from dx.shared.connections.sftp import REQUEST_BYTES, SftpRemote
 from tests.support.sshd import Sftp, running_sshd
 
-#: OpenSSH's sftp-server serves reads of up to 255 KiB (SFTP_MAX_READ_LENGTH) and says so.
-OPENSSH_READ_BYTES = 255 * 1024
+#: OpenSSH's sftp-server serves reads and writes of up to 255 KiB (SFTP_MAX_READ_LENGTH) and says so.
+OPENSSH_REQUEST_BYTES = 255 * 1024
 
 
 @contextmanager
@@ -37,24 +38,50 @@ def test_aes_gcm_is_negotiated_with_openssh(sshd: Sftp, monkeypatch: pytest.Monk
         assert (transport.local_cipher, transport.remote_cipher) == ("aes128-gcm@openssh.com",) * 2
 
 
-def test_a_download_asks_for_reads_of_the_size_the_server_announces(sshd: Sftp, monkeypatch: pytest.MonkeyPatch,
-                                                                      tmp_path: Path) -> None:
-    # Given a file of 3 MB and a few bytes (the last read is a short one) on OpenSSH, which announces its limits
+def _write_requests(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every write request paramiko sends from now on (each goes to the real server)."""
+    sizes: list[int] = []
+    write = paramiko.SFTPFile._write
+
+    def recording(self: paramiko.SFTPFile, data: bytes) -> int:
+        sizes.append(n := write(self, data))
+        return n
+    monkeypatch.setattr(paramiko.SFTPFile, "_write", recording)
+    return sizes
+
+
+def test_transfers_ask_for_requests_of_the_size_the_server_announces(sshd: Sftp, monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    # Given a file of 3 MB and a few bytes (the last request is a short one), and OpenSSH, which announces its limits
     data = os.urandom(3 * 1024 * 1024 + 123)
     sshd.put("limits/big.bin", data)
+    writes = _write_requests(monkeypatch)
     with connected(sshd, monkeypatch) as remote:
-        # When it is fetched / Then reads of 255 KiB were asked for, and every byte arrived in order
-        assert remote.read_size() == OPENSSH_READ_BYTES
-        assert remote.fetch("limits/big.bin", tmp_path).read_bytes() == data
+        # When it is fetched and uploaded again
+        assert remote.request_sizes() == (OPENSSH_REQUEST_BYTES, OPENSSH_REQUEST_BYTES)
+        fetched = remote.fetch("limits/big.bin", tmp_path)
+        with open(fetched, "rb") as fh:
+            remote.upload(fh, "limits/again.bin")
+    # Then every byte arrived in order both ways, written in requests of 255 KiB
+    assert fetched.read_bytes() == data
+    assert (sshd.root / "limits/again.bin").read_bytes() == data
+    assert max(writes) == OPENSSH_REQUEST_BYTES and sum(writes) == len(data)
 
 
-def test_a_server_refusing_to_announce_limits_is_read_in_paramiko_s_size(monkeypatch: pytest.MonkeyPatch,
-                                                                         tmp_path: Path) -> None:
+def test_a_server_refusing_to_announce_limits_gets_paramiko_s_request_size(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Path) -> None:
     # Given an sshd whose SFTP server refuses the limits request
     data = os.urandom(1024 * 1024 + 7)
     with running_sshd("-P limits") as refusing:
         refusing.put("limits/big.bin", data)
+        writes = _write_requests(monkeypatch)
         with connected(refusing, monkeypatch) as remote:
-            # When the file is fetched / Then reads of 32 KiB were asked for, and the bytes are whole
-            assert remote.read_size() == READ_BYTES
-            assert remote.fetch("limits/big.bin", tmp_path).read_bytes() == data
+            # When the file is fetched and uploaded again
+            assert remote.request_sizes() == (REQUEST_BYTES, REQUEST_BYTES)
+            fetched = remote.fetch("limits/big.bin", tmp_path)
+            with open(fetched, "rb") as fh:
+                remote.upload(fh, "limits/again.bin")
+        # Then requests of 32 KiB were asked for, and the bytes are whole both ways
+        assert fetched.read_bytes() == data
+        assert (refusing.root / "limits/again.bin").read_bytes() == data
+        assert max(writes) == REQUEST_BYTES and sum(writes) == len(data)
