@@ -1,4 +1,5 @@
-"""The SFTP connection against OpenSSH: what it negotiates, and transfers in the request size it announces."""
+"""The SFTP connection against OpenSSH: what it negotiates, transfers in the request size it announces,
+sessions kept between tasks."""
 
 from __future__ import annotations
 
@@ -11,21 +12,28 @@ import paramiko
 import pytest
 
 from dx.shared.config import ConnectionCfg
+from dx.shared.connections import Remote, open_remote
+from dx.shared.connections import sftp as sftp_module
 from dx.shared.connections.sftp import REQUEST_BYTES, SftpRemote
+from dx.shared.errors import ErrorCode, RunError
 from tests.support.sshd import Sftp, running_sshd
 
 #: OpenSSH's sftp-server serves reads and writes of up to 255 KiB (SFTP_MAX_READ_LENGTH) and says so.
 OPENSSH_REQUEST_BYTES = 255 * 1024
 
 
+def _cfg(server: Sftp, monkeypatch: pytest.MonkeyPatch) -> ConnectionCfg:
+    """A connection to ``server`` by password (the same for every test sshd)."""
+    monkeypatch.setenv("DX_TEST_SFTP_PASSWORD", server.password)
+    return ConnectionCfg(id="probe", tenant="probe", type="sftp", host="127.0.0.1", port=server.port,
+                         username=server.user, host_key=server.host_key, root=str(server.root),
+                         password="${DX_TEST_SFTP_PASSWORD}")
+
+
 @contextmanager
 def connected(server: Sftp, monkeypatch: pytest.MonkeyPatch) -> Iterator[SftpRemote]:
-    """dx's connection to ``server``, by password (the same for every test sshd)."""
-    monkeypatch.setenv("DX_TEST_SFTP_PASSWORD", server.password)
-    cfg = ConnectionCfg(id="probe", tenant="probe", type="sftp", host="127.0.0.1", port=server.port,
-                        username=server.user, host_key=server.host_key, root=str(server.root),
-                        password="${DX_TEST_SFTP_PASSWORD}")
-    remote = SftpRemote.connect(cfg)
+    """dx's own new session with ``server``."""
+    remote = SftpRemote.connect(_cfg(server, monkeypatch))
     try:
         yield remote
     finally:
@@ -85,3 +93,61 @@ def test_a_server_refusing_to_announce_limits_gets_paramiko_s_request_size(monke
         assert fetched.read_bytes() == data
         assert (refusing.root / "limits/again.bin").read_bytes() == data
         assert max(writes) == REQUEST_BYTES and sum(writes) == len(data)
+
+
+def _session(remote: Remote) -> paramiko.Transport:
+    assert isinstance(remote, SftpRemote)
+    transport = remote.client.get_transport()
+    assert transport is not None
+    return transport
+
+
+def test_a_session_is_kept_for_the_next_task_on_the_same_connection(sshd: Sftp,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a task that used the connection and ended cleanly
+    cfg = _cfg(sshd, monkeypatch)
+    sshd.put("kept/a.csv", b"x\n")
+    with open_remote(cfg) as first:
+        kept = _session(first)
+    # When the next task opens the same connection / Then it gets the same session, which works
+    with open_remote(cfg) as second:
+        assert _session(second) is kept
+        assert [f.path for f in second.list("kept/*.csv")] == ["kept/a.csv"]
+    # When a task's block raises / Then its session is closed, not kept, and the next task gets a new one
+    with pytest.raises(RuntimeError), open_remote(cfg):
+        raise RuntimeError("the task failed")
+    assert not kept.is_active()
+    with open_remote(cfg) as third:
+        assert _session(third) is not kept and third.stat("kept/a.csv") is not None
+
+
+def test_a_changed_secret_gets_a_new_session(sshd: Sftp, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a kept session
+    cfg = _cfg(sshd, monkeypatch)
+    with open_remote(cfg) as first:
+        kept = _session(first)
+    # When the secret the connection names changes / Then the server is asked again, and refuses
+    monkeypatch.setenv("DX_TEST_SFTP_PASSWORD", "not-the-password")
+    with pytest.raises(RunError) as refused, open_remote(cfg):
+        pass
+    assert refused.value.code is ErrorCode.AUTHENTICATION_FAILED and kept.is_active()
+
+
+def test_a_cut_or_idle_session_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    with running_sshd() as server:
+        # Given a kept session, and the server restarted since (its sessions cut)
+        cfg = _cfg(server, monkeypatch)
+        server.put("cut/a.csv", b"x\n")
+        with open_remote(cfg) as first:
+            cut = _session(first)
+        server.stop()
+        server.start()
+        # When the next task opens the connection / Then it gets a new session that works
+        with open_remote(cfg) as second:
+            fresh = _session(second)
+            assert fresh is not cut and second.stat("cut/a.csv") is not None
+        # Given a session idle for longer than IDLE_S / Then it is closed and a new one made
+        monkeypatch.setattr(sftp_module, "IDLE_S", 0.0)
+        with open_remote(cfg) as third:
+            assert _session(third) is not fresh
+        assert not fresh.is_active()

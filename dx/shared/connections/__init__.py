@@ -87,7 +87,8 @@ def resolve_secret(reference: str | None) -> str | None:
 
 @contextmanager
 def open_remote(cfg: ConnectionCfg) -> Iterator[Remote]:
-    """A Remote for the connection, closed when the block ends."""
+    """A Remote for the connection; an SFTP session is kept for the process's next task on the same
+    connection when the block ends cleanly (``sftp.SessionPool``), closed when it raises."""
     if cfg.type == "postgres":
         raise RunError(ErrorCode.CONFIG_INVALID, f"connection {cfg.id} is a postgres connection: it holds no files")
     if cfg.type == "local":
@@ -95,10 +96,12 @@ def open_remote(cfg: ConnectionCfg) -> Iterator[Remote]:
 
         yield LocalRemote(cfg.root)
         return
-    from dx.shared.connections.sftp import SftpRemote
+    from dx.shared.connections.sftp import POOL
 
-    remote = SftpRemote.connect(cfg)
+    remote = POOL.take(cfg)
     try:
         yield remote
-    finally:
-        remote.close()
+    except BaseException:
+        remote.close()  # its state is unknown: not kept
+        raise
+    POOL.give(cfg, remote)
