@@ -203,3 +203,35 @@ def test_parts_joined_on_the_server_or_uploaded_make_the_same_file(cluster_env, 
                 if '"run.finished"' in line]
     assert {(f["tenant"], f["delivery"]) for f in finished} == {("joins", "joined on the server"),
                                                                  ("streams", "uploaded")}
+
+
+@pytest.mark.timeout(120)
+def test_csv_values_are_written_in_the_forms_the_importer_reads(cluster_env, sshd, workers, tmp_path):
+    # Given contacts with an integer, a decimal keeping its scale, dates and timestamps in their default
+    # forms (whole seconds, fractions, a zone other than UTC), booleans and NULLs
+    tenant = "forms"
+    fields = {"email": {"type": "email", "required": True}, "points": "int", "balance": "decimal", "vip": "bool",
+              "born": "date", "seen": "timestamp"}
+    apply(export_config(tenant, sshd, {"people": fields}, [
+        {"id": "forms-out", "kind": "displacer", "database": "people", "fields": list(fields),
+         "target": {"path": "forms/people.csv"}}]),
+        tmp_path)
+    with db.transaction() as conn:
+        for row in [("a@x.io", 5, "1.50", True, "1990-01-31", "2024-03-01 10:20:30+00"),
+                    ("b@x.io", -7, "-0.001", False, "2001-12-01", "2024-03-01 10:20:30.123456+00"),
+                    ("c@x.io", None, None, None, None, "2024-03-01 12:00:00.5+02")]:
+            conn.execute(f'INSERT INTO "tenant_{tenant}".people (email, points, balance, vip, born, seen)'  # noqa: S608
+                         " VALUES (%s, %s, %s, %s, %s, %s)", row)
+    workers.start(1)
+
+    # When it runs
+    result = run("forms-out")
+
+    # Then each value is in the Importer's default form, timestamps in UTC, NULL an unquoted empty cell
+    assert result["status"] == "completed", result["error_message"]
+    assert (sshd.root / "forms" / "people.csv").read_text().splitlines() == [
+        "email,points,balance,vip,born,seen",
+        '"a@x.io","5","1.50","true","1990-01-31","2024-03-01 10:20:30"',
+        '"b@x.io","-7","-0.001","false","2001-12-01","2024-03-01 10:20:30.123456"',
+        '"c@x.io",,,,,"2024-03-01 10:00:00.5"',
+    ]
