@@ -9,6 +9,7 @@ from datetime import date
 import pytest
 
 from dx.cli import main
+from dx.shared import db
 from tests.integration.helpers import apply, config, failures, run, seed, table
 
 # Given: a Latin-1, semicolon-separated file with good and bad records.
@@ -89,6 +90,13 @@ def test_mode_applies_exactly_and_reports_every_bad_record(mode, modes_tenant, s
     body = mail.get_payload(decode=True).decode()
     assert f"inserted     {expected['counters']['inserted']:>13,}" in body
     assert "INVALID_VALUE" in body and f"dx report {result['id']}" in body
+    # and the text key is still compared byte-wise, under its primary key (an overwrite swapped the table)
+    with db.connect() as conn:
+        key = conn.execute("SELECT a.attnotnull AS not_null, c.collname, i.indisprimary FROM pg_attribute a"
+                           " JOIN pg_collation c ON c.oid = a.attcollation JOIN pg_index i ON i.indrelid = a.attrelid"
+                           " AND i.indkey[0] = a.attnum WHERE a.attrelid = %s::regclass AND a.attname = 'email'",
+                           (f'"tenant_{modes_tenant}".contacts',)).fetchone()
+    assert key == {"not_null": True, "collname": "C", "indisprimary": True}
     # and the file was archived, so that the next run does not import it again
     assert not (sshd.root / f"in/{mode}_0001.csv").exists()
     assert (sshd.root / "in/archive" / f"{mode}_0001.csv.run{result['id']}").exists()
