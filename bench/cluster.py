@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import yaml
 
-from bench.measure import Sample, peak_mb, reset_peak
+from bench.measure import Sample, machine_busy_s, peak_mb, reset_peak
 from dx.shared.generate import FIELDS, write_contacts
 from tests.support.cluster import Workers, private_services
 from tests.support.sshd import Sftp, running_sshd
@@ -106,6 +106,7 @@ class Cluster:
         for pid in pids:
             reset_peak(pid)
         with psycopg.connect(self.database_url, autocommit=True) as conn:
+            busy = machine_busy_s()
             started = time.monotonic()
             run_id = request_run(module, Trigger.MANUAL, "bench")
             while True:
@@ -116,6 +117,7 @@ class Cluster:
                     raise RuntimeError(f"run {run_id} did not end within an hour")
                 time.sleep(POLL_S)
             wall_s = time.monotonic() - started
+            busy = machine_busy_s() - busy
             cur = conn.cursor(row_factory=psycopg.rows.dict_row)
             run = cur.execute(
                 "SELECT *, extract(epoch FROM started_at - created_at) AS queued_s,"
@@ -126,7 +128,7 @@ class Cluster:
         assert run is not None
         if run["status"] not in ("completed", "completed_with_errors"):
             raise RuntimeError(f"run {run_id} of {module} ended {run['status']}: {run['error_message']}")
-        sample = Sample(scenario, f"dx ({len(pids)} workers)", rows, wall_s, [peak_mb(p) for p in pids], note)
+        sample = Sample(scenario, f"dx ({len(pids)} workers)", rows, wall_s, [peak_mb(p) for p in pids], note, busy)
         return sample, run
 
 

@@ -33,10 +33,21 @@ class Sample:
     wall_s: float
     peak_mb: list[float] = field(default_factory=list)  # per process
     note: str = ""
+    busy_s: float | None = None  # core-seconds the whole machine was busy during the run
+
 
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.wall_s if self.wall_s else 0.0
+
+
+def machine_busy_s() -> float:
+    """Core-seconds the whole machine has been busy since boot: user, nice, system, irq and softirq
+    time of /proc/stat (idle, iowait and time stolen by the hypervisor left out). The difference over
+    a run is the CPU it cost every process (PostgreSQL, sshd, workers), plus other jobs' if any."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields)
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def reset_peak(pid: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -118,9 +119,13 @@ def render(samples: list[Sample], machine: dict[str, str], command: str, when: s
             "", "## Results", "", *table(samples)]
     if any(s.scenario == "scaling" for s in samples):
         out += ["", f"## Worker processes ({rows:,} rows overwrite)", "", *scaling(samples)]
-    out += ["", "## Every run", "", "| scenario | tool | rows | wall s | peak RSS MB | note |",
-            "| --- | --- | ---: | ---: | --- | --- |"]
-    out += [f"| {s.scenario} | {s.tool} | {s.rows:,} | {s.wall_s:.2f} | {', '.join(f'{p:.0f}' for p in s.peak_mb)} "
+    out += ["", "## Every run", "",
+            "Busy core-s: the CPU time the whole machine spent during the run, every process counted "
+            f"(PostgreSQL, sshd, workers, psql; other jobs' too, if any), out of {os.cpu_count()} × wall s.", "",
+            "| scenario | tool | rows | wall s | busy core-s | peak RSS MB | note |",
+            "| --- | --- | ---: | ---: | ---: | --- | --- |"]
+    out += [f"| {s.scenario} | {s.tool} | {s.rows:,} | {s.wall_s:.2f} | "
+            f"{'' if s.busy_s is None else f'{s.busy_s:.2f}'} | {', '.join(f'{p:.0f}' for p in s.peak_mb)} "
             f"| {s.note} |" for s in samples]
     out += ["", *sections]
     if notes:

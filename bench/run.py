@@ -28,7 +28,7 @@ from psycopg import sql
 
 from bench import baselines, profile
 from bench.cluster import TENANT, Cluster, cluster, importer
-from bench.measure import Sample, machine
+from bench.measure import Sample, machine, machine_busy_s
 from bench.report import kept_notes, render
 from dx.shared.catalog import table_ident
 from dx.shared.config import parse_config
@@ -109,9 +109,12 @@ class Bench:
             self.vacuum(table)
             before = baselines.count(self.url, table)
         cols = ["operation", *COLUMNS] if with_operation else COLUMNS
+        busy = machine_busy_s()
         wall_s, peak = baselines.psql_copy_in(self.url, table, cols, csv, self.cl.out_dir / "psql.log")
+        busy = machine_busy_s() - busy
         assert baselines.count(self.url, table) == before + rows
-        self.add(Sample(scenario, "psql \\copy", rows, wall_s, [peak], "psql's own RSS; the server's not counted"))
+        self.add(Sample(scenario, "psql \\copy", rows, wall_s, [peak], "psql's own RSS; the server's not counted",
+                        busy))
 
     def vacuum(self, table: sql.Composable) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
@@ -134,9 +137,11 @@ def s_overwrite(b: Bench) -> None:
         b.dx("overwrite", "bench-overwrite", rows, f"#{i + 1}")
         b.psql("overwrite", "psql_overwrite", csv, rows)
     table = baselines.fresh_table(b.url, "pgloader_overwrite", b.target)
+    busy = machine_busy_s()
     wall_s, peak = baselines.pgloader_in(b.url, table, COLUMNS, csv, b.cl.out_dir)
+    busy = machine_busy_s() - busy
     loaded = baselines.count(b.url, table)
-    b.add(Sample("overwrite", "pgloader", rows, wall_s, [peak], f"{loaded:,} rows loaded"))
+    b.add(Sample("overwrite", "pgloader", rows, wall_s, [peak], f"{loaded:,} rows loaded", busy))
 
 
 def s_append(b: Bench) -> None:
@@ -235,9 +240,11 @@ def s_displacer(b: Bench) -> None:
     (b.cl.sftp.root / "out").mkdir(exist_ok=True)
     b.cl.sftp.adopt(b.cl.sftp.root / "out")
     for _ in range(b.args.repeat):
+        busy = machine_busy_s()
         wall_s, peak = baselines.psql_export_put(b.url, query, b.cl.data_dir / "export.csv", b.cl.sftp,
                                                  b.cl.sftp.root / "out" / "baseline.csv", b.cl.out_dir / "psql.log")
-        b.add(Sample("displacer", "psql \\copy TO + sftp put", rows, wall_s, [peak]))
+        busy = machine_busy_s() - busy
+        b.add(Sample("displacer", "psql \\copy TO + sftp put", rows, wall_s, [peak], busy_s=busy))
 
 
 def s_profile(b: Bench) -> None:
