@@ -131,8 +131,8 @@ def _value(col: sql.Composable, f: FieldCfg, spreadsheet: bool, xml: bool = Fals
     match f.type:
         case "int" | "decimal":
             return sql.SQL("{}{}").format(col, text)
-        case "bool":
-            return sql.SQL("CASE WHEN {c} THEN 'true' WHEN NOT {c} THEN 'false' END").format(c=col)
+        case "bool":  # boolean's cast to text says true/false (COPY's output, t/f)
+            return sql.SQL("{}::text").format(col)
         # the default forms are PostgreSQL's own output with DateStyle ISO (a third of to_char's time):
         # YYYY-MM-DD, and HH:MM:SS with as many fraction digits as needed (none for whole seconds)
         case "date" | "timestamp" if f.format:
