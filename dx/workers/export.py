@@ -2,7 +2,8 @@
 
 Consumes ``export_plan(run_id)`` (sent by ``request_run`` for the kinds
 ``displacer`` and ``exporter``). Builds the run's export query, counts its
-rows, cuts the key range into chunks of about ``CHUNK_ROWS`` rows and records
+rows (estimates them from a sample of a large table's pages), cuts the key
+range into chunks of about ``CHUNK_ROWS`` rows and records
 the plan in ``dx.exports`` (key bounds, target path rendered in the module's
 time zone, and for an Exporter the snapshot window from its watermark). Then
 sends a group of ``export_chunk`` messages whose completion callback is
@@ -125,7 +126,7 @@ def _plan(conn: Conn, run_id: int, mdef: ModuleDef) -> int:
         " VALUES (%s, %s, %s::pg_snapshot, %s::pg_snapshot, %s, %s)", (run_id, module.id, snapshot_from,
                                                                       snapshot_to, bounds, path))
     n_chunks = len(bounds) + 1 if n_rows else 0
-    conn.execute("UPDATE dx.runs SET n_chunks = %s, planned_at = now() WHERE id = %s", (n_chunks, run_id))
+    conn.execute("UPDATE dx.runs SET n_chunks = %s, planned_at = clock_timestamp() WHERE id = %s", (n_chunks, run_id))
     shutil.rmtree(staging.run_dir(run_id) / "export", ignore_errors=True)  # a retried plan starts afresh
     log.info("export_plan.done", rows=n_rows, n_chunks=n_chunks, path=path)
     return n_chunks

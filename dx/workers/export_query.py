@@ -74,6 +74,11 @@ TO_CHAR = {"Y": "YYYY", "m": "MM", "d": "DD", "H": "HH24", "M": "MI", "S": "SS",
 PG_ENCODINGS = {"utf-8": "UTF8", "latin-1": "LATIN1", "cp1252": "WIN1252"}
 #: Characters that COPY's text format would escape, as XML character references.
 XML_LINE_SAFE = (("\\", "&#92;"), ("\n", "&#10;"), ("\r", "&#13;"), ("\t", "&#9;"))
+#: Keys sampled to cut a large Displacer export into chunks, from tables of at least SAMPLE_FROM_ROWS
+#: rows (pg_class.reltuples), and fewest sampled keys that cut well (else the exact cut).
+SAMPLE_KEYS = 20_000
+SAMPLE_FROM_ROWS = 500_000
+SAMPLE_KEYS_ENOUGH = 2_000
 FILTER_OPS = {"eq": "=", "ne": "<>", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 
 
@@ -87,6 +92,8 @@ class ExportQuery:
     params: list[Any]
     key: sql.Composable
     key_type: str
+    table: sql.Composable | None = None  # the one table read, if so: FROM it WHERE ``where`` is from_where
+    where: sql.Composable | None = None
 
 
 def render_path(template: str, now: datetime, run_id: int, module: str) -> str:
@@ -177,8 +184,9 @@ def displacer_query(mdef: ModuleDef) -> ExportQuery:
               for n in names]
     conds, params = _filter(mdef)
     where = sql.SQL(" AND ").join([sql.SQL("true"), *conds])
-    return ExportQuery(names, values, sql.SQL("FROM {} WHERE {}").format(table_ident(db.tenant, db.id), where),
-                       params, sql.Identifier(db.primary_key), SQL_TYPES[db.fields[db.primary_key].type])
+    table = table_ident(db.tenant, db.id)
+    return ExportQuery(names, values, sql.SQL("FROM {} WHERE {}").format(table, where), params,
+                       sql.Identifier(db.primary_key), SQL_TYPES[db.fields[db.primary_key].type], table, where)
 
 
 def _window(snapshot_from: str | None, snapshot_to: str) -> tuple[sql.Composable, list[Any]]:
@@ -223,7 +231,11 @@ def exporter_query(mdef: ModuleDef, snapshot_from: str | None, snapshot_to: str)
 
 
 def count_and_bounds(conn: Conn, q: ExportQuery, chunk_rows: int, max_chunks: int) -> tuple[int, list[str]]:
-    """Rows to export, and the keys that end each chunk but the last (as text)."""
+    """Rows to export (estimated from a sample of a large table), and the keys that end each chunk
+    but the last (as text)."""
+    sampled = _sampled_bounds(conn, q, chunk_rows, max_chunks)
+    if sampled is not None:
+        return sampled
     row = conn.execute(sql.SQL("SELECT count(*) AS n {}").format(q.from_where), q.params).fetchone()
     n = int(row["n"]) if row else 0
     k = min(max_chunks, math.ceil(n / chunk_rows))
@@ -235,6 +247,29 @@ def count_and_bounds(conn: Conn, q: ExportQuery, chunk_rows: int, max_chunks: in
         " WHERE rn %% %s = 0 AND rn < %s ORDER BY rn").format(key=q.key, fw=q.from_where),
         [*q.params, step, n]).fetchall()
     return n, [r["k"] for r in rows]
+
+
+def _sampled_bounds(conn: Conn, q: ExportQuery, chunk_rows: int, max_chunks: int) -> tuple[int, list[str]] | None:
+    """Cut points read from a sample of the table's pages (``TABLESAMPLE SYSTEM``): the exact cut
+    numbers every row in key order, 0.35-0.45 s per million rows before any chunk starts; a sample of
+    about SAMPLE_KEYS keys takes milliseconds, and the chunks differ in size by a few percent. Every
+    row still falls in exactly one chunk: the cut points only have to be keys in order. None (cut
+    exactly) for a small table, one never analysed, or a filter that leaves too few sampled rows."""
+    if q.table is None or q.where is None:
+        return None
+    row = conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
+                       (q.table.as_string(conn),)).fetchone()
+    if row is None or row["reltuples"] < SAMPLE_FROM_ROWS:
+        return None
+    percent = min(100.0, 100.0 * SAMPLE_KEYS / row["reltuples"])
+    keys = [r["#k"] for r in conn.execute(sql.SQL(  # "#k": ORDER BY must not find an output column of the key's name
+        'SELECT {key}::text AS "#k" FROM {t} TABLESAMPLE SYSTEM (%s) WHERE {w} ORDER BY {key}').format(
+        key=q.key, t=q.table, w=q.where), [percent, *q.params])]
+    if len(keys) < SAMPLE_KEYS_ENOUGH:
+        return None
+    n = round(len(keys) * 100.0 / percent)
+    k = min(max_chunks, max(1, round(n / chunk_rows)))  # n is within a few percent: 1M rows make 4 chunks, not 5
+    return n, [keys[len(keys) * i // k] for i in range(1, k)]
 
 
 def copy_statement(q: ExportQuery, target: TargetCfg, bounds: list[str],
