@@ -58,41 +58,35 @@ def _write_requests(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sizes
 
 
-def test_transfers_ask_for_requests_of_the_size_the_server_announces(sshd: Sftp, monkeypatch: pytest.MonkeyPatch,
-                                                                     tmp_path: Path) -> None:
-    # Given a file of 3 MB and a few bytes (the last request is a short one), and OpenSSH, which announces its limits
-    data = os.urandom(3 * 1024 * 1024 + 123)
-    sshd.put("limits/big.bin", data)
+def _fetch_and_upload_again(server: Sftp, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data: bytes,
+                            request_bytes: int) -> None:
+    """Fetch a file holding ``data`` and upload it again: requests of ``request_bytes`` asked for
+    both ways, every byte arrived in order both ways."""
+    server.put("limits/big.bin", data)
     writes = _write_requests(monkeypatch)
-    with connected(sshd, monkeypatch) as remote:
-        # When it is fetched and uploaded again
-        assert remote.request_sizes() == (OPENSSH_REQUEST_BYTES, OPENSSH_REQUEST_BYTES)
+    with connected(server, monkeypatch) as remote:
+        assert remote.request_sizes() == (request_bytes, request_bytes)
         fetched = remote.fetch("limits/big.bin", tmp_path)
         with open(fetched, "rb") as fh:
             remote.upload(fh, "limits/again.bin")
-    # Then every byte arrived in order both ways, written in requests of 255 KiB
     assert fetched.read_bytes() == data
-    assert (sshd.root / "limits/again.bin").read_bytes() == data
-    assert max(writes) == OPENSSH_REQUEST_BYTES and sum(writes) == len(data)
+    assert (server.root / "limits/again.bin").read_bytes() == data
+    assert max(writes) == request_bytes and sum(writes) == len(data)
+
+
+def test_transfers_ask_for_requests_of_the_size_the_server_announces(sshd: Sftp, monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    # Given a file of 3 MB and a few bytes (the last request is a short one), and OpenSSH, which announces its limits
+    # When it is fetched and uploaded again / Then in requests of 255 KiB, every byte both ways
+    _fetch_and_upload_again(sshd, monkeypatch, tmp_path, os.urandom(3 * 1024 * 1024 + 123), OPENSSH_REQUEST_BYTES)
 
 
 def test_a_server_refusing_to_announce_limits_gets_paramiko_s_request_size(monkeypatch: pytest.MonkeyPatch,
                                                                            tmp_path: Path) -> None:
     # Given an sshd whose SFTP server refuses the limits request
-    data = os.urandom(1024 * 1024 + 7)
     with running_sshd("-P limits") as refusing:
-        refusing.put("limits/big.bin", data)
-        writes = _write_requests(monkeypatch)
-        with connected(refusing, monkeypatch) as remote:
-            # When the file is fetched and uploaded again
-            assert remote.request_sizes() == (REQUEST_BYTES, REQUEST_BYTES)
-            fetched = remote.fetch("limits/big.bin", tmp_path)
-            with open(fetched, "rb") as fh:
-                remote.upload(fh, "limits/again.bin")
-        # Then requests of 32 KiB were asked for, and the bytes are whole both ways
-        assert fetched.read_bytes() == data
-        assert (refusing.root / "limits/again.bin").read_bytes() == data
-        assert max(writes) == REQUEST_BYTES and sum(writes) == len(data)
+        # When a file is fetched and uploaded again / Then in requests of 32 KiB, every byte both ways
+        _fetch_and_upload_again(refusing, monkeypatch, tmp_path, os.urandom(1024 * 1024 + 7), REQUEST_BYTES)
 
 
 def _session(remote: Remote) -> paramiko.Transport:

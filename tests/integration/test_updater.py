@@ -170,18 +170,11 @@ def test_a_million_mixed_records_add_up(cluster_env, sshd, workers, tmp_path):
 
 def test_a_concurrent_writer_makes_a_replayed_chunk_retry_not_miscount(cluster_env, sshd, tmp_path):
     # Given: a planned run (no workers) updating a key once and another twice (replayed, one MERGE)
-    from dx.scheduler.requests import request_run
     from dx.shared.errors import RetriableError
-    from dx.shared.runs import Trigger
     from dx.workers.chunk import chunk
-    from dx.workers.plan import plan
 
-    _configure(sshd, tmp_path, chunk_bytes=1 << 20, upsert=False)
-    _seed({k: {"first_name": "Init", "points": 1, "birth_date": BIRTH} for k in ("a@x.it", "b@x.it")})
-    sshd.put("upd/ops_race.csv", _csv([["U", "a@x.it", "A", "2"], ["U", "b@x.it", "B", "3"],
-                                       ["U", "b@x.it", "C", "4"]]))
-    run_id = request_run("upd-ops", Trigger.MANUAL, "pytest")
-    plan.fn(run_id)
+    run_id = _planned_race(sshd, tmp_path, [["U", "a@x.it", "A", "2"], ["U", "b@x.it", "B", "3"],
+                                            ["U", "b@x.it", "C", "4"]])
 
     # When: another transaction deletes b@x.it, committing while the chunk waits on that row
     # (the connection closes before the pool waits: a failed wait below releases the row, not hangs)
@@ -207,16 +200,9 @@ def test_a_concurrent_writer_makes_a_replayed_chunk_retry_not_miscount(cluster_e
 
 def test_a_concurrent_delete_makes_a_single_update_key_not_found_at_once(cluster_env, sshd, tmp_path):
     # Given: a planned run (no workers) updating two keys that exist, once each
-    from dx.scheduler.requests import request_run
-    from dx.shared.runs import Trigger
     from dx.workers.chunk import chunk
-    from dx.workers.plan import plan
 
-    _configure(sshd, tmp_path, chunk_bytes=1 << 20, upsert=False)
-    _seed({k: {"first_name": "Init", "points": 1, "birth_date": BIRTH} for k in ("a@x.it", "b@x.it")})
-    sshd.put("upd/ops_race.csv", _csv([["U", "a@x.it", "A", "2"], ["U", "b@x.it", "B", "3"]]))
-    run_id = request_run("upd-ops", Trigger.MANUAL, "pytest")
-    plan.fn(run_id)
+    run_id = _planned_race(sshd, tmp_path, [["U", "a@x.it", "A", "2"], ["U", "b@x.it", "B", "3"]])
 
     # When: another transaction deletes b@x.it, committing while the chunk's statement waits on that row
     # (the connection closes before the pool waits: a failed wait below releases the row, not hangs)
@@ -233,6 +219,20 @@ def test_a_concurrent_delete_makes_a_single_update_key_not_found_at_once(cluster
                             (run_id,)).fetchall() == [{"row_number": 2, "error_code": "KEY_NOT_FOUND"}]
         assert conn.execute("SELECT updated, not_updated FROM dx.chunk_results WHERE run_id = %s",
                             (run_id,)).fetchone() == {"updated": 1, "not_updated": 1}
+
+
+def _planned_race(sshd: Any, tmp_path: Any, operations: list[list[str]]) -> int:
+    """A run of ``operations`` against a@x.it and b@x.it (both existing), planned, no worker: its id."""
+    from dx.scheduler.requests import request_run
+    from dx.shared.runs import Trigger
+    from dx.workers.plan import plan
+
+    _configure(sshd, tmp_path, chunk_bytes=1 << 20, upsert=False)
+    _seed({k: {"first_name": "Init", "points": 1, "birth_date": BIRTH} for k in ("a@x.it", "b@x.it")})
+    sshd.put("upd/ops_race.csv", _csv(operations))
+    run_id = request_run("upd-ops", Trigger.MANUAL, "pytest")
+    plan.fn(run_id)
+    return run_id
 
 
 def _wait_for_lock_wait(statement: str, timeout_s: float = 20) -> None:
