@@ -98,6 +98,23 @@ def test_a_bad_value_is_invalid_value_naming_the_field(make_database, field, tex
     assert message.startswith(f'v: "{text}" is not a valid {kind}')
 
 
+def test_timestamps_of_every_default_form_in_one_chunk_are_typed_as_alone(make_database):
+    # Given one chunk mixing the common timestamp form with every other default form, blanks and bad values
+    db = one_field(make_database, "timestamp")
+    good = [(text, typed) for field, text, typed in GOOD_VALUES if field == "timestamp"]
+    bad = [text for field, text in BAD_VALUES if field == "timestamp"]
+    texts = [t for pair in zip([t for t, _ in good], ["2024-05-06 07:08:09"] * len(good), strict=True) for t in pair]
+    texts += [*bad, " 2024-05-06 07:08:09 ", "   "]
+    # When validated together
+    result = run(db, ["id", "v"], *[[str(i), t] for i, t in enumerate(texts, 1)])
+    # Then each value is what it is alone: typed, or INVALID_VALUE; a blank one is empty
+    common = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+    expected = [v for _, typed in good for v in (typed, common)]
+    assert result.good.sort(ROW).get_column("v").to_list() == [*expected, common, None]
+    assert [(row, code) for row, code, _ in failures(result)] == [
+        (len(expected) + i, ErrorCode.INVALID_VALUE.value) for i in range(1, len(bad) + 1)]
+
+
 def test_an_invalid_value_message_names_the_expected_format(make_database):
     # Given a date field with a format / When a value does not match / Then the message shows the format
     db = one_field(make_database, {"type": "date", "format": "%d/%m/%Y"})
