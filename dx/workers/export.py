@@ -2,7 +2,7 @@
 
 Consumes ``export_plan(run_id)`` (sent by ``request_run`` for the kinds
 ``displacer`` and ``exporter``). Builds the run's export query, counts its
-rows (estimates them from a sample of a large table's pages), cuts the key
+rows (estimates them from a sample of a large table's rows), cuts the key
 range into chunks of about ``CHUNK_ROWS`` rows and records
 the plan in ``dx.exports`` (key bounds, target path rendered in the module's
 time zone, and for an Exporter the snapshot window from its watermark). Then
