@@ -23,6 +23,7 @@ import io
 import json
 import posixpath
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -88,10 +89,11 @@ def _deliver(run_id: int, mdef: ModuleDef) -> None:
         with open_remote(connection) as remote:
             parts = [remote_part(final, run_id, i) for i in range(run["n_chunks"])]
             joined = bool(parts) and _uploaded(remote, parts, local)
-            if joined:
-                _join(remote, head, parts, tail, final, run_id)
-                while reader.read(READ_BYTES):  # the size and digest of what was joined
-                    pass
+            if joined:  # the size and digest of what is joined, read from the local parts meanwhile
+                with ThreadPoolExecutor(1) as pool:
+                    hashed = pool.submit(_drain, reader)
+                    _join(remote, head, parts, tail, final, run_id)
+                    hashed.result()
             else:
                 _put(remote, reader, final, run_id)
             _remove_parts(remote, parts)
@@ -119,6 +121,12 @@ def _deliver(run_id: int, mdef: ModuleDef) -> None:
         finish(conn, run_id, RunStatus.COMPLETED, counters={"rows_exported": rows})
     log.info("run.finished", status="completed", rows_exported=rows, path=final, bytes=stream.size_bytes,
              delivery="joined on the server" if joined else "uploaded")
+
+
+def _drain(stream: IO[bytes]) -> None:
+    """Read ``stream`` to its end (a JoinedFile counts and hashes what is read)."""
+    while stream.read(READ_BYTES):
+        pass
 
 
 def _uploaded(remote: Remote, parts: list[str], local: list[Path]) -> bool:
