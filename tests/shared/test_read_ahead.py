@@ -1,4 +1,4 @@
-"""The plan's read-ahead: source batches made by a thread of their own, in order, errors and early stops handed on."""
+"""The read-ahead of source batches: source batches made by a thread of their own, in order, errors and early stops handed on."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dx.workers.plan import READ_AHEAD, _read_ahead
+from dx.shared.formats import READ_AHEAD, read_ahead
 
 
 def test_items_arrive_in_order_made_by_another_thread() -> None:
@@ -19,7 +19,7 @@ def test_items_arrive_in_order_made_by_another_thread() -> None:
             makers.append(threading.current_thread().name)
             yield i
     # When read ahead / Then every item arrives once, in order, made by the read-ahead thread
-    assert list(_read_ahead(source())) == list(range(50))
+    assert list(read_ahead(source())) == list(range(50))
     assert set(makers) == {"dx-parse"}
 
 
@@ -30,7 +30,7 @@ def test_the_source_s_error_reaches_the_caller_after_the_items_before_it() -> No
         raise ValueError("bad record")
     got: list[int] = []
     with pytest.raises(ValueError, match="bad record"):
-        for item in _read_ahead(source()):
+        for item in read_ahead(source()):
             got.append(item)
     assert got == [1, 2]
 
@@ -49,7 +49,7 @@ def test_a_caller_that_stops_early_stops_the_thread_and_closes_the_source() -> N
         finally:
             closed.set()
     # When the caller takes three items and stops
-    reader = _read_ahead(source())
+    reader = read_ahead(source())
     assert [next(reader) for _ in range(3)] == [1, 2, 3]
     reader.close()
     # Then the source was closed, at most READ_AHEAD (and the one in hand) made beyond what was taken,
