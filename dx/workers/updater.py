@@ -94,6 +94,19 @@ def replay(good: pl.DataFrame, pk: str, initial_rows: pl.Series, upsert: bool) -
     )
 
 
+def _assignments(fields: list[str], pk: str, source: str) -> list[sql.Composable]:
+    """``column = source.column`` for each field the source sets; a file of keys only still
+    "updates": setting the key to itself keeps the row counted as written."""
+    own = [c for c in fields if c != pk] or [pk]
+    return [sql.SQL("{c} = {s}.{c}").format(c=sql.Identifier(c), s=sql.SQL(source)) for c in own]
+
+
+def _concurrent_writer(missed: int) -> RetriableError:
+    """A chunk wrote fewer rows than it planned: another writer got in; the chunk is retried whole."""
+    return RetriableError(f"another writer changed {missed} of this chunk's keys while it applied; "
+                          "the chunk is rolled back and applied again")
+
+
 def _merge(conn: Conn, mdef: ModuleDef, fields: list[str], load: sql.Identifier) -> sql.Composed:
     """One MERGE of the load table's actions: delete, update (the source's fields), replace
     (the source's fields, every other column to its default: as a delete and an insert), insert."""
@@ -104,10 +117,8 @@ def _merge(conn: Conn, mdef: ModuleDef, fields: list[str], load: sql.Identifier)
         " ORDER BY attnum", (target.as_string(conn),))]
 
     def sets(defaults: bool) -> sql.Composable:
-        own = [sql.SQL("{c} = l.{c}").format(c=sql.Identifier(c)) for c in fields if c != pk]
         rest = [sql.SQL("{c} = DEFAULT").format(c=sql.Identifier(c)) for c in columns if defaults and c not in fields]
-        # a file of keys only still "updates": setting the key to itself keeps the row count exact
-        return sql.SQL(", ").join(own + rest or [sql.SQL("{p} = l.{p}").format(p=sql.Identifier(pk))])
+        return sql.SQL(", ").join(_assignments(fields, pk, "l") + rest)
 
     return sql.SQL(
         "MERGE INTO {t} t USING {l} l ON t.{p} = l.{p}"
@@ -127,19 +138,15 @@ def _single_statement(mdef: ModuleDef, fields: list[str], load: sql.Identifier, 
     pk = mdef.database.primary_key
     t, p, o = table_ident(mdef.database.tenant, mdef.database.id), sql.Identifier(pk), sql.Identifier(OP)
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in fields)
-    # a file of keys only still "updates": setting the key to itself keeps the outcome visible
-    own = [c for c in fields if c != pk] or [pk]
     if upsert:
         update = sql.SQL(
             "INSERT INTO {t} ({c}) SELECT {c} FROM {l} WHERE {o} = 'U' ON CONFLICT ({p}) DO UPDATE SET {s}"
             " RETURNING {p} AS k, xmax = 0 AS new").format(
-            t=t, c=cols, l=load, o=o, p=p,
-            s=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in own))
+            t=t, c=cols, l=load, o=o, p=p, s=sql.SQL(", ").join(_assignments(fields, pk, "EXCLUDED")))
     else:
         update = sql.SQL("UPDATE {t} t SET {s} FROM {l} l WHERE l.{o} = 'U' AND t.{p} = l.{p}"
                          " RETURNING t.{p} AS k, false AS new").format(
-            t=t, l=load, o=o, p=p,
-            s=sql.SQL(", ").join(sql.SQL("{c} = l.{c}").format(c=sql.Identifier(c)) for c in own))
+            t=t, l=load, o=o, p=p, s=sql.SQL(", ").join(_assignments(fields, pk, "l")))
     return sql.SQL(
         "WITH d AS (DELETE FROM {t} t USING {l} l WHERE l.{o} = 'D' AND t.{p} = l.{p} RETURNING t.{p} AS k),"
         " u AS ({update}),"
@@ -166,8 +173,7 @@ def apply_single(conn: Conn, mdef: ModuleDef, fields: list[str], good: pl.DataFr
     done = good.with_columns(((op != "D") & wrote("inserted")).alias("ins"), ((op == "U") & wrote("updated")).alias("upd"),
                              ((op == "D") & wrote("deleted")).alias("del"))
     if upsert and (missed := done.filter((op == "U") & ~pl.col("ins") & ~pl.col("upd")).height):
-        raise RetriableError(f"another writer changed {missed} of this chunk's keys while it applied; "
-                             "the chunk is rolled back and applied again")
+        raise _concurrent_writer(missed)
     return done.with_columns(pl.when((op == "I") & ~pl.col("ins")).then(pl.lit(ErrorCode.KEY_EXISTS.value))
                              .when(~(pl.col("ins") | pl.col("upd") | pl.col("del")))
                              .then(pl.lit(ErrorCode.KEY_NOT_FOUND.value)).alias("code"))
@@ -198,8 +204,7 @@ def apply_updates(conn: Conn, run: dict[str, Any], mdef: ModuleDef, v: Validated
         if expected:
             touched = conn.execute(_merge(conn, mdef, fields, load)).rowcount
             if touched != expected:
-                raise RetriableError(f"another writer changed {expected - touched} of this chunk's keys while it "
-                                     "applied; the chunk is rolled back and applied again")
+                raise _concurrent_writer(expected - touched)
         outcomes.append(outcome)
     done = pl.concat([o.select(ROW, KEY, OP, "ins", "upd", "del", "code") for o in outcomes]) if outcomes \
         else pl.DataFrame(schema={ROW: pl.Int64, KEY: pl.String, OP: pl.String, "ins": pl.Boolean,

@@ -244,3 +244,21 @@ def _wait_for_lock_wait(statement: str, timeout_s: float = 20) -> None:
                 return
             time.sleep(0.02)
     raise AssertionError("the chunk never waited on the locked row")
+
+
+def test_a_file_of_keys_only_updates_and_deletes(cluster_env, sshd, workers, tmp_path):
+    # Given: a, b and e exist; a file naming keys only (no field to set): e twice (the replay and MERGE),
+    # the others once (the single statement)
+    _configure(sshd, tmp_path, chunk_bytes=1 << 20, upsert=False)
+    _seed({k: {"first_name": "Init", "points": 1, "birth_date": BIRTH} for k in ("a@x.it", "b@x.it", "e@x.it")})
+    sshd.put(f"upd/ops_{next(FILE_NO)}.csv",
+             b"operation,email\nU,a@x.it\nU,c@x.it\nU,e@x.it\nU,e@x.it\nD,b@x.it\nI,d@x.it\n")
+    workers.start(1)
+    # When: it runs
+    result = run("upd-ops")
+    # Then: a and e count as updated and keep their values, b is gone; c is not found, d lacks its fields
+    assert result["status"] == "completed_with_errors", result["error_message"]
+    assert table(TENANT) == {"a@x.it": ("Init", 1, BIRTH), "e@x.it": ("Init", 1, BIRTH)}
+    assert {c: result[c] for c in COUNTERS} == {"inserted": 0, "updated": 3, "deleted": 1, "not_inserted": 1,
+                                                 "not_updated": 1, "not_deleted": 0}
+    assert failures(result["id"]) == [(2, "KEY_NOT_FOUND"), (6, "REQUIRED_FIELD_MISSING")]
