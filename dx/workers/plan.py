@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dramatiq
+import polars as pl
 import structlog
 from psycopg import sql
 
@@ -93,18 +94,19 @@ def _partition(run_id: int, mdef: ModuleDef, source: Path | Download, n_chunks: 
                        f"{path.name} has no column for {', '.join(missing)} (columns found: {', '.join(columns)})")
     key_col = map_columns(columns, mdef.database)[mdef.database.primary_key]
     key = key_expr(key_col, mdef.database.fields[mdef.database.primary_key])
-    part = (key.hash(seed=0) % n_chunks).fill_null(0).alias("__part")
+    part = (key.hash(seed=0) % n_chunks).fill_null(0).cast(pl.Int64)
     failures: list[dict] = []
     with staging.ChunkFiles(run_id) as files:
-        for frame, bad in batches:
+        for table, bad in batches:
             failures += [{"row_number": m.row_number, "error_code": ErrorCode.MALFORMED_RECORD.value,
                           "error_message": m.message} for m in bad]
-            if frame.is_empty():
+            if table.num_rows == 0:
                 continue
-            pieces = frame.with_columns(part).partition_by("__part", maintain_order=True, as_dict=True)
-            for (chunk_no,), piece in pieces.items():  # each in source order: chunks read them unsorted
-                files.write(int(chunk_no), piece.drop("__part"))
+            chunk_nos = pl.DataFrame(table.select([key_col])).select(part).to_series().to_numpy()
+            for chunk_no, piece in staging.split(table, chunk_nos, n_chunks):
+                files.write(chunk_no, piece)
     return columns, failures
+
 
 
 def begin_planning(run_id: int, actor: str, dispatch: Callable[[int, int], None]) -> ModuleDef | None:

@@ -9,9 +9,11 @@ chunk, a record batch per source batch); an export's chunks write
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -38,9 +40,8 @@ class ChunkFiles:
         self.run_id = run_id
         self.writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
 
-    def write(self, chunk_no: int, frame: pl.DataFrame) -> None:
-        """Append ``frame`` (the same columns every time) to chunk ``chunk_no``."""
-        table = frame.to_arrow()
+    def write(self, chunk_no: int, table: pa.Table) -> None:
+        """Append ``table`` (the same columns every time) to chunk ``chunk_no``."""
         writer = self.writers.get(chunk_no)
         if writer is None:
             path = chunk_file(self.run_id, chunk_no)
@@ -57,6 +58,19 @@ class ChunkFiles:
             if kind is None:
                 path = chunk_file(self.run_id, chunk_no)
                 _writing(path).replace(path)
+
+
+def split(table: pa.Table, chunk_nos: np.ndarray, n_chunks: int) -> Iterator[tuple[int, pa.Table]]:
+    """The records of each chunk, in source order (chunks read them unsorted): one stable sort of
+    the chunk numbers, one take, then slices. In Arrow, not Polars: the batch is neither converted
+    to Polars' string views and back, nor copied once per chunk."""
+    order = np.argsort(chunk_nos, kind="stable")
+    counts = np.bincount(chunk_nos, minlength=n_chunks)
+    records = table.combine_chunks().take(order)  # a take of a table in pieces costs three times as much
+    start = 0
+    for chunk_no in np.flatnonzero(counts):
+        yield int(chunk_no), records.slice(start, counts[chunk_no])
+        start += counts[chunk_no]
 
 
 def _writing(path: Path) -> Path:

@@ -25,9 +25,9 @@ def read_all(path: Path, src: SourceCfg) -> tuple[list[str], list[dict[str, Any]
     columns = read_header(path, src)
     rows: list[dict[str, Any]] = []
     malformed: list[dxcsv.Malformed] = []
-    for frame, bad in iter_batches(path, src, columns):
-        assert frame.columns == [ROW, *columns]
-        rows += frame.to_dicts()
+    for table, bad in iter_batches(path, src, columns):
+        assert table.column_names == [ROW, *columns]
+        rows += table.to_pylist()
         malformed += bad
     return columns, rows, malformed
 
@@ -216,7 +216,7 @@ def test_row_numbers_stay_exact_across_many_blocks(write_file, make_source, monk
     batches = list(iter_batches(path, make_source(), columns))
     # Then there were many batches, and every record has exactly its own number
     assert len(batches) > 10
-    rows = [row for frame, _ in batches for row in frame.to_dicts()]
+    rows = [row for table, _ in batches for row in table.to_pylist()]
     assert [r[ROW] for r in rows] == expected_good
     assert all(r["id"] == str(r[ROW]) for r in rows)
     assert sorted(m.row_number for _, bad in batches for m in bad) == expected_bad

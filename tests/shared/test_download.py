@@ -90,11 +90,11 @@ def test_the_parser_reads_gzip_and_zip_sources_while_they_download(tmp_path, mak
             # When it is parsed through the download's reader
             opener = lambda _: download.open()  # noqa: E731
             columns = read_header(download.growing, src, opener)
-            frames = [f for f, _ in iter_batches(download.growing, src, columns, opener)]
+            tables = [t for t, _ in iter_batches(download.growing, src, columns, opener)]
         # Then every record is there, numbered
         assert columns == ["email", "points"]
-        assert sum(f.height for f in frames) == 5000
-        assert frames[-1]["points"][-1] == "4999"
+        assert sum(t.num_rows for t in tables) == 5000
+        assert tables[-1]["points"][-1].as_py() == "4999"
 
 
 def test_a_local_remote_is_read_in_place(tmp_path):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 import pytest
 
 from dx.shared.formats.csv import ROW
@@ -30,11 +32,11 @@ def batch(rows: range) -> pl.DataFrame:
 def test_a_chunk_reads_back_every_batch_written_to_it_in_order():
     # Given three batches split over two chunks (the second goes to chunk 0 only, with an empty piece after it)
     with staging.ChunkFiles(7) as files:
-        files.write(0, batch(range(1, 4)))
-        files.write(1, batch(range(4, 6)))
-        files.write(0, batch(range(6, 9)))
-        files.write(0, batch(range(9, 9)))
-        files.write(1, batch(range(9, 12)))
+        files.write(0, batch(range(1, 4)).to_arrow())
+        files.write(1, batch(range(4, 6)).to_arrow())
+        files.write(0, batch(range(6, 9)).to_arrow())
+        files.write(0, batch(range(9, 9)).to_arrow())
+        files.write(1, batch(range(9, 12)).to_arrow())
     # When each chunk is read / Then it holds its batches in the order written, nulls kept
     assert staging.read_chunk(7, 0, SCHEMA).equals(pl.concat([batch(range(1, 4)), batch(range(6, 9))]))
     assert staging.read_chunk(7, 1, SCHEMA).equals(pl.concat([batch(range(4, 6)), batch(range(9, 12))]))
@@ -46,7 +48,7 @@ def test_a_chunk_reads_back_every_batch_written_to_it_in_order():
 def test_a_plan_that_fails_midway_leaves_no_chunk_file_to_read_and_a_retry_starts_afresh():
     # Given a plan that wrote to a chunk, then failed
     with pytest.raises(RuntimeError), staging.ChunkFiles(8) as files:
-        files.write(0, batch(range(1, 4)))
+        files.write(0, batch(range(1, 4)).to_arrow())
         raise RuntimeError("the source broke off")
     # Then the chunk has no file under its name: it reads as empty, never half-written
     assert staging.read_chunk(8, 0, SCHEMA).is_empty()
@@ -54,5 +56,20 @@ def test_a_plan_that_fails_midway_leaves_no_chunk_file_to_read_and_a_retry_start
     staging.remove_chunks(8)
     assert not staging.chunk_file(8, 0).parent.exists()
     with staging.ChunkFiles(8) as files:
-        files.write(0, batch(range(1, 3)))
+        files.write(0, batch(range(1, 3)).to_arrow())
     assert staging.read_chunk(8, 0, SCHEMA).equals(batch(range(1, 3)))
+
+
+def test_split_gives_each_chunk_its_records_in_source_order_each_once():
+    # Given a batch of 1,000 records in two pieces (as the CSV reader's blocks), with chunk numbers out of order
+    table = pa.concat_tables([batch(range(1, 400)).to_arrow(), batch(range(400, 1001)).to_arrow()])
+    chunk_nos = np.array([(i * 7919) % 5 for i in range(1, 1001)], dtype=np.int64)
+    chunk_nos[chunk_nos == 3] = 4  # chunk 3 gets nothing
+    # When it is split over 5 chunks
+    pieces = dict(staging.split(table, chunk_nos, 5))
+    # Then every chunk that has records gets exactly its own, in source order, nulls kept; none is empty
+    assert sorted(pieces) == [0, 1, 2, 4]
+    for chunk_no, piece in pieces.items():
+        expected = [i for i in range(1, 1001) if chunk_nos[i - 1] == chunk_no]
+        assert piece[ROW].to_pylist() == expected
+        assert piece["email"].to_pylist() == [f"u{i}@example.com" if i % 3 else None for i in expected]

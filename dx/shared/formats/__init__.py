@@ -1,8 +1,8 @@
 """Source formats: each reads a staged file as column names and batches of records.
 
 ``open_source`` picks the reader of the module's ``source.format``. Every
-reader yields (batch, malformed records) in source order, each batch a Polars
-frame with ``__row`` (the record's 1-based position) and one String column
+reader yields (batch, malformed records) in source order, each batch an Arrow
+table with ``__row`` (the record's 1-based position) and one string column
 per source column. ``read_ahead`` has them made by a thread of their own.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import polars as pl
+import pyarrow as pa
 
 from dx.shared.formats import csv, xml
 from dx.shared.formats.csv import Malformed
@@ -22,7 +22,7 @@ from dx.shared.formats.csv import Malformed
 if TYPE_CHECKING:
     from dx.shared.catalog import ModuleDef
 
-Batches = Iterator[tuple[pl.DataFrame, list[Malformed]]]
+Batches = Iterator[tuple[pa.Table, list[Malformed]]]
 #: Items (source batches: about 8 MB of records each) made ahead of the one the caller holds.
 READ_AHEAD = 1
 T = TypeVar("T")
@@ -38,7 +38,8 @@ def open_source(path: Path, mdef: ModuleDef, opener: csv.Opener | None = None) -
         columns = xml.read_columns(path, src, operation_field)
         if not columns:  # no record at all: any columns are true of it; these pass the plan's checks
             columns = [*mdef.database.fields, *([operation_field] if operation_field else [])]
-        return columns, xml.iter_batches(path, src, columns, operation_field)
+        frames = xml.iter_batches(path, src, columns, operation_field)
+        return columns, ((frame.to_arrow(), bad) for frame, bad in frames)
     opener = opener or csv.open_file
     columns = csv.read_header(path, src, opener)
     return columns, csv.iter_batches(path, src, columns, opener)
