@@ -36,6 +36,8 @@ ARROW_TYPES: dict[str, pl.DataType] = {
 #: numeric's sign word for negative values, and its digits' base (4 decimal digits per int16).
 NUMERIC_NEG = 0x4000
 NBASE_DIGITS = 4
+#: Most groups of a value cut by int64 arithmetic (16 digits); longer values are cut as text.
+INT64_GROUPS = 4
 
 
 def copy_frame(conn: Conn, table: sql.Composable, frame: pl.DataFrame) -> None:
@@ -84,39 +86,64 @@ def numeric_wire(text: pl.Series) -> pa.Array:
     """Decimal texts (``[+-]digits[.digits][e±n]``) as numeric's binary form, one bytes value each:
     ndigits, weight, sign, dscale (int16 each), then the base-10000 digits."""
     text = _plain(text.str.strip_chars())
-    body = text.str.strip_prefix("+")
-    negative = body.str.starts_with("-").fill_null(False).to_numpy()
-    parts = body.str.strip_prefix("-").str.split_exact(".", 1)
-    whole = parts.struct.field("field_0").fill_null("")
-    frac = parts.struct.field("field_1").fill_null("")
-    # left-pad the whole part and right-pad the fraction to whole groups of 4 digits
-    pad = pl.lit("0" * (NBASE_DIGITS - 1))
-    def padding(part: str) -> pl.Expr:
-        return pad.str.slice(0, (NBASE_DIGITS - pl.col(part).str.len_bytes() % NBASE_DIGITS) % NBASE_DIGITS)
-
-    digits = pl.DataFrame({"w": whole, "f": frac}).select(
-        padding("w") + pl.col("w") + pl.col("f") + padding("f")).to_series()
-    n_whole = -(-whole.str.len_bytes().to_numpy().astype(np.int64) // NBASE_DIGITS)
-    n_groups = digits.str.len_bytes().to_numpy().astype(np.int64) // NBASE_DIGITS
-    raw = np.frombuffer(digits.str.join("").item().encode(), dtype=np.uint8).astype(np.int16) - ord("0")
-    groups = raw.reshape(-1, NBASE_DIGITS) @ np.array([1000, 100, 10, 1], dtype=np.int16)
+    t = pl.col("t")
+    point, length = t.str.find(".", literal=True), t.str.len_bytes()
+    sign = (t.str.starts_with("+") | t.str.starts_with("-")).cast(pl.Int64)
+    parts = pl.DataFrame({"t": text}).select(
+        negative=t.str.starts_with("-"), whole_digits=pl.coalesce(point, length) - sign,
+        frac_digits=length - point - 1, digits=t.str.replace(".", "", literal=True).cast(pl.Int64, strict=False).abs(),
+    ).fill_null(0)
+    frac_digits = parts["frac_digits"].to_numpy().astype(np.int64)
+    n_whole = -(-parts["whole_digits"].to_numpy().astype(np.int64) // NBASE_DIGITS)
+    n_groups = n_whole - (-frac_digits // NBASE_DIGITS)
     # every value: 4 header words, then its groups
     words = 4 + n_groups
     ends = np.cumsum(words)
     starts = ends - words
     out = np.empty(int(ends[-1]) if len(ends) else 0, dtype=">i2")
-    header = np.zeros(len(out), dtype=bool)
-    for k in range(4):
-        header[starts + k] = True
-    out[~header] = groups
+    if (n_groups <= INT64_GROUPS).all():
+        _groups_by_arithmetic(out, ends, n_groups, parts["digits"].to_numpy(), frac_digits)
+    else:
+        _groups_by_text(out, starts, text)
     out[starts] = n_groups
     out[starts + 1] = n_whole - 1
-    out[starts + 2] = np.where(negative, NUMERIC_NEG, 0)
-    out[starts + 3] = frac.str.len_bytes().to_numpy()
+    out[starts + 2] = np.where(parts["negative"].to_numpy(), NUMERIC_NEG, 0)
+    out[starts + 3] = frac_digits
     offsets = np.concatenate([[0], ends * 2]).astype(np.int32)
     validity = pa.array(text.is_not_null().to_numpy()).buffers()[1] if text.null_count() else None
     return pa.BinaryArray.from_buffers(pa.binary(), len(text), [validity, pa.py_buffer(offsets),
                                                                 pa.py_buffer(out.tobytes())], text.null_count())
+
+
+def _groups_by_arithmetic(out: np.ndarray, ends: np.ndarray, n_groups: np.ndarray, digits: np.ndarray,
+                          frac_digits: np.ndarray) -> None:
+    """Each value's groups into ``out`` (before ``ends``): its digits as one integer, the fraction
+    right-padded to whole groups, cut by division."""
+    rest = digits * 10 ** (-frac_digits % NBASE_DIGITS)
+    base = 10 ** NBASE_DIGITS
+    for k in range(int(n_groups.max(initial=0))):  # the k-th group from the right
+        has = n_groups > k
+        out[ends[has] - 1 - k] = rest[has] % base
+        rest //= base
+
+
+def _groups_by_text(out: np.ndarray, starts: np.ndarray, text: pl.Series) -> None:
+    """Each value's groups into ``out`` (after its 4 header words), for values too long for int64:
+    the whole part left-padded and the fraction right-padded to whole groups of 4 digits."""
+    split = text.str.strip_prefix("+").str.strip_prefix("-").str.split_exact(".", 1)
+    parts = pl.DataFrame({"whole": split.struct.field("field_0").fill_null(""),
+                          "frac": split.struct.field("field_1").fill_null("")})
+    pad = pl.lit("0" * (NBASE_DIGITS - 1))
+
+    def padding(part: str) -> pl.Expr:
+        return pad.str.slice(0, (NBASE_DIGITS - pl.col(part).str.len_bytes() % NBASE_DIGITS) % NBASE_DIGITS)
+
+    digits = parts.select(padding("whole") + pl.col("whole") + pl.col("frac") + padding("frac")).to_series()
+    raw = np.frombuffer(digits.str.join("").item().encode(), dtype=np.uint8).astype(np.int16) - ord("0")
+    header = np.zeros(len(out), dtype=bool)
+    for k in range(4):
+        header[starts + k] = True
+    out[~header] = raw.reshape(-1, NBASE_DIGITS) @ np.array([1000, 100, 10, 1], dtype=np.int16)
 
 
 def _plain(text: pl.Series) -> pl.Series:
