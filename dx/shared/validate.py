@@ -213,20 +213,28 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
             if frame.select(other.any()).item():
                 frame = frame.with_columns(pl.when(other).then(_timestamp_forms(raw[name].str.strip_chars()))
                                            .otherwise(pl.col(_typed(name))).alias(_typed(name)))
-    frame = frame.with_columns(pl.any_horizontal([c for c, _, _ in checks]).fill_null(False).alias("__invalid"))
-    ok = frame.filter(~pl.col("__invalid"))
-    # rechunk: Polars 2.1 panics on pl.format inside when/then over a filtered, not rechunked frame
-    failed = [_failed(frame.filter(pl.col("__invalid")).rechunk(),
-                      pl.coalesce([pl.when(c).then(pl.lit(e.value)) for c, e, _ in checks]),
-                      pl.coalesce([pl.when(c).then(m) for c, _, m in checks]))]
-    if dedupe == "first":  # among the valid records the first occurrence of a key counts (chunk in source order)
-        first = ok[KEY].is_first_distinct()
-        dups = ok.filter(~first).join(ok.filter(first).select(KEY, pl.col(ROW).alias("__first")), on=KEY)
-        ok = ok.filter(first)
-        failed.append(_failed(dups, pl.lit(ErrorCode.DUPLICATE_KEY.value), pl.format(
-            "the key appears earlier in the source (row {}); the first occurrence was applied", pl.col("__first"))))
+    invalid = frame.select(pl.any_horizontal([c for c, _, _ in checks]).fill_null(False)).to_series()
     keep_op = [OP] if operation_column is not None else []
-    good = ok.select(ROW, KEY, *keep_op, *[pl.col(_typed(n)).alias(n) for n in typed])
+    # the records to apply carry only what is applied (the source's text columns are not copied by the
+    # filters), and a chunk without a failure or a duplicate is not filtered at all
+    good = frame.select(ROW, KEY, *keep_op, *[pl.col(_typed(n)).alias(n) for n in typed])
+    failed: list[pl.DataFrame] = []
+    if invalid.any():
+        good = good.filter(~invalid)
+        # rechunk: Polars 2.1 panics on pl.format inside when/then over a filtered, not rechunked frame
+        failed.append(_failed(frame.filter(invalid).rechunk(),
+                              pl.coalesce([pl.when(c).then(pl.lit(e.value)) for c, e, _ in checks]),
+                              pl.coalesce([pl.when(c).then(m) for c, _, m in checks])))
+    if dedupe == "first":  # among the valid records the first occurrence of a key counts (chunk in source order)
+        first = good[KEY].is_first_distinct()
+        if not first.all():
+            dups = good.filter(~first).join(good.filter(first).select(KEY, pl.col(ROW).alias("__first")), on=KEY)
+            good = good.filter(first)
+            failed.append(_failed(dups, pl.lit(ErrorCode.DUPLICATE_KEY.value), pl.format(
+                "the key appears earlier in the source (row {}); the first occurrence was applied",
+                pl.col("__first"))))
+    if not failed:
+        return Validated(good, pl.DataFrame(schema=FAILED_SCHEMA), chunk, source_columns)
     rejected = pl.concat(failed).sort("row_number")
     return Validated(good, with_records(rejected, chunk, source_columns), chunk, source_columns)
 
