@@ -222,16 +222,20 @@ def test_row_numbers_stay_exact_across_many_blocks(write_file, make_source, monk
     assert sorted(m.row_number for _, bad in batches for m in bad) == expected_bad
 
 
-def test_a_quoted_line_break_cut_by_a_block_end_is_read_whole(write_file, make_source, monkeypatch):
-    # Given values holding CR LF, quoted, read in blocks of every size from 16 to 120 bytes (some blocks end
-    # between the CR and the LF: pyarrow alone reads such a value as "\r", its line feed lost)
-    path = write_file("crlf.csv", "id,note\r\n" + "".join(f'{i},"a\r\nb{i}"\r\n' for i in range(1, 30)))
+@pytest.mark.parametrize("encoding", ["utf-8", "windows-1252"])
+def test_a_quoted_line_break_cut_by_a_block_end_is_read_whole(write_file, make_source, monkeypatch, encoding):
+    # Given values holding CR LF and a euro sign (3 bytes in UTF-8, 1 in Windows-1252), quoted, read in blocks
+    # of every size from 16 to 120 bytes (some blocks end between the CR and the LF: pyarrow alone reads such a
+    # value as "\r", its line feed lost; transcoding shifts where its blocks end)
+    notes = [f"€a\r\nb{i}" for i in range(1, 30)]
+    text = "id,note\r\n" + "".join(f'{i},"{note}"\r\n' for i, note in enumerate(notes, 1))
+    path = write_file("crlf.csv", text, encoding=encoding)
     for block_bytes in range(16, 121):
         monkeypatch.setattr(dxcsv, "BLOCK_BYTES", block_bytes)
         # When read / Then every value is whole
-        _, rows, malformed = read_all(path, make_source())
+        _, rows, malformed = read_all(path, make_source(encoding=encoding))
         assert malformed == []
-        assert [r["note"] for r in rows] == [f"a\r\nb{i}" for i in range(1, 30)], f"blocks of {block_bytes} bytes"
+        assert [r["note"] for r in rows] == notes, f"blocks of {block_bytes} bytes"
 
 
 def test_a_record_longer_than_a_block_is_read_whole(write_file, make_source, monkeypatch):

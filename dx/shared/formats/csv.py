@@ -14,6 +14,7 @@ writes them as Arrow, and a round trip through Polars' string views cost it
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -132,8 +133,7 @@ def iter_batches(path: Path, src: SourceCfg, columns: list[str],
 
     # the header is skipped here, not by pyarrow's skip_rows (which counts physical lines,
     # so a header cell holding a quoted line break would leak into the data)
-    read_opts = pacsv.ReadOptions(use_threads=False, block_size=BLOCK_BYTES, column_names=columns,
-                                  encoding="utf8" if src.encoding == "utf-8" else src.encoding)
+    read_opts = pacsv.ReadOptions(use_threads=False, block_size=BLOCK_BYTES, column_names=columns)
     parse_opts = pacsv.ParseOptions(delimiter=src.delimiter, quote_char=src.quote, newlines_in_values=True,
                                     invalid_row_handler=on_invalid)
     # nulls "unquoted": an unquoted empty cell is null, a quoted one ("") the empty string
@@ -141,7 +141,7 @@ def iter_batches(path: Path, src: SourceCfg, columns: list[str],
                                         strings_can_be_null=src.nulls == "unquoted", quoted_strings_can_be_null=False)
     numbering = _Numbering()
     with _open(path, src.compression, opener) as raw:
-        fh = _NoCarriageReturnAtTheEnd(_after_header(raw, src.quote.encode()) if src.header else raw)
+        fh = _Blocks(_after_header(raw, src.quote.encode()) if src.header else raw, src.encoding)
         try:
             reader = pacsv.open_csv(fh, read_options=read_opts, parse_options=parse_opts,
                                     convert_options=convert_opts)
@@ -196,23 +196,32 @@ class _Rest(io.RawIOBase):
         return len(data)
 
 
-class _NoCarriageReturnAtTheEnd:
-    """The stream, read by pyarrow block by block, with no block ending in a carriage return while
-    more follows: held back, it starts the next block. pyarrow 26 loses the line feed of a quoted
-    CR LF cut by a block's end (a value "\r\n" read as "\r")."""
+class _Blocks:
+    """The stream as pyarrow reads it, block by block: in UTF-8 (transcoded here from another
+    encoding), and no block ending in a carriage return while more follows (held back, it starts
+    the next block). pyarrow 26 loses the line feed of a quoted CR LF cut by a block's end (a value
+    "\r\n" read as "\r"), and its own transcoding cuts blocks anywhere."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
-        self.stream, self.held, self.closed = stream, b"", False
+    def __init__(self, stream: IO[bytes], encoding: str) -> None:
+        self.stream = stream
+        self.decoder = None if encoding == "utf-8" else codecs.getincrementaldecoder(encoding)()
+        self.held, self.ended, self.closed = b"", False, False
 
     def readable(self) -> bool:
         return True
 
     def read(self, n: int = -1) -> bytes:
-        data = self.held + self.stream.read(n - len(self.held) if n > 0 else -1)
-        self.held = b""
-        if len(data) > 1 and data.endswith(b"\r"):
-            data, self.held = data[:-1], b"\r"
-        return data
+        if not self.ended and (n < 0 or len(self.held) < n):
+            data = self.stream.read(n - len(self.held) if n > 0 else -1)
+            self.ended = not data
+            if self.decoder is not None:  # a single-byte encoding: never more than 3 bytes out per byte in
+                data = self.decoder.decode(data, final=self.ended).encode()
+            self.held += data
+        out = self.held if n < 0 else self.held[:n]
+        if len(out) > 1 and out.endswith(b"\r") and not (self.ended and len(out) == len(self.held)):
+            out = out[:-1]
+        self.held = self.held[len(out):]
+        return out
 
     def close(self) -> None:
         self.closed = True
