@@ -154,10 +154,20 @@ def load_module(conn: Conn, module_id: str) -> ModuleDef:
         raise KeyError(module_id)
     module = ModuleCfg.model_validate(row["module"])
     database = DatabaseCfg(id=row["db_id"], tenant=row["db_tenant"], primary_key=row["primary_key"],
-                           fields=row["fields"])
+                           fields=_in_table_order(conn, row["db_tenant"], row["db_id"], row["fields"]))
     connection = ConnectionCfg.model_validate(row["connection"]) if row["connection"] else None
     notify = tuple(dict.fromkeys([*row["tenant_notify"], *module.notify]))
     return ModuleDef(module, database, connection, notify)
+
+
+def _in_table_order(conn: Conn, tenant: str, table: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields in the order of the table's columns, which is the order they were configured in
+    (then those added later): the database's config is stored as jsonb, which keeps keys in an order of
+    its own (shortest first), and a Displacer without ``fields`` writes the columns in this order."""
+    order = [r["attname"] for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped"
+        " ORDER BY attnum", (table_ident(tenant, table).as_string(conn),))]
+    return {**{name: fields[name] for name in order if name in fields}, **fields}
 
 
 def module_rows(conn: Conn, tenant: str | None = None, module: str | None = None) -> list[dict[str, Any]]:

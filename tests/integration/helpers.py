@@ -102,4 +102,4 @@ def export_config(tenant: str, sftp: Any, databases: dict[str, dict[str, Any]], 
         "databases": [{"id": d, "tenant": tenant, "primary_key": primary_key, "fields": f}
                       for d, f in databases.items()],
         "modules": mods,
-    }, allow_unicode=True)
+    }, allow_unicode=True, sort_keys=False)  # in the order written, as a user writes a file

@@ -208,13 +208,13 @@ def test_parts_joined_on_the_server_or_uploaded_make_the_same_file(cluster_env, 
 @pytest.mark.timeout(120)
 def test_csv_values_are_written_in_the_forms_the_importer_reads(cluster_env, sshd, workers, tmp_path):
     # Given contacts with an integer, a decimal keeping its scale, dates and timestamps in their default
-    # forms (whole seconds, fractions, a zone other than UTC), booleans and NULLs
+    # forms (whole seconds, fractions, a zone other than UTC), booleans and NULLs, exported without a
+    # list of fields (all of them, in the order configured)
     tenant = "forms"
     fields = {"email": {"type": "email", "required": True}, "points": "int", "balance": "decimal", "vip": "bool",
               "born": "date", "seen": "timestamp"}
     apply(export_config(tenant, sshd, {"people": fields}, [
-        {"id": "forms-out", "kind": "displacer", "database": "people", "fields": list(fields),
-         "target": {"path": "forms/people.csv"}}]),
+        {"id": "forms-out", "kind": "displacer", "database": "people", "target": {"path": "forms/people.csv"}}]),
         tmp_path)
     with db.transaction() as conn:
         for row in [("a@x.io", 5, "1.50", True, "1990-01-31", "2024-03-01 10:20:30+00"),
@@ -227,7 +227,8 @@ def test_csv_values_are_written_in_the_forms_the_importer_reads(cluster_env, ssh
     # When it runs
     result = run("forms-out")
 
-    # Then each value is in the Importer's default form, timestamps in UTC, NULL an unquoted empty cell
+    # Then the columns are in the configured order, each value in the Importer's default form, timestamps
+    # in UTC, NULL an unquoted empty cell
     assert result["status"] == "completed", result["error_message"]
     assert (sshd.root / "forms" / "people.csv").read_text().splitlines() == [
         "email,points,balance,vip,born,seen",
