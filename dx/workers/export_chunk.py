@@ -3,7 +3,8 @@
 Consumes ``export_chunk(run_id, chunk_no)`` from the export plan's group;
 sends nothing (the group's completion callback sends ``export_reduce``).
 Runs the COPY of its key range (formatted, quoted and transcoded by
-PostgreSQL), gzips it if the target wants it (a gzip member per chunk: the
+PostgreSQL; written to the file by psql where it is installed, see
+``dx.shared.psql``, else read by psycopg), gzips it if the target wants it (a gzip member per chunk: the
 members joined in order are one valid gzip file), writes it to the staging
 folder under a temporary name and renames it; where the target's server can
 join files itself (``Remote.can_join``) it also uploads the part beside the
@@ -19,6 +20,7 @@ file is written again, whole, and replaces any earlier one.
 from __future__ import annotations
 
 import gzip
+import shutil
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -28,7 +30,7 @@ import dramatiq
 import psycopg
 import structlog
 
-from dx.shared import db
+from dx.shared import db, psql
 from dx.shared.catalog import load_module
 from dx.shared.connections import open_remote
 from dx.shared.errors import ErrorCode
@@ -41,6 +43,12 @@ from dx.workers.failures import fail_run
 log = structlog.get_logger(__name__)
 #: gzip level of export files: close to the best ratio at a fraction of level 9's time.
 GZIP_LEVEL = 6
+#: Bytes compressed at a time.
+COMPRESS_BLOCK_BYTES = 1024 * 1024
+#: The session of every chunk's COPY: timestamps exported in UTC, the default date and timestamp forms in ISO.
+SESSION = ["SET TIME ZONE 'UTC'", "SET DateStyle = 'ISO'"]
+#: The SQLSTATE of a value the target's encoding cannot hold.
+UNENCODABLE = psycopg.errors.UntranslatableCharacter.sqlstate
 
 
 def open_part(path: Path, compression: str) -> AbstractContextManager[IO[bytes]]:
@@ -62,23 +70,19 @@ def export_chunk(run_id: int, chunk_no: int) -> None:
         mdef = load_module(conn, run["module"])
         export = conn.execute("SELECT snapshot_from::text, snapshot_to::text, bounds, target_path FROM dx.exports"
                               " WHERE run_id = %s", (run_id,)).fetchone()
-    assert export is not None and mdef.module.target is not None
-    target = mdef.module.target
-    statement, params = copy_statement(export_query(mdef, export), target, export["bounds"], chunk_no)
+        assert export is not None and mdef.module.target is not None
+        target = mdef.module.target
+        statement = psycopg.ClientCursor(conn).mogrify(
+            *copy_statement(export_query(mdef, export), target, export["bounds"], chunk_no))
     part = staging.export_part(run_id, chunk_no)
     tmp = part.with_name(f".{part.name}.tmp")
     try:
-        with db.connect() as conn, open_part(tmp, target.compression) as out:
-            conn.execute("SET TIME ZONE 'UTC'")  # timestamps are exported in UTC
-            conn.execute("SET DateStyle = 'ISO'")  # what the default date and timestamp forms are written in
-            cur = conn.cursor()
-            with cur.copy(statement, params) as copy:
-                for block in copy:
-                    out.write(block)
-            rows = cur.rowcount
-    except psycopg.errors.UntranslatableCharacter as exc:
+        rows = _copy(statement, tmp, target.compression)
+    except psql.CopyFailed as exc:
         tmp.unlink(missing_ok=True)
-        message = f"{exc.diag.message_primary}; the target's encoding is {target.encoding}"
+        if exc.sqlstate != UNENCODABLE:
+            raise
+        message = f"{exc.message}; the target's encoding is {target.encoding}"
         log.warning("export_chunk.failed", code=ErrorCode.TARGET_UNENCODABLE.value, error=message)
         fail_run(run_id, ErrorCode.TARGET_UNENCODABLE, message)
         return
@@ -93,3 +97,31 @@ def export_chunk(run_id: int, chunk_no: int) -> None:
         if not claim_chunk(conn, run_id, chunk_no, rows, "export_chunk", duration_ms):
             return
     log.info("export_chunk.done", rows=rows, bytes=part.stat().st_size, ms=duration_ms)
+
+
+def _copy(statement: str, path: Path, compression: str) -> int:
+    """Run the chunk's COPY into its part file, through psql where it is usable (``dx.shared.psql``), else
+    through psycopg; the number of rows. CopyFailed if PostgreSQL refuses it."""
+    url = db.database_url()
+    if psql.usable(url) and compression != "gzip":
+        return psql.copy_to_file(url, SESSION, statement, path)
+    if psql.usable(url):  # psql writes the rows, then they are compressed
+        plain = path.with_name(f"{path.name}.plain")
+        try:
+            rows = psql.copy_to_file(url, SESSION, statement, plain)
+            with open(plain, "rb") as src, open_part(path, compression) as out:
+                shutil.copyfileobj(src, out, COMPRESS_BLOCK_BYTES)
+        finally:
+            plain.unlink(missing_ok=True)
+        return rows
+    try:
+        with db.connect() as conn, open_part(path, compression) as out:
+            for command in SESSION:
+                conn.execute(command)
+            cur = conn.cursor()
+            with cur.copy(statement) as copy:
+                for block in copy:
+                    out.write(block)
+            return cur.rowcount
+    except psycopg.errors.UntranslatableCharacter as exc:
+        raise psql.CopyFailed(UNENCODABLE, exc.diag.message_primary or str(exc)) from None
