@@ -108,7 +108,6 @@ def _partition(run_id: int, mdef: ModuleDef, source: Path | Download, n_chunks: 
     return columns, failures
 
 
-
 def begin_planning(run_id: int, actor: str, dispatch: Callable[[int, int], None]) -> ModuleDef | None:
     """Mark the run running and load its module; None when there is nothing to plan.
 

@@ -1,11 +1,12 @@
 """Streaming CSV reader: bounded memory, every value a string, row numbers kept.
 
 pyarrow's streaming reader parses block by block (quoted newlines, custom
-delimiter and quote, Latin-1/Windows-1252 transcoding, gzip and zip), so a
-10M-row file never sits in memory. Each batch comes back as a Polars frame
-with ``__row`` (the record's 1-based position among the data records, header
-not counted) and one String column per source column. Records with the wrong
-number of fields are returned beside the batch, never dropped.
+delimiter and quote, gzip and zip; Latin-1 and Windows-1252 are transcoded to
+UTF-8 by this module's block reader), so a 10M-row file never sits in memory.
+Each batch comes back as an Arrow table with ``__row`` (the record's 1-based
+position among the data records, header not counted) and one string column
+per source column. Records with the wrong number of fields are returned beside
+the batch, never dropped.
 
 Batches are Arrow tables, not Polars frames: the plan splits them by key and
 writes them as Arrow, and a round trip through Polars' string views cost it
