@@ -31,6 +31,8 @@ ENVIRONMENT = {
     "channel_binding": "PGCHANNELBINDING", "gssencmode": "PGGSSENCMODE",
     "target_session_attrs": "PGTARGETSESSIONATTRS",
 }
+#: What psql writes to standard error before the COPY's row count.
+ROWS_MARK = "dx-copy-rows"
 #: An error as psql prints it with VERBOSITY verbose: its SQLSTATE, then the message.
 ERROR_LINE = re.compile(r"ERROR:\s+([0-9A-Z]{5}):\s*(.*)")
 
@@ -52,16 +54,18 @@ def usable(url: str) -> bool:
 def copy_to_file(url: str, setup: list[str], statement: str, path: Path) -> int:
     """Run the SQL commands ``setup``, then ``statement`` (a COPY … TO STDOUT, its values inlined), in one
     psql session whose COPY output goes to ``path``; the number of rows. CopyFailed if it fails."""
-    script = "".join(f"{command};\n" for command in setup) + f"{statement} \\g {_argument(path)}\n\\warn :ROW_COUNT\n"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update({ENVIRONMENT[k]: str(v) for k, v in conninfo_to_dict(url).items()})
+    script = "".join(f"{command};\n" for command in setup) + (
+        f"{statement} \\g {_argument(path)}\n\\warn {ROWS_MARK} :ROW_COUNT\n")
+    # the URL's parameters over the worker's own PG* variables, as libpq weighs them for psycopg
+    env = {**os.environ, **{ENVIRONMENT[k]: str(v) for k, v in conninfo_to_dict(url).items()}}
     done = subprocess.run([PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-f", "-"],
                           input=script.encode(), capture_output=True, env=env, check=False)
     said = done.stderr.decode(errors="replace").strip()
-    if done.returncode != 0:
+    rows = re.search(rf"^{ROWS_MARK} (\d+)$", said, re.MULTILINE)
+    if done.returncode != 0 or rows is None:
         error = ERROR_LINE.search(said)
         raise CopyFailed(error.group(1), error.group(2).strip()) if error else CopyFailed(None, said)
-    return int(said.split()[-1])
+    return int(rows.group(1))
 
 
 def _argument(path: Path) -> str:

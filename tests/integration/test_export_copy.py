@@ -76,7 +76,8 @@ def test_psql_gets_the_password_from_its_environment_not_its_command_line(table:
     # Given a URL with a password, and a psql that records what it is given
     seen = tmp_path / "seen"
     fake = tmp_path / "psql"
-    fake.write_text(f'#!/bin/sh\necho "$@" > {seen}\necho "$PGPASSWORD $PGDATABASE" >> {seen}\necho 7 >&2\n')
+    fake.write_text(f'#!/bin/sh\necho "$@" > {seen}\necho "$PGPASSWORD $PGDATABASE" >> {seen}\n'
+                    f'echo "NOTICE: something" >&2\necho "{psql.ROWS_MARK} 7" >&2\n')
     fake.chmod(0o755)
     monkeypatch.setattr(psql, "PSQL", str(fake))
     # When a COPY runs / Then the password is in the environment only, and the rows are psql's count
