@@ -4,10 +4,10 @@ Consumes ``export_chunk(run_id, chunk_no)`` from the export plan's group;
 sends nothing (the group's completion callback sends ``export_reduce``).
 Runs the COPY of its key range (formatted, quoted and transcoded by
 PostgreSQL; written to the file by psql where it is installed, see
-``dx.shared.psql``, else read by psycopg), gzips it if the target wants it (a gzip member per chunk: the
-members joined in order are one valid gzip file), writes it to the staging
-folder under a temporary name and renames it; where the target's server can
-join files itself (``Remote.can_join``) it also uploads the part beside the
+``dx.shared.psql``, else read by psycopg), gzips it if the target wants it
+(a gzip member per chunk: the members joined in order are one valid gzip
+file), writes it to the staging folder under a temporary name and renames
+it; where the target's server can join files itself (``Remote.can_join``) it also uploads the part beside the
 target (``remote_part``), in parallel with the other chunks. Then it records
 its row count in ``dx.chunk_results``.
 
@@ -103,17 +103,21 @@ def _copy(statement: str, path: Path, compression: str) -> int:
     """Run the chunk's COPY into its part file, through psql where it is usable (``dx.shared.psql``), else
     through psycopg; the number of rows. CopyFailed if PostgreSQL refuses it."""
     url = db.database_url()
-    if psql.usable(url) and compression != "gzip":
+    if not psql.usable(url):
+        return _copy_with_psycopg(statement, path, compression)
+    if compression != "gzip":
         return psql.copy_to_file(url, SESSION, statement, path)
-    if psql.usable(url):  # psql writes the rows, then they are compressed
-        plain = path.with_name(f"{path.name}.plain")
-        try:
-            rows = psql.copy_to_file(url, SESSION, statement, plain)
-            with open(plain, "rb") as src, open_part(path, compression) as out:
-                shutil.copyfileobj(src, out, COMPRESS_BLOCK_BYTES)
-        finally:
-            plain.unlink(missing_ok=True)
-        return rows
+    plain = path.with_name(f"{path.name}.plain")  # psql writes the rows, then they are compressed
+    try:
+        rows = psql.copy_to_file(url, SESSION, statement, plain)
+        with open(plain, "rb") as src, open_part(path, compression) as out:
+            shutil.copyfileobj(src, out, COMPRESS_BLOCK_BYTES)
+    finally:
+        plain.unlink(missing_ok=True)
+    return rows
+
+
+def _copy_with_psycopg(statement: str, path: Path, compression: str) -> int:
     try:
         with db.connect() as conn, open_part(path, compression) as out:
             for command in SESSION:
