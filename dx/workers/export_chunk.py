@@ -7,14 +7,19 @@ PostgreSQL; written to the file by psql where it is installed, see
 ``dx.shared.psql``, else read by psycopg), gzips it if the target wants it
 (a gzip member per chunk: the members joined in order are one valid gzip
 file), writes it to the staging folder under a temporary name and renames
-it; where the target's server can join files itself (``Remote.can_join``) it also uploads the part beside the
-target (``remote_part``), in parallel with the other chunks. Then it records
-its row count in ``dx.chunk_results``.
+it. Then it writes the part into the target's temporary file at its offset
+(head plus the parts before it: it waits for those being written, see
+``part_offset``), in parallel with the other chunks, and notes that it did;
+a part whose offset is not known yet, or whose write failed, is written by
+the reduce instead. Then it records its row count in ``dx.chunk_results``.
 
 Retries: 5 with backoff; then ``run_crashed`` fails the run. A value the
 target's encoding cannot hold fails the run at once (TARGET_UNENCODABLE).
 Idempotent: a chunk whose result row exists is skipped; otherwise the part
-file is written again, whole, and replaces any earlier one.
+file is written again, whole, replacing any earlier one. A chunk that finds
+an earlier attempt's part voids every chunk's note (``placements_void``): the
+chunks after it may have placed theirs by its old size, so the reduce writes
+every part.
 """
 
 from __future__ import annotations
@@ -33,10 +38,11 @@ import structlog
 from dx.shared import db, psql
 from dx.shared.catalog import load_module
 from dx.shared.connections import open_remote
-from dx.shared.errors import ErrorCode
+from dx.shared.errors import ErrorCode, RunError
+from dx.shared.formats.export import head_and_tail
 from dx.shared.runs import claim_chunk, pending_chunk
 from dx.workers import staging
-from dx.workers.export import export_query, remote_part
+from dx.workers.export import export_query, note_placed, part_offset, temp_name
 from dx.workers.export_query import copy_statement
 from dx.workers.failures import fail_run
 
@@ -72,31 +78,43 @@ def export_chunk(run_id: int, chunk_no: int) -> None:
                               " WHERE run_id = %s", (run_id,)).fetchone()
         assert export is not None and mdef.module.target is not None
         target = mdef.module.target
-        statement = psycopg.ClientCursor(conn).mogrify(
-            *copy_statement(export_query(mdef, export), target, export["bounds"], chunk_no))
+        query = export_query(mdef, export)
+        statement = psycopg.ClientCursor(conn).mogrify(*copy_statement(query, target, export["bounds"], chunk_no))
     part = staging.export_part(run_id, chunk_no)
-    tmp = part.with_name(f".{part.name}.tmp")
+    tmp = staging.being_written(part)
+    if part.exists():  # an earlier attempt wrote it, perhaps of another size
+        staging.placements_void(run_id).touch()
+    staging.placed_marker(part).unlink(missing_ok=True)
+    tmp.touch()  # from now on, the chunks after this one wait for its size
     try:
         rows = _copy(statement, tmp, target.compression)
+        tmp.replace(part)
     except psql.CopyFailed as exc:
-        tmp.unlink(missing_ok=True)
         if exc.sqlstate != UNENCODABLE:
             raise
         message = f"{exc.message}; the target's encoding is {target.encoding}"
         log.warning("export_chunk.failed", code=ErrorCode.TARGET_UNENCODABLE.value, error=message)
         fail_run(run_id, ErrorCode.TARGET_UNENCODABLE, message)
         return
-    tmp.replace(part)
-    assert mdef.connection is not None
-    with open_remote(mdef.connection) as remote:
-        if remote.can_join():
-            with open(part, "rb") as fh:
-                remote.upload(fh, remote_part(export["target_path"], run_id, chunk_no))
+    finally:
+        tmp.unlink(missing_ok=True)
+    head, _ = head_and_tail(target, query.columns)
+    offset = part_offset(run_id, chunk_no, len(head))
+    placed = False
+    if offset is not None:
+        assert mdef.connection is not None
+        try:
+            with open_remote(mdef.connection) as remote, open(part, "rb") as fh:
+                remote.place(temp_name(export["target_path"], run_id), [(offset, fh)])
+            note_placed(part, offset)
+            placed = True
+        except RunError as exc:  # the reduce writes the part, or fails the run if the target refuses it
+            log.warning("export_chunk.not_placed", code=exc.code.value, error=exc.message)
     duration_ms = int((time.monotonic() - started) * 1000)
     with db.transaction() as conn:
         if not claim_chunk(conn, run_id, chunk_no, rows, "export_chunk", duration_ms):
             return
-    log.info("export_chunk.done", rows=rows, bytes=part.stat().st_size, ms=duration_ms)
+    log.info("export_chunk.done", rows=rows, bytes=part.stat().st_size, placed=placed, ms=duration_ms)
 
 
 def _copy(statement: str, path: Path, compression: str) -> int:

@@ -1,13 +1,13 @@
-"""Actor ``export_reduce`` (queue ``dx.reduce``): join the parts, deliver the file, end the run.
+"""Actor ``export_reduce`` (queue ``dx.reduce``): complete the file, deliver it, end the run.
 
 Consumes ``export_reduce(run_id)``, the completion callback of the export
 plan's chunk group (or sent directly when there is no row). Checks that every
 chunk's result exists (the barrier may fire early or twice), then, holding
-the run's row lock: joins header, parts in key order and footer under a
-temporary name (``.NAME.part-RUN`` beside the target): on the server itself
-when every chunk uploaded its part there (``Remote.join``), else uploaded as
-one stream from the staging folder; renames it to its final name, removes
-the uploaded parts, does the same for the manifest, and in the same
+the run's row lock: completes the file under its temporary name
+(``.NAME.part-RUN`` beside the target), where the chunks placed their parts,
+by writing the header, every part a chunk did not place where it belongs in
+the end (``placed_at``), and the footer, and cutting it to its size; renames
+it to its final name, does the same for the manifest, and in the same
 transaction records the delivery, moves an Exporter's watermark to the run's
 snapshot and ends the run. Then sends the e-mail and clears the staging folder.
 
@@ -24,6 +24,7 @@ import json
 import posixpath
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -38,7 +39,7 @@ from dx.shared.errors import RunError
 from dx.shared.formats.export import READ_BYTES, JoinedFile, head_and_tail
 from dx.shared.runs import RunStatus, chunks_done, finish, get_run
 from dx.workers import staging
-from dx.workers.export import export_query, remote_part, temp_name
+from dx.workers.export import export_query, placed_at, temp_name
 from dx.workers.failures import fail_run, notify
 
 log = structlog.get_logger(__name__)
@@ -84,19 +85,12 @@ def _deliver(run_id: int, mdef: ModuleDef) -> None:
         head, tail = head_and_tail(target, export_query(mdef, export).columns)
         local = [staging.export_part(run_id, i) for i in range(run["n_chunks"])]
         stream = JoinedFile(head, local, tail)
-        reader = io.BufferedReader(stream, READ_BYTES)
         final = export["target_path"]
         with open_remote(connection) as remote:
-            parts = [remote_part(final, run_id, i) for i in range(run["n_chunks"])]
-            joined = bool(parts) and _uploaded(remote, parts, local)
-            if joined:  # the size and digest of what is joined, read from the local parts meanwhile
-                with ThreadPoolExecutor(1) as pool:
-                    hashed = pool.submit(_drain, reader)
-                    _join(remote, head, parts, tail, final, run_id)
-                    hashed.result()
-            else:
-                _put(remote, reader, final, run_id)
-            _remove_parts(remote, parts)
+            with ThreadPoolExecutor(1) as pool:  # the file's size and digest, read from the local parts meanwhile
+                hashed = pool.submit(_drain, io.BufferedReader(stream, READ_BYTES))
+                written_here = _complete(remote, run_id, head, local, tail, temp_name(final, run_id))
+                hashed.result()
             manifest = None
             if target.manifest:
                 manifest = {"file": posixpath.basename(final), "rows": rows, "bytes": stream.size_bytes,
@@ -107,7 +101,9 @@ def _deliver(run_id: int, mdef: ModuleDef) -> None:
                 body = io.BytesIO(json.dumps(manifest, indent=2).encode() + b"\n")
                 _put(remote, body, f"{final}.manifest.json", run_id)
             # Renamed while the lock is held and just before the commit: were the commit to fail,
-            # the file would be delivered again by the next run, never lost.
+            # the file would be delivered again by the next run, never lost. The notes of placed parts
+            # describe the temporary file: they go with it (a retried reduce writes every part).
+            staging.placements_void(run_id).touch()
             remote.move(temp_name(final, run_id), final)
             if manifest is not None:
                 remote.move(temp_name(f"{final}.manifest.json", run_id), f"{final}.manifest.json")
@@ -120,7 +116,7 @@ def _deliver(run_id: int, mdef: ModuleDef) -> None:
                 " moved_at = now()", (mdef.module.id, export["snapshot_to"], run_id))
         finish(conn, run_id, RunStatus.COMPLETED, counters={"rows_exported": rows})
     log.info("run.finished", status="completed", rows_exported=rows, path=final, bytes=stream.size_bytes,
-             delivery="joined on the server" if joined else "uploaded")
+             parts_placed_by_chunks=len(local) - written_here, parts_written_by_reduce=written_here)
 
 
 def _drain(stream: IO[bytes]) -> None:
@@ -129,15 +125,23 @@ def _drain(stream: IO[bytes]) -> None:
         pass
 
 
-def _uploaded(remote: Remote, parts: list[str], local: list[Path]) -> bool:
-    """Whether the server can join the parts and every chunk uploaded its part whole."""
-    if not remote.can_join():
-        return False
-    for path, mine in zip(parts, local, strict=True):
-        info = remote.stat(path)
-        if info is None or info.size_bytes != mine.stat().st_size:
-            return False
-    return True
+def _complete(remote: Remote, run_id: int, head: bytes, local: list[Path], tail: bytes, temp: str) -> int:
+    """Write into ``temp`` what the chunks did not place there: the head, each part whose note does not
+    match where and how large it is in the end, and the tail; cut the file to its size. Every part is
+    written when the notes are void. Returns the number of parts written here."""
+    trusted = not staging.placements_void(run_id).exists()
+    offset, missing = len(head), []
+    for part in local:
+        size = part.stat().st_size
+        if not (trusted and placed_at(part) == (offset, size)):
+            missing.append((offset, part))
+        offset += size
+    with ExitStack() as files:
+        pieces: list[tuple[int, IO[bytes]]] = [
+            (0, io.BytesIO(head)), *((at, files.enter_context(open(part, "rb"))) for at, part in missing),
+            (offset, io.BytesIO(tail))]
+        _cleaning_up(remote, temp, lambda path: remote.place(path, pieces, size=offset + len(tail)))
+    return len(missing)
 
 
 def _put(remote: Remote, stream: IO[bytes], path: str, run_id: int) -> None:
@@ -145,25 +149,19 @@ def _put(remote: Remote, stream: IO[bytes], path: str, run_id: int) -> None:
     _cleaning_up(remote, temp_name(path, run_id), lambda temp: remote.upload(stream, temp))
 
 
-def _join(remote: Remote, head: bytes, parts: list[str], tail: bytes, path: str, run_id: int) -> None:
-    """Join the uploaded parts under the temporary name; on failure try to remove what was written."""
-    _cleaning_up(remote, temp_name(path, run_id), lambda temp: remote.join(head, parts, tail, temp))
-
-
 def _cleaning_up(remote: Remote, temp: str, write: Callable[[str], None]) -> None:
     try:
         write(temp)
     except RunError:
-        _remove_parts(remote, [temp])
+        _remove(remote, temp)
         raise
 
 
-def _remove_parts(remote: Remote, paths: list[str]) -> None:
-    """Remove hidden leftovers; a connection that is gone leaves them (harmless: never matched)."""
-    for path in paths:
-        try:
-            remote.remove(path)
-        except FileNotFoundError:  # never uploaded (the server cannot join), or removed already
-            pass
-        except Exception as exc:
-            log.warning("export.temp_left", path=path, error=str(exc))
+def _remove(remote: Remote, path: str) -> None:
+    """Remove a hidden leftover; a connection that is gone leaves it (harmless: never matched)."""
+    try:
+        remote.remove(path)
+    except FileNotFoundError:
+        pass
+    except Exception as exc:
+        log.warning("export.temp_left", path=path, error=str(exc))

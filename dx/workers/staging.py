@@ -3,7 +3,10 @@
 Layout: ``<DX_STAGING_DIR>/runs/<run>/source/`` (a downloaded source, removed
 after planning) and ``.../chunks/chunk-<n>.arrow`` (one Arrow IPC file per
 chunk, a record batch per source batch); an export's chunks write
-``.../export/part-<n>`` (file bytes, joined in order).
+``.../export/part-<n>`` (file bytes, in order), under ``.part-<n>.tmp`` while
+it is written, and ``part-<n>.placed`` once it is in the target file too
+(``placements-void`` when a chunk ran again: every part then goes up at the
+reduce).
 """
 
 from __future__ import annotations
@@ -102,3 +105,19 @@ def export_part(run_id: int, chunk_no: int) -> Path:
     folder = run_dir(run_id) / "export"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"part-{chunk_no:04d}"
+
+
+def being_written(part: Path) -> Path:
+    """The name an export part has while its chunk writes it: present means the chunk is at work."""
+    return part.with_name(f".{part.name}.tmp")
+
+
+def placements_void(run_id: int) -> Path:
+    """Present when the chunks' notes of placed parts cannot be trusted: a chunk ran again after its part
+    was written, so its size may have changed after the chunks behind it read it."""
+    return run_dir(run_id) / "export" / "placements-void"
+
+
+def placed_marker(part: Path) -> Path:
+    """Where a chunk notes the offset and size at which it wrote its part into the target file."""
+    return part.with_name(f"{part.name}.placed")

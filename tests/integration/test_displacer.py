@@ -18,7 +18,6 @@ from dx.shared.catalog import table_ident
 from dx.shared.generate import contacts
 from dx.shared.pgcopy import copy_frame
 from tests.integration.helpers import apply, export_config, run
-from tests.support.sshd import running_sshd
 
 PEOPLE = {"email": {"type": "email", "required": True}, "name": "text", "notes": "text", "points": "int",
           "vip": "bool", "born": {"type": "date", "format": "%d/%m/%Y"}}
@@ -167,42 +166,65 @@ def test_a_million_rows_displaced_and_imported_again_give_the_same_table(cluster
     assert all(abs(kinds[k] - expected) <= 1 for k in ("nulls", "empties", "blanks", "crlf")), kinds
 
 
+#: Fails the first claim of chunk 0 of a run of the module ``retried-out`` (a sequence is not rolled back
+#: with the failed transaction, so the second claim goes through).
+FAIL_FIRST_CLAIM = """
+CREATE SEQUENCE dx_test_claims;
+CREATE FUNCTION dx_test_fail_first_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.chunk_no = 0 AND (SELECT module FROM dx.runs WHERE id = NEW.run_id) = 'retried-out'
+     AND nextval('dx_test_claims') = 1 THEN
+    RAISE EXCEPTION 'dx test: the first claim of chunk 0 fails';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER dx_test_fail_first_claim BEFORE INSERT ON dx.chunk_results
+  FOR EACH ROW EXECUTE FUNCTION dx_test_fail_first_claim();
+"""
+
+
 @pytest.mark.timeout(300)
-def test_parts_joined_on_the_server_or_uploaded_make_the_same_file(cluster_env, sshd, workers, tmp_path):
-    # Given 300,000 contacts (2 chunks) in two tenants: one exports to our sshd, whose SFTP server joins
-    # files itself (copy-data), the other to an sshd refusing that, so its parts are uploaded as one stream
+def test_parts_placed_by_the_chunks_or_by_the_reduce_after_a_retry_make_the_same_file(cluster_env, sshd, workers,
+                                                                                     tmp_path):
+    # Given 300,000 contacts (2 chunks) in two tenants, and a database that fails the first claim of the
+    # second tenant's chunk 0, after its part was written and placed: its retry writes it again
     rows = pl.DataFrame({"email": [f"p{i}@x.io" for i in range(300_000)], "name": [f"N{i % 97}" for i in range(300_000)],
                          "points": list(range(300_000))})
-    with running_sshd("-P copy-data") as refusing:
-        configs = [yaml.safe_load(export_config(tenant, server, {"people": {
-            "email": {"type": "email", "required": True}, "name": "text", "points": "int"}}, [
-            {"id": f"{tenant}-out", "kind": "displacer", "database": "people", "target": {"path": f"{tenant}/people.csv"}}]))
-            for tenant, server in (("joins", sshd), ("streams", refusing))]
-        configs[1]["connections"][0]["private_key"] = None  # its own client key is not ours; the password is shared
-        configs[1]["connections"][0]["password"] = "${DX_TEST_SFTP_PASSWORD}"
-        apply(yaml.safe_dump({k: configs[0][k] + configs[1][k] for k in configs[0]}), tmp_path)
-        with db.transaction() as conn:
-            for tenant in ("joins", "streams"):
-                copy_frame(conn, table_ident(tenant, "people"), rows)
+    configs = [yaml.safe_load(export_config(tenant, sshd, {"people": {
+        "email": {"type": "email", "required": True}, "name": "text", "points": "int"}}, [
+        {"id": f"{tenant}-out", "kind": "displacer", "database": "people", "target": {"path": f"{tenant}/people.csv"}}]))
+        for tenant in ("placed", "retried")]
+    apply(yaml.safe_dump({k: configs[0][k] + configs[1][k] for k in configs[0]}), tmp_path)
+    with db.transaction() as conn:
+        for tenant in ("placed", "retried"):
+            copy_frame(conn, table_ident(tenant, "people"), rows)
+        conn.execute(FAIL_FIRST_CLAIM)
+    try:
         workers.start(2)
 
         # When both run
-        results = [run(f"{tenant}-out") for tenant in ("joins", "streams")]
+        results = [run(f"{tenant}-out") for tenant in ("placed", "retried")]
+    finally:
+        with db.transaction() as conn:
+            conn.execute("DROP TRIGGER dx_test_fail_first_claim ON dx.chunk_results;"
+                         " DROP FUNCTION dx_test_fail_first_claim; DROP SEQUENCE dx_test_claims")
 
-        # Then both delivered the same bytes, whole, and left no part behind
-        assert [(r["status"], r["n_chunks"], r["rows_exported"]) for r in results] == [("completed", 2, 300_000)] * 2
-        files = [sorted((server.root / tenant).iterdir()) for tenant, server in (("joins", sshd), ("streams", refusing))]
-        assert [[p.name for p in f] for f in files] == [["people.csv"]] * 2
-        joined, streamed = (f[0].read_bytes() for f in files)
-        assert joined == streamed and joined.count(b"\n") == 300_001
-        with db.connect() as conn:
-            sha = {r["sha256"] for r in conn.execute("SELECT sha256 FROM dx.exports WHERE run_id = ANY(%s)",
-                                                     ([r["id"] for r in results],))}
-        assert sha == {hashlib.sha256(joined).hexdigest()}
-    finished = [json.loads(line) for log in workers.logdir.glob("worker-*.log") for line in log.read_text().splitlines()
-                if '"run.finished"' in line]
-    assert {(f["tenant"], f["delivery"]) for f in finished} == {("joins", "joined on the server"),
-                                                                 ("streams", "uploaded")}
+    # Then both delivered the same bytes, whole, and left nothing else behind
+    assert [(r["status"], r["n_chunks"], r["rows_exported"]) for r in results] == [("completed", 2, 300_000)] * 2
+    files = [sorted((sshd.root / tenant).iterdir()) for tenant in ("placed", "retried")]
+    assert [[p.name for p in f] for f in files] == [["people.csv"]] * 2
+    placed, retried = (f[0].read_bytes() for f in files)
+    assert placed == retried and placed.count(b"\n") == 300_001
+    with db.connect() as conn:
+        sha = {r["sha256"] for r in conn.execute("SELECT sha256 FROM dx.exports WHERE run_id = ANY(%s)",
+                                                 ([r["id"] for r in results],))}
+    assert sha == {hashlib.sha256(placed).hexdigest()}
+    # And the first run's parts were placed by its chunks; the retried run's notes were void, so its reduce
+    # wrote every part
+    logs = [json.loads(line) for log in workers.logdir.glob("worker-*.log") for line in log.read_text().splitlines()
+            if '"run.finished"' in line]
+    finished = {f["tenant"]: (f["parts_placed_by_chunks"], f["parts_written_by_reduce"]) for f in logs}
+    assert finished == {"placed": (2, 0), "retried": (0, 2)}
 
 
 @pytest.mark.timeout(120)

@@ -3,7 +3,9 @@ sessions kept between tasks."""
 
 from __future__ import annotations
 
+import io
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,6 +89,34 @@ def test_a_server_refusing_to_announce_limits_gets_paramiko_s_request_size(monke
     with running_sshd("-P limits") as refusing:
         # When a file is fetched and uploaded again / Then in requests of 32 KiB, every byte both ways
         _fetch_and_upload_again(refusing, monkeypatch, tmp_path, os.urandom(1024 * 1024 + 7), REQUEST_BYTES)
+
+
+def test_pieces_placed_by_sessions_at_once_make_one_file(sshd: Sftp, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given three pieces of 1 MB and some bytes, for a file in folders not there yet
+    pieces = [os.urandom(1024 * 1024 + n) for n in (5, 11, 3)]
+    offsets = [3 + sum(len(p) for p in pieces[:i]) for i in range(3)]
+    temp = "placed/new/.all.csv.part-1"
+    # When three sessions place a piece each at its offset at the same time, the last first
+    with connected(sshd, monkeypatch) as a, connected(sshd, monkeypatch) as b, connected(sshd, monkeypatch) as c:
+        threads = [threading.Thread(target=remote.place, args=(temp, [(at, io.BytesIO(piece))]))
+                   for remote, at, piece in zip((c, b, a), offsets[::-1], pieces[::-1], strict=True)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        # And one places a stale piece past the end, then writes the head and tail and cuts the file to its size
+        end = offsets[-1] + len(pieces[-1])
+        a.place(temp, [(end + 100, io.BytesIO(b"stale"))])
+        a.place(temp, [(0, io.BytesIO(b"h\n\n")), (end, io.BytesIO(b"t\n"))], size=end + 2)
+    # Then the file holds head, pieces in order and tail, nothing else
+    assert (sshd.root / temp).read_bytes() == b"h\n\n" + b"".join(pieces) + b"t\n"
+
+
+def test_a_place_outside_the_root_is_refused(sshd: Sftp, monkeypatch: pytest.MonkeyPatch) -> None:
+    with connected(sshd, monkeypatch) as remote, pytest.raises(RunError) as refused:
+        remote.place("../escape.csv", [(0, io.BytesIO(b"x"))])
+    assert refused.value.code == ErrorCode.PATH_OUTSIDE_ROOT
+    assert not (sshd.root.parent / "escape.csv").exists()
 
 
 def _session(remote: Remote) -> paramiko.Transport:

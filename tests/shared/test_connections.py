@@ -228,12 +228,20 @@ def test_an_upload_outside_the_root_is_refused(raises_run_error, tmp_path):
     assert not (tmp_path / "escape.csv").exists()
 
 
-def test_a_local_join_writes_head_parts_in_order_and_tail(root, outside, raises_run_error):
-    # Given two parts in the client space
+def test_a_local_place_writes_each_stream_at_its_offset_and_keeps_the_rest(root, outside, raises_run_error):
+    # Given a file not there yet
     remote = LocalRemote(str(root))
-    assert remote.can_join()
-    # When joined / Then the file holds head, part 2, part 1, tail; a part outside the root is refused
-    remote.join(b"H\n", ["in/contacts_2.csv", "in/contacts_1.csv"], b"T\n", "out/all.csv")
-    assert (root / "out" / "all.csv").read_bytes() == b"H\nid\n2\nid\n1\nT\n"
+    # When two pieces are placed out of order, then the head and a longer stale piece, then cut to size
+    remote.place("out/all.csv", [(6, io.BytesIO(b"2\n"))])
+    remote.place("out/all.csv", [(3, io.BytesIO(b"1\n\n"))])
+    remote.place("out/all.csv", [(0, io.BytesIO(b"id\n")), (8, io.BytesIO(b"stale"))], size=8)
+    # Then the file holds every piece where it was placed, nothing past the size
+    assert (root / "out" / "all.csv").read_bytes() == b"id\n1\n\n2\n"
+    # And a path outside the root, or a link there leading out of it, is refused, nothing written outside
     with raises_run_error(ErrorCode.PATH_OUTSIDE_ROOT):
-        remote.join(b"", ["../secrets/passwd.csv"], b"", "out/leak.csv")
+        remote.place("../secrets/leak.csv", [(0, io.BytesIO(b"x"))])
+    (root / "out" / "link.csv").symlink_to(outside / "passwd.csv")
+    with raises_run_error(ErrorCode.TARGET_WRITE_FAILED):
+        remote.place("out/link.csv", [(0, io.BytesIO(b"x"))])
+    assert sorted(p.name for p in outside.iterdir()) == ["passwd.csv"]
+    assert (outside / "passwd.csv").read_text() == "root\n"

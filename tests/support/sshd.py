@@ -129,7 +129,7 @@ def _descendants(pid: int) -> list[int]:
 def running_sshd(sftp_flags: str = "") -> Iterator[Sftp]:
     """An OpenSSH sshd on a free loopback port with a config of our own; stopped on exit.
 
-    ``sftp_flags`` go to its SFTP server (``-P copy-data``: refuse that extension)."""
+    ``sftp_flags`` go to its SFTP server (``-P limits``: refuse that extension)."""
     if not SSHD.exists():
         raise RuntimeError("OpenSSH sshd is missing: run scripts/services.sh (installs Debian's openssh-server)")
     work = Path(tempfile.mkdtemp(prefix="dx-sshd-"))  # outside 0700 temp folders: dxsftp must enter it

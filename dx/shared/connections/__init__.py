@@ -43,11 +43,10 @@ class Remote(Protocol):
     def remove(self, path: str) -> None: ...
     def upload(self, source: IO[bytes], path: str) -> None:
         """Write the stream to ``path`` (its folders created); TARGET_WRITE_FAILED if it breaks off."""
-    def can_join(self) -> bool:
-        """Whether ``join`` works here."""
-    def join(self, head: bytes, parts: Sequence[str], tail: bytes, path: str) -> None:
-        """Write ``head``, the files ``parts`` in order and ``tail`` to ``path``, the bytes copied where they
-        are (no transfer); TARGET_WRITE_FAILED if that fails."""
+    def place(self, path: str, pieces: Sequence[tuple[int, IO[bytes]]], size: int | None = None) -> None:
+        """Write each stream at its byte offset in ``path``, creating the file (and its folders) if it is
+        missing and keeping the rest of what it holds; then, if ``size`` is given, cut it to that size.
+        Several tasks may place disjoint ranges of one file at once. TARGET_WRITE_FAILED if it breaks off."""
 
 
 def confine(root: str, path: str) -> str:

@@ -69,24 +69,23 @@ class LocalRemote:
     def upload(self, source: IO[bytes], path: str) -> None:
         self._write(path, lambda fh: shutil.copyfileobj(source, fh, UPLOAD_BLOCK_BYTES))
 
-    def can_join(self) -> bool:
-        return True
-
-    def join(self, head: bytes, parts: Sequence[str], tail: bytes, path: str) -> None:
+    def place(self, path: str, pieces: Sequence[tuple[int, IO[bytes]]], size: int | None = None) -> None:
         def write(fh: IO[bytes]) -> None:
-            fh.write(head)
-            for part in parts:
-                with open(self._full(part), "rb") as src:
-                    shutil.copyfileobj(src, fh, UPLOAD_BLOCK_BYTES)
-            fh.write(tail)
+            for offset, source in pieces:
+                fh.seek(offset)
+                shutil.copyfileobj(source, fh, UPLOAD_BLOCK_BYTES)
+            if size is not None:
+                fh.truncate(size)
 
-        self._write(path, write)
+        self._write(path, write, os.O_WRONLY | os.O_CREAT)
 
-    def _write(self, path: str, write: Callable[[IO[bytes]], object]) -> None:
-        """Create ``path`` with what ``write`` writes, durable before it is renamed to its final name."""
+    def _write(self, path: str, write: Callable[[IO[bytes]], object],
+               flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) -> None:
+        """Write ``path`` (opened with ``flags``; a link there is refused) with what ``write`` writes, durable
+        before it is renamed to its final name."""
         target = self._target(path)
         try:
-            with open(target, "wb") as fh:
+            with open(os.open(target, flags | os.O_NOFOLLOW, 0o644), "wb") as fh:
                 write(fh)
                 fh.flush()
                 os.fsync(fh.fileno())

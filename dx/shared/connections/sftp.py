@@ -5,7 +5,7 @@ password or private key is read from its ${ENV_VAR} reference at connect
 time and never logged. Downloads use prefetch (25x faster than plain reads);
 reads and writes are requested as large as the server announces it serves
 (limits@openssh.com);
-an export's parts are joined on the server (copy-data) where it can.
+an export's chunks write their parts into the file, each at its offset.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import IO
 
 import paramiko
-from paramiko.sftp import CMD_EXTENDED, int64
+from paramiko.sftp import CMD_EXTENDED, CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_WRITE
+from paramiko.sftp_attr import SFTPAttributes
+from paramiko.sftp_file import SFTPFile
 
 from dx.shared.config import ConnectionCfg
 from dx.shared.connections import (
@@ -40,8 +42,6 @@ KEY_CLASSES: tuple[type[paramiko.PKey], ...] = (paramiko.Ed25519Key, paramiko.EC
 #: AES-GCM first: it authenticates as it decrypts, where CTR needs a separate HMAC that paramiko
 #: computes in Python per packet (a 110 MB transfer takes about 20% less time).
 GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
-#: OpenSSH's (9.0+) extension copying a byte range from one open file to another on the server.
-COPY_DATA = "copy-data"
 #: OpenSSH's (8.7+) extension announcing the server's largest packet, read and write, and open handles.
 LIMITS = "limits@openssh.com"
 #: Read and write request size of a server that announces no limit: paramiko's own, which every server serves.
@@ -197,12 +197,19 @@ class SftpRemote:
         return self._sizes
 
     def _makedirs(self, folder: str) -> None:
-        """Create ``folder`` (absolute, confined) and its missing parents."""
+        """Create ``folder`` (absolute, confined) and its missing parents; one created meanwhile by another
+        session (the chunks of an export write into one folder at once) is fine."""
         try:
             self.sftp.stat(folder)
         except FileNotFoundError:
             self._makedirs(posixpath.dirname(folder))
-            self.sftp.mkdir(folder)
+            try:
+                self.sftp.mkdir(folder)
+            except OSError as refused:
+                try:
+                    self.sftp.stat(folder)
+                except FileNotFoundError:
+                    raise refused from None
 
     def move(self, path: str, new_path: str) -> None:
         target = confine(self.cfg.root, new_path)
@@ -214,47 +221,40 @@ class SftpRemote:
         try:
             self._makedirs(posixpath.dirname(target))
             with self.sftp.open(target, "wb") as fh:
-                fh.set_pipelined(True)  # the server's replies are checked at close
-                fh.MAX_REQUEST_SIZE = self.request_sizes()[1]
-                while block := source.read(UPLOAD_BLOCK_BYTES):
-                    fh.write(block)
+                self._send(fh, source)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise RunError(ErrorCode.TARGET_WRITE_FAILED,
-                           f"{path!r} could not be written on {self.cfg.host}: {exc or type(exc).__name__}") from None
+            raise self._write_failed(path, exc) from None
 
-    # paramiko has no call for extensions: they go through its request primitive, ``_request``.
-    def can_join(self) -> bool:
-        """Asked with handles that do not exist: a server with copy-data says so (a failure on the
-        handles); one without it, or refusing it, answers unsupported or denied."""
-        try:
-            self.sftp._request(CMD_EXTENDED, COPY_DATA, b"", int64(0), int64(0),  # type: ignore[attr-defined]
-                               b"", int64(0))
-        except PermissionError:
-            return False
-        except OSError as exc:
-            return "unsupported" not in str(exc).lower()
-        return True
-
-    def join(self, head: bytes, parts: Sequence[str], tail: bytes, path: str) -> None:
-        """OpenSSH's copy-data extension: the server copies each part into the file itself."""
+    def place(self, path: str, pieces: Sequence[tuple[int, IO[bytes]]], size: int | None = None) -> None:
+        """Opened for writing, created if missing, never truncated on opening (paramiko's modes truncate or
+        append): each stream is written at its offset."""
         target = confine(self.cfg.root, path)
         try:
             self._makedirs(posixpath.dirname(target))
-            with self.sftp.open(target, "wb") as out:
-                out.write(head)
-                out.flush()
-                offset = len(head)
-                for part in parts:
-                    with self.sftp.open(confine(self.cfg.root, part), "rb") as src:
-                        size = src.stat().st_size or 0
-                        self.sftp._request(CMD_EXTENDED, COPY_DATA,  # type: ignore[attr-defined]
-                                           src.handle, int64(0), int64(size), out.handle, int64(offset))
-                    offset += size
-                out.seek(offset)
-                out.write(tail)
+            kind, reply = self.sftp._request(CMD_OPEN, target, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE,  # type: ignore[attr-defined]
+                                             SFTPAttributes())
+            if kind != CMD_HANDLE:
+                raise paramiko.SFTPError("the server answered an open with no handle")
+            with SFTPFile(self.sftp, reply.get_binary(), "wb") as fh:
+                for offset, source in pieces:
+                    fh.seek(offset)
+                    self._send(fh, source)
+                if size is not None:
+                    fh.truncate(size)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise RunError(ErrorCode.TARGET_WRITE_FAILED,
-                           f"{path!r} could not be joined on {self.cfg.host}: {exc or type(exc).__name__}") from None
+            raise self._write_failed(path, exc) from None
+
+    def _send(self, fh: SFTPFile, source: IO[bytes]) -> None:
+        """Write the stream from the file's position, in pipelined requests as large as the server serves
+        (its replies are checked when the file is closed)."""
+        fh.set_pipelined(True)
+        fh.MAX_REQUEST_SIZE = self.request_sizes()[1]
+        while block := source.read(UPLOAD_BLOCK_BYTES):
+            fh.write(block)
+
+    def _write_failed(self, path: str, exc: BaseException) -> RunError:
+        return RunError(ErrorCode.TARGET_WRITE_FAILED,
+                        f"{path!r} could not be written on {self.cfg.host}: {exc or type(exc).__name__}")
 
     def remove(self, path: str) -> None:
         self.sftp.remove(confine(self.cfg.root, path))

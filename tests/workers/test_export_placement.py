@@ -1,0 +1,125 @@
+"""Where export chunks place their parts in the target file, and what the reduce writes itself: pure
+logic on the staging folder and a local client space (the actor modules are imported in the tests,
+not at collection)."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dx.shared.connections.local import LocalRemote
+from dx.shared.settings import get_settings
+from dx.workers import staging
+
+RUN = 7
+HEAD, TAIL = b"email,name\n", b""
+TEMP = "out/.people.csv.part-7"
+
+
+@pytest.fixture(autouse=True)
+def staging_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("DX_STAGING_DIR", str(tmp_path / "staging"))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def _parts(*bodies: bytes) -> list[Path]:
+    """The run's local parts, written whole."""
+    parts = [staging.export_part(RUN, i) for i in range(len(bodies))]
+    for part, body in zip(parts, bodies, strict=True):
+        part.write_bytes(body)
+    return parts
+
+
+def _place(remote: LocalRemote, part: Path, offset: int) -> None:
+    """What a chunk does once its offset is known: write its part there, then note it."""
+    from dx.workers.export import note_placed
+
+    with open(part, "rb") as fh:
+        remote.place(TEMP, [(offset, fh)])
+    note_placed(part, offset)
+
+
+def test_a_part_goes_after_the_head_and_every_part_before_it():
+    from dx.workers.export import part_offset
+
+    # Given parts 0 and 1 written, of 5 and 7 bytes
+    _parts(b"a,1\n\n", b"bb,22\n\n")
+    # When chunks 0, 1 and 2 ask where theirs go / Then after the head, and the sizes before them
+    assert [part_offset(RUN, i, len(HEAD)) for i in range(3)] == [11, 16, 23]
+
+
+def test_a_part_waits_for_one_being_written_before_it_and_gives_up_on_one_not_begun():
+    from dx.workers.export import part_offset
+
+    # Given part 0 being written (its chunk at work), and part 2 neither written nor begun
+    part0 = staging.export_part(RUN, 0)
+    staging.being_written(part0).write_bytes(b"a,")
+
+    def finish() -> None:
+        time.sleep(0.3)
+        staging.being_written(part0).write_bytes(b"a,1\n")
+        staging.being_written(part0).replace(part0)
+    writer = threading.Thread(target=finish)
+    writer.start()
+    # When chunk 1 asks / Then it waits for part 0 to be whole and goes after it
+    started = time.monotonic()
+    assert part_offset(RUN, 1, len(HEAD)) == len(HEAD) + 4
+    assert time.monotonic() - started >= 0.25
+    writer.join()
+    # When chunk 3 asks / Then it does not wait for chunk 2, which may be queued behind it: the reduce places it
+    started = time.monotonic()
+    assert part_offset(RUN, 3, len(HEAD)) is None
+    assert time.monotonic() - started < 0.25
+
+
+def _complete(remote: LocalRemote, parts: list[Path]) -> int:
+    from dx.workers.export_reduce import _complete
+
+    return _complete(remote, RUN, HEAD, parts, TAIL, TEMP)
+
+
+def test_the_reduce_writes_only_the_head_tail_and_the_parts_no_chunk_placed(tmp_path):
+    # Given three parts, the first and last placed by their chunks, the middle one not (its offset was unknown)
+    remote = LocalRemote(str(tmp_path / "client"))
+    parts = _parts(b"a,1\n", b"bb,22\n", b"ccc,333\n")
+    _place(remote, parts[0], len(HEAD))
+    _place(remote, parts[2], len(HEAD) + 4 + 6)
+    # When the reduce completes the file / Then it wrote one part, and the file is whole
+    assert _complete(remote, parts) == 1
+    assert (tmp_path / "client" / TEMP).read_bytes() == HEAD + b"a,1\nbb,22\nccc,333\n"
+
+
+def test_a_part_placed_by_a_size_that_changed_is_written_again_at_its_true_offset(tmp_path):
+    # Given part 1 placed after part 0 as it was (4 bytes), then part 0 written again, longer (a retry),
+    # with a stale leftover beyond the end of what the file will hold
+    remote = LocalRemote(str(tmp_path / "client"))
+    parts = _parts(b"a,1\n", b"bb,22\n")
+    _place(remote, parts[1], len(HEAD) + 4)
+    remote.place(TEMP, [(100, io.BytesIO(b"stale"))])
+    parts[0].write_bytes(b"a,1111\n")
+    _place(remote, parts[0], len(HEAD))
+    # When the reduce completes the file / Then part 1's note does not match where it belongs: it is written
+    # again, and the file is cut to its size
+    assert _complete(remote, parts) == 1
+    assert (tmp_path / "client" / TEMP).read_bytes() == HEAD + b"a,1111\nbb,22\n"
+
+
+def test_void_notes_make_the_reduce_write_every_part(tmp_path):
+    # Given both parts placed and noted, where a chunk's later run could have moved part 1's true place
+    # (its write not seen by the notes: here, garbage where part 1 is)
+    remote = LocalRemote(str(tmp_path / "client"))
+    parts = _parts(b"a,1\n", b"bb,22\n")
+    _place(remote, parts[0], len(HEAD))
+    _place(remote, parts[1], len(HEAD) + 4)
+    remote.place(TEMP, [(len(HEAD) + 4, io.BytesIO(b"xxxxxx"))])
+    staging.placements_void(RUN).touch()
+    # When the reduce completes the file / Then it wrote every part, and the file is whole
+    assert _complete(remote, parts) == 2
+    assert (tmp_path / "client" / TEMP).read_bytes() == HEAD + b"a,1\nbb,22\n"
