@@ -14,7 +14,7 @@ from dramatiq.middleware import GroupCallbacks
 from dramatiq.rate_limits.backends import RedisBackend, StubBackend
 
 from dx.shared.settings import Settings, get_settings
-from dx.workers.middleware import LogContext
+from dx.workers.middleware import GiveBackMemory, LogContext
 
 #: One queue per stage, so that queue depth shows where work waits.
 QUEUES = ("dx.plan", "dx.chunk", "dx.reduce")
@@ -37,6 +37,7 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
         backend = StubBackend()
     broker.add_middleware(GroupCallbacks(backend))
     broker.add_middleware(LogContext())
+    broker.add_middleware(GiveBackMemory())
     dramatiq.set_broker(broker)
     _broker = broker
     # imported for their effect: registering the actors on this broker

@@ -1,7 +1,9 @@
-"""LogContext: binds run and chunk of the message being processed to the logs.
+"""Middleware wrapping every actor; consumes nothing and sends nothing.
 
-Consumes nothing and sends nothing: it wraps every actor. The actors bind
-tenant and module themselves once they have loaded the run.
+LogContext binds run and chunk of the message being processed to the logs
+(the actors bind tenant and module themselves once they have loaded the run).
+GiveBackMemory returns to the system what pyarrow's allocator kept after a
+message (see ``dx/__init__.py`` for Polars').
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import dramatiq
+import pyarrow as pa
 import structlog
 from dramatiq.broker import MessageProxy
 
@@ -29,3 +32,14 @@ class LogContext(dramatiq.Middleware):
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         structlog.contextvars.clear_contextvars()
+
+
+class GiveBackMemory(dramatiq.Middleware):
+    """After each message, pyarrow's allocator (mimalloc) gives back the memory it keeps for reuse: it
+    purges only when next called, so an idle worker held what its last task freed (400 MB after a
+    1M-row import), and the next task's peak came on top of it. Purging at once on every free instead
+    (``MIMALLOC_PURGE_DELAY=0``) cost the overwrite about 5% of its time."""
+
+    def after_process_message(self, broker: dramatiq.Broker, message: MessageProxy, *,
+                              result: Any = None, exception: BaseException | None = None) -> None:
+        pa.default_memory_pool().release_unused()
