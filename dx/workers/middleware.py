@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import dramatiq
-import pyarrow as pa
 import structlog
 from dramatiq.broker import MessageProxy
 
@@ -42,4 +41,6 @@ class GiveBackMemory(dramatiq.Middleware):
 
     def after_process_message(self, broker: dramatiq.Broker, message: MessageProxy, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
+        import pyarrow as pa  # here: the scheduler and the API import this module without needing pyarrow
+
         pa.default_memory_pool().release_unused()
