@@ -49,7 +49,7 @@ class ChunkFiles:
         if writer is None:
             path = chunk_file(self.run_id, chunk_no)
             path.parent.mkdir(parents=True, exist_ok=True)
-            writer = self.writers[chunk_no] = pa.ipc.new_file(_writing(path), table.schema)
+            writer = self.writers[chunk_no] = pa.ipc.new_file(being_written(path), table.schema)
         writer.write_table(table)
 
     def __enter__(self) -> ChunkFiles:
@@ -60,7 +60,7 @@ class ChunkFiles:
             writer.close()
             if kind is None:
                 path = chunk_file(self.run_id, chunk_no)
-                _writing(path).replace(path)
+                being_written(path).replace(path)
 
 
 def split(table: pa.Table, chunk_nos: np.ndarray, n_chunks: int) -> Iterator[tuple[int, pa.Table]]:
@@ -76,7 +76,9 @@ def split(table: pa.Table, chunk_nos: np.ndarray, n_chunks: int) -> Iterator[tup
         start += counts[chunk_no]
 
 
-def _writing(path: Path) -> Path:
+def being_written(path: Path) -> Path:
+    """The name a staging file has while it is written (a chunk file by the plan, an export part by its
+    chunk): present means its writer is at work; it is renamed to ``path`` when whole."""
     return path.with_name(f".{path.name}.tmp")
 
 
@@ -100,22 +102,23 @@ def remove_run(run_id: int) -> None:
     shutil.rmtree(run_dir(run_id), ignore_errors=True)
 
 
-def export_part(run_id: int, chunk_no: int) -> Path:
-    """Where an export chunk writes its piece of the file (the folder is created)."""
+def _export_dir(run_id: int) -> Path:
+    """The run's export folder, created."""
     folder = run_dir(run_id) / "export"
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"part-{chunk_no:04d}"
+    return folder
 
 
-def being_written(part: Path) -> Path:
-    """The name an export part has while its chunk writes it: present means the chunk is at work."""
-    return part.with_name(f".{part.name}.tmp")
+def export_part(run_id: int, chunk_no: int) -> Path:
+    """Where an export chunk writes its piece of the file (the folder is created)."""
+    return _export_dir(run_id) / f"part-{chunk_no:04d}"
 
 
 def placements_void(run_id: int) -> Path:
     """Present when the chunks' notes of placed parts cannot be trusted: a chunk ran again after its part
-    was written, so its size may have changed after the chunks behind it read it."""
-    return run_dir(run_id) / "export" / "placements-void"
+    was written, so its size may have changed after the chunks behind it read it (the folder is created:
+    a run with no row has no part)."""
+    return _export_dir(run_id) / "placements-void"
 
 
 def placed_marker(part: Path) -> Path:

@@ -258,3 +258,20 @@ def test_csv_values_are_written_in_the_forms_the_importer_reads(cluster_env, ssh
         '"b@x.io","-7","-0.001","false","2001-12-01","2024-03-01 10:20:30.123456"',
         '"c@x.io",,,,,"2024-03-01 10:00:00.5"',
     ]
+
+
+@pytest.mark.timeout(120)
+def test_an_empty_database_is_displaced_as_a_file_with_its_header_only(cluster_env, sshd, workers, tmp_path):
+    # Given a Displacer of a database holding no contact (its plan makes no chunk)
+    apply(export_config("nobody", sshd, {"people": {"email": {"type": "email", "required": True}, "name": "text"}}, [
+        {"id": "nobody-out", "kind": "displacer", "database": "people", "target": {"path": "nobody/people.csv"}}]),
+        tmp_path)
+    workers.start(1)
+
+    # When it runs
+    result = run("nobody-out")
+
+    # Then the run completed with no row and delivered the header alone, nothing else beside it
+    assert (result["status"], result["n_chunks"], result["rows_exported"]) == ("completed", 0, 0)
+    assert [p.name for p in (sshd.root / "nobody").iterdir()] == ["people.csv"]
+    assert (sshd.root / "nobody" / "people.csv").read_bytes() == b"email,name\n"
