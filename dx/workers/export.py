@@ -15,17 +15,15 @@ Idempotent: a redelivered plan of a planned run re-sends the same group
 of one Exporter never overlap: the second is skipped while the first is in
 flight, so that a watermark is never read by two exports at once.
 
-Also holds what the run's chunks and reduce share: the file's temporary
-name, and where each part goes in it (``part_offset``, ``placed_at``).
+Also holds the file's temporary name, which the run's chunks and reduce
+share (where each part goes in it: ``dx.workers.placement``).
 """
 
 from __future__ import annotations
 
 import posixpath
 import shutil
-import time
 from datetime import datetime
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dramatiq
@@ -53,49 +51,12 @@ log = structlog.get_logger(__name__)
 CHUNK_ROWS = 250_000
 #: Upper bound on chunks per run.
 MAX_CHUNKS = 256
-#: How long a chunk waits for the chunks before it, being written, to learn where its part goes in the file.
-PLACE_WAIT_S = 60.0
-#: How often it looks.
-PLACE_POLL_S = 0.02
 
 
 def temp_name(path: str, run_id: int) -> str:
     """The hidden name a file is uploaded under; sources never match it (leading dot)."""
     folder, name = posixpath.split(path)
     return posixpath.join(folder, f".{name}.part-{run_id}")
-
-
-def part_offset(run_id: int, chunk_no: int, start: int) -> int | None:
-    """Where chunk ``chunk_no``'s part begins in the file: ``start`` (the head's length) plus the sizes of
-    the parts before it, waiting (at most PLACE_WAIT_S) while one of them is being written. None when one
-    is not begun (its chunk is queued behind this one, or failed): the reduce writes this part then."""
-    deadline = time.monotonic() + PLACE_WAIT_S
-    offset = start
-    for before in range(chunk_no):
-        part = staging.export_part(run_id, before)
-        while staging.being_written(part).exists():
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(PLACE_POLL_S)
-        if not part.exists():
-            return None
-        offset += part.stat().st_size
-    return offset
-
-
-def note_placed(part: Path, offset: int) -> None:
-    """Note that ``part`` was written whole into the target file at ``offset``."""
-    staging.placed_marker(part).write_text(f"{offset} {part.stat().st_size}\n")
-
-
-def placed_at(part: Path) -> tuple[int, int] | None:
-    """(offset, size) at which ``part``, as it is now, was written into the target file; None if it was not
-    (a chunk deletes its note before it writes its part again)."""
-    try:
-        offset, size = staging.placed_marker(part).read_text().split()
-        return int(offset), int(size)
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def export_query(mdef: ModuleDef, export: dict) -> ExportQuery:

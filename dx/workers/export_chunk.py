@@ -42,9 +42,10 @@ from dx.shared.errors import ErrorCode, RunError
 from dx.shared.formats.export import head_and_tail
 from dx.shared.runs import claim_chunk, pending_chunk
 from dx.workers import staging
-from dx.workers.export import export_query, note_placed, part_offset, temp_name
+from dx.workers.export import export_query, temp_name
 from dx.workers.export_query import copy_statement
 from dx.workers.failures import fail_run
+from dx.workers.placement import note_placed, part_offset
 
 log = structlog.get_logger(__name__)
 #: gzip level of export files: close to the best ratio at a fraction of level 9's time.

@@ -6,7 +6,7 @@ chunk's result exists (the barrier may fire early or twice), then, holding
 the run's row lock: completes the file under its temporary name
 (``.NAME.part-RUN`` beside the target), where the chunks placed their parts,
 by writing the header, every part a chunk did not place where it belongs in
-the end (``placed_at``), and the footer, and cutting it to its size; renames
+the end (``dx.workers.placement``), and the footer, and cutting it to its size; renames
 it to its final name, does the same for the manifest, and in the same
 transaction records the delivery, moves an Exporter's watermark to the run's
 snapshot and ends the run. Then sends the e-mail and clears the staging folder.
@@ -24,10 +24,8 @@ import json
 import posixpath
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import dramatiq
 import structlog
@@ -38,11 +36,12 @@ from dx.shared.connections import Remote, open_remote
 from dx.shared.errors import RunError
 from dx.shared.formats.export import READ_BYTES, JoinedFile, head_and_tail
 from dx.shared.runs import RunStatus, chunks_done, finish, get_run
-from dx.workers import staging
-from dx.workers.export import export_query, placed_at, temp_name
+from dx.workers import placement, staging
+from dx.workers.export import export_query, temp_name
 from dx.workers.failures import fail_run, notify
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 @dramatiq.actor(queue_name="dx.reduce", max_retries=5, min_backoff=1000, max_backoff=30_000,
                 time_limit=30 * 60 * 1000)
 def export_reduce(run_id: int) -> None:
@@ -89,7 +88,8 @@ def _deliver(run_id: int, mdef: ModuleDef) -> None:
         with open_remote(connection) as remote:
             with ThreadPoolExecutor(1) as pool:  # the file's size and digest, read from the local parts meanwhile
                 hashed = pool.submit(_drain, io.BufferedReader(stream, READ_BYTES))
-                written_here = _complete(remote, run_id, head, local, tail, temp_name(final, run_id))
+                written_here = _cleaning_up(remote, temp_name(final, run_id), lambda temp: placement.complete(
+                    remote, run_id, head, local, tail, temp))
                 hashed.result()
             manifest = None
             if target.manifest:
@@ -125,33 +125,15 @@ def _drain(stream: IO[bytes]) -> None:
         pass
 
 
-def _complete(remote: Remote, run_id: int, head: bytes, local: list[Path], tail: bytes, temp: str) -> int:
-    """Write into ``temp`` what the chunks did not place there: the head, each part whose note does not
-    match where and how large it is in the end, and the tail; cut the file to its size. Every part is
-    written when the notes are void. Returns the number of parts written here."""
-    trusted = not staging.placements_void(run_id).exists()
-    offset, missing = len(head), []
-    for part in local:
-        size = part.stat().st_size
-        if not (trusted and placed_at(part) == (offset, size)):
-            missing.append((offset, part))
-        offset += size
-    with ExitStack() as files:
-        pieces: list[tuple[int, IO[bytes]]] = [
-            (0, io.BytesIO(head)), *((at, files.enter_context(open(part, "rb"))) for at, part in missing),
-            (offset, io.BytesIO(tail))]
-        _cleaning_up(remote, temp, lambda path: remote.place(path, pieces, size=offset + len(tail)))
-    return len(missing)
-
-
 def _put(remote: Remote, stream: IO[bytes], path: str, run_id: int) -> None:
     """Upload under the temporary name; on failure try to remove what was written."""
     _cleaning_up(remote, temp_name(path, run_id), lambda temp: remote.upload(stream, temp))
 
 
-def _cleaning_up(remote: Remote, temp: str, write: Callable[[str], None]) -> None:
+def _cleaning_up(remote: Remote, temp: str, write: Callable[[str], T]) -> T:
+    """What ``write`` returns; on failure try to remove what it wrote under ``temp``."""
     try:
-        write(temp)
+        return write(temp)
     except RunError:
         _remove(remote, temp)
         raise

@@ -1,6 +1,5 @@
 """Where export chunks place their parts in the target file, and what the reduce writes itself: pure
-logic on the staging folder and a local client space (the actor modules are imported in the tests,
-not at collection)."""
+logic on the staging folder and a local client space."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import pytest
 
 from dx.shared.connections.local import LocalRemote
 from dx.shared.settings import get_settings
-from dx.workers import staging
+from dx.workers import placement, staging
 
 RUN = 7
 HEAD, TAIL = b"email,name\n", b""
@@ -39,25 +38,19 @@ def _parts(*bodies: bytes) -> list[Path]:
 
 def _place(remote: LocalRemote, part: Path, offset: int) -> None:
     """What a chunk does once its offset is known: write its part there, then note it."""
-    from dx.workers.export import note_placed
-
     with open(part, "rb") as fh:
         remote.place(TEMP, [(offset, fh)])
-    note_placed(part, offset)
+    placement.note_placed(part, offset)
 
 
 def test_a_part_goes_after_the_head_and_every_part_before_it():
-    from dx.workers.export import part_offset
-
     # Given parts 0 and 1 written, of 5 and 7 bytes
     _parts(b"a,1\n\n", b"bb,22\n\n")
     # When chunks 0, 1 and 2 ask where theirs go / Then after the head, and the sizes before them
-    assert [part_offset(RUN, i, len(HEAD)) for i in range(3)] == [11, 16, 23]
+    assert [placement.part_offset(RUN, i, len(HEAD)) for i in range(3)] == [11, 16, 23]
 
 
 def test_a_part_waits_for_one_being_written_before_it_and_gives_up_on_one_not_begun():
-    from dx.workers.export import part_offset
-
     # Given part 0 being written (its chunk at work), and part 2 neither written nor begun
     part0 = staging.export_part(RUN, 0)
     staging.being_written(part0).write_bytes(b"a,")
@@ -70,19 +63,17 @@ def test_a_part_waits_for_one_being_written_before_it_and_gives_up_on_one_not_be
     writer.start()
     # When chunk 1 asks / Then it waits for part 0 to be whole and goes after it
     started = time.monotonic()
-    assert part_offset(RUN, 1, len(HEAD)) == len(HEAD) + 4
+    assert placement.part_offset(RUN, 1, len(HEAD)) == len(HEAD) + 4
     assert time.monotonic() - started >= 0.25
     writer.join()
     # When chunk 3 asks / Then it does not wait for chunk 2, which may be queued behind it: the reduce places it
     started = time.monotonic()
-    assert part_offset(RUN, 3, len(HEAD)) is None
+    assert placement.part_offset(RUN, 3, len(HEAD)) is None
     assert time.monotonic() - started < 0.25
 
 
 def _complete(remote: LocalRemote, parts: list[Path]) -> int:
-    from dx.workers.export_reduce import _complete
-
-    return _complete(remote, RUN, HEAD, parts, TAIL, TEMP)
+    return placement.complete(remote, RUN, HEAD, parts, TAIL, TEMP)
 
 
 def test_the_reduce_writes_only_the_head_tail_and_the_parts_no_chunk_placed(tmp_path):
