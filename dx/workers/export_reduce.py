@@ -34,7 +34,7 @@ from dx.shared import db
 from dx.shared.catalog import ModuleDef, load_module
 from dx.shared.connections import Remote, open_remote
 from dx.shared.errors import RunError
-from dx.shared.formats.export import READ_BYTES, JoinedFile, head_and_tail
+from dx.shared.formats.export import file_digest, head_and_tail
 from dx.shared.runs import RunStatus, chunks_done, finish, get_run
 from dx.workers import placement, staging
 from dx.workers.export import export_query, temp_name
@@ -83,18 +83,17 @@ def _deliver(run_id: int, mdef: ModuleDef) -> None:
         rows = int(totals["n"]) if totals else 0
         head, tail = head_and_tail(target, export_query(mdef, export).columns)
         local = [staging.export_part(run_id, i) for i in range(run["n_chunks"])]
-        stream = JoinedFile(head, local, tail)
         final = export["target_path"]
         with open_remote(connection) as remote:
             with ThreadPoolExecutor(1) as pool:  # the file's size and digest, read from the local parts meanwhile
-                hashed = pool.submit(_drain, io.BufferedReader(stream, READ_BYTES))
+                hashed = pool.submit(file_digest, head, local, tail)
                 written_here = _cleaning_up(remote, temp_name(final, run_id), lambda temp: placement.complete(
                     remote, run_id, head, local, tail, temp))
-                hashed.result()
+                size_bytes, sha256 = hashed.result()
             manifest = None
             if target.manifest:
-                manifest = {"file": posixpath.basename(final), "rows": rows, "bytes": stream.size_bytes,
-                            "sha256": stream.digest.hexdigest(), "format": target.format,
+                manifest = {"file": posixpath.basename(final), "rows": rows, "bytes": size_bytes,
+                            "sha256": sha256, "format": target.format,
                             "compression": target.compression, "encoding": target.encoding,
                             "module": mdef.module.id, "run": run_id,
                             "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
@@ -108,21 +107,15 @@ def _deliver(run_id: int, mdef: ModuleDef) -> None:
             if manifest is not None:
                 remote.move(temp_name(f"{final}.manifest.json", run_id), f"{final}.manifest.json")
         conn.execute("UPDATE dx.exports SET bytes = %s, sha256 = %s, delivered_at = now() WHERE run_id = %s",
-                     (stream.size_bytes, stream.digest.hexdigest(), run_id))
+                     (size_bytes, sha256, run_id))
         if mdef.module.kind == "exporter":
             conn.execute(
                 "INSERT INTO dx.export_watermarks (module, snapshot, run_id) VALUES (%s, %s::pg_snapshot, %s)"
                 " ON CONFLICT (module) DO UPDATE SET snapshot = EXCLUDED.snapshot, run_id = EXCLUDED.run_id,"
                 " moved_at = now()", (mdef.module.id, export["snapshot_to"], run_id))
         finish(conn, run_id, RunStatus.COMPLETED, counters={"rows_exported": rows})
-    log.info("run.finished", status="completed", rows_exported=rows, path=final, bytes=stream.size_bytes,
+    log.info("run.finished", status="completed", rows_exported=rows, path=final, bytes=size_bytes,
              parts_placed_by_chunks=len(local) - written_here, parts_written_by_reduce=written_here)
-
-
-def _drain(stream: IO[bytes]) -> None:
-    """Read ``stream`` to its end (a JoinedFile counts and hashes what is read)."""
-    while stream.read(READ_BYTES):
-        pass
 
 
 def _put(remote: Remote, stream: IO[bytes], path: str, run_id: int) -> None:

@@ -1,13 +1,12 @@
-"""The frame of export files: header, XML root, gzip members, and the joined hashed stream."""
+"""The frame of export files: header, XML root, gzip members, and the whole file's digest."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 
 from dx.shared.config import TargetCfg
-from dx.shared.formats.export import JoinedFile, head_and_tail
+from dx.shared.formats.export import READ_BYTES, file_digest, head_and_tail
 
 
 def target(**overrides) -> TargetCfg:
@@ -31,18 +30,18 @@ def test_an_xml_file_declares_its_encoding_and_has_one_root():
     assert tail == b"</dataroot>\n"
 
 
-def test_gzip_parts_joined_in_order_are_one_gzip_file(tmp_path):
-    # Given a gzip target, its framed header and two gzip parts written separately
+def test_gzip_parts_joined_in_order_are_one_gzip_file_of_the_digest_given(tmp_path):
+    # Given a gzip target, its framed header and two gzip parts written separately, one longer than a read
     head, tail = head_and_tail(target(compression="gzip"), ["a", "b"])
+    bodies = [b'"1","x"\n', b"".join(b'"%d",\n' % i for i in range(2, 300_000))]
     parts = []
-    for i, rows in enumerate([b'"1","x"\n', b'"2",\n"3","z"\n']):
+    for i, rows in enumerate(bodies):
         path = tmp_path / f"part-{i}"
-        path.write_bytes(gzip.compress(rows))
+        path.write_bytes(gzip.compress(rows, compresslevel=0))
         parts.append(path)
-    # When joined and read in small pieces
-    joined = JoinedFile(head, parts, tail)
-    data = io.BufferedReader(joined, 7).read()
-    # Then it decompresses to header and rows in order, and the count and hash are of the bytes read
-    assert gzip.decompress(data) == b'a,b\n"1","x"\n"2",\n"3","z"\n'
-    assert joined.size_bytes == len(data)
-    assert joined.digest.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert parts[1].stat().st_size > READ_BYTES
+    # When joined in order, as the chunks place them
+    data = head + b"".join(p.read_bytes() for p in parts) + tail
+    # Then it decompresses to header and rows in order, and the size and digest are of those bytes
+    assert gzip.decompress(data) == b"a,b\n" + b"".join(bodies)
+    assert file_digest(head, parts, tail) == (len(data), hashlib.sha256(data).hexdigest())

@@ -1,8 +1,9 @@
-"""The frame of an export file: what comes before and after the rows, and the joined stream.
+"""The frame of an export file: what comes before and after the rows, and the whole file's digest.
 
 Export chunks write their rows as separate part files (gzip members when the
-target is compressed: members joined in order are one valid gzip file); the
-reduce uploads head, parts and tail as one stream, hashing it on the way.
+target is compressed: members joined in order are one valid gzip file), then
+into the target file at their offsets; the file is head, parts in order and
+tail, and the reduce reads its size and SHA-256 from the local parts.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import csv
 import gzip
 import hashlib
 import io
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from dx.shared.config import TargetCfg
 
@@ -23,39 +22,17 @@ READ_BYTES = 1024 * 1024
 XML_ENCODINGS = {"utf-8": "UTF-8", "latin-1": "ISO-8859-1", "cp1252": "windows-1252"}
 
 
-class JoinedFile(io.RawIOBase):
-    """Head, part files in order and tail, read as one stream; counts and hashes what is read."""
-
-    def __init__(self, head: bytes, parts: list[Path], tail: bytes) -> None:
-        self._blocks = self._iter(head, parts, tail)
-        self._buf = memoryview(b"")
-        self.digest = hashlib.sha256()
-        self.size_bytes = 0
-
-    @staticmethod
-    def _iter(head: bytes, parts: list[Path], tail: bytes) -> Iterator[bytes]:
-        yield head
-        for path in parts:
-            with open(path, "rb") as fh:
-                while block := fh.read(READ_BYTES):
-                    yield block
-        yield tail
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        while not self._buf:
-            try:
-                self._buf = memoryview(next(self._blocks))
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self.digest.update(self._buf[:n])
-        self.size_bytes += n
-        self._buf = self._buf[n:]
-        return n
+def file_digest(head: bytes, parts: list[Path], tail: bytes) -> tuple[int, str]:
+    """(size in bytes, SHA-256 in hex) of the file that is ``head``, the part files in order and ``tail``."""
+    digest = hashlib.sha256(head)
+    size = len(head)
+    for path in parts:
+        with open(path, "rb") as fh:
+            while block := fh.read(READ_BYTES):
+                digest.update(block)
+                size += len(block)
+    digest.update(tail)
+    return size + len(tail), digest.hexdigest()
 
 
 def head_and_tail(target: TargetCfg, columns: list[str]) -> tuple[bytes, bytes]:
