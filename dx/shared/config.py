@@ -371,7 +371,7 @@ class ModuleCfg(Strict):
     operation_field: str = Field("operation", min_length=1)
     #: updater: what a U on a key that is not there does: fail, or insert the record.
     update_missing: Literal["fail", "insert"] = "fail"
-    #: bytes of source per chunk for this module (default: DX_CHUNK_BYTES).
+    #: bytes of source per chunk for this module (an overwrite's: of parsed records; default: DX_CHUNK_BYTES).
     chunk_bytes: int | None = Field(None, ge=1)
     schedule: ScheduleCfg | None = None
     notify: list[str] = []

@@ -90,13 +90,20 @@ def pending_chunk(conn: Conn, run_id: int, chunk_no: int, actor: str) -> dict[st
     return run
 
 
-def claim_chunk(conn: Conn, run_id: int, chunk_no: int, rows_read: int, actor: str, duration_ms: int = 0) -> bool:
+def claim_chunk(conn: Conn, run_id: int, chunk_no: int, rows_read: int, actor: str, duration_ms: int = 0,
+                attempt: int | None = None) -> bool:
     """In the chunk's own transaction, before its work is written: lock the run against its end
-    and claim the chunk's result row. False (nothing to write) if the run ended meanwhile or a
-    twin delivery claimed the chunk first (then this one waited for it and finds its row)."""
-    current = conn.execute("SELECT status FROM dx.runs WHERE id = %s FOR SHARE", (run_id,)).fetchone()
+    (and against a new plan attempt) and claim the chunk's result row. False (nothing to write) if
+    the run ended meanwhile, if the message comes from an earlier ``attempt`` of a streaming plan,
+    or if a twin delivery claimed the chunk first (then this one waited for it and finds its row)."""
+    current = conn.execute("SELECT status, plan_attempt FROM dx.runs WHERE id = %s FOR SHARE",
+                           (run_id,)).fetchone()
     if current is None or RunStatus(current["status"]).terminal:
         log.info(f"{actor}.skip", reason="run missing or finished")
+        return False
+    if attempt is not None and attempt != current["plan_attempt"]:
+        log.info(f"{actor}.skip", reason="sent by an earlier attempt of the plan", attempt=attempt,
+                 current=current["plan_attempt"])
         return False
     if conn.execute("INSERT INTO dx.chunk_results (run_id, chunk_no, rows_read, duration_ms) VALUES (%s, %s, %s, %s)"
                     " ON CONFLICT DO NOTHING RETURNING chunk_no", (run_id, chunk_no, rows_read, duration_ms)

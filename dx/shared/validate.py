@@ -29,6 +29,8 @@ DECIMAL_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
 #: the date and time to the second in this format, then the fraction.
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 FRACTION_RE = r"^\.[0-9]{1,9}$"
+#: A repeated key's message ({} is the row of the key's first valid occurrence).
+DUPLICATE_MESSAGE = "the key appears earlier in the source (row {}); the first occurrence was applied"
 #: Characters of a bad value quoted in a message.
 MESSAGE_VALUE_CHARS = 80
 FAILED_SCHEMA = {"row_number": pl.Int64, "key": pl.String, "operation": pl.String,
@@ -226,17 +228,24 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
                               pl.coalesce([pl.when(c).then(pl.lit(e.value)) for c, e, _ in checks]),
                               pl.coalesce([pl.when(c).then(m) for c, _, m in checks])))
     if dedupe == "first":  # among the valid records the first occurrence of a key counts (chunk in source order)
-        first = good[KEY].is_first_distinct()
-        if not first.all():
-            dups = good.filter(~first).join(good.filter(first).select(KEY, pl.col(ROW).alias("__first")), on=KEY)
-            good = good.filter(first)
-            failed.append(_failed(dups, pl.lit(ErrorCode.DUPLICATE_KEY.value), pl.format(
-                "the key appears earlier in the source (row {}); the first occurrence was applied",
-                pl.col("__first"))))
+        good, repeats = first_occurrences(good)
+        if repeats is not None:
+            failed.append(repeats)
     if not failed:
         return Validated(good, pl.DataFrame(schema=FAILED_SCHEMA), chunk, source_columns)
     rejected = pl.concat(failed).sort("row_number")
     return Validated(good, with_records(rejected, chunk, source_columns), chunk, source_columns)
+
+
+def first_occurrences(good: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """The first occurrence of each key among valid records in source order, and the later ones as
+    failed operations (FAILED_SCHEMA less the record), each naming the first's row; None when no key repeats."""
+    first = good[KEY].is_first_distinct()
+    if first.all():
+        return good, None
+    dups = good.filter(~first).join(good.filter(first).select(KEY, pl.col(ROW).alias("__first")), on=KEY)
+    return good.filter(first), _failed(dups, pl.lit(ErrorCode.DUPLICATE_KEY.value),
+                                       pl.format(DUPLICATE_MESSAGE, pl.col("__first")))
 
 
 def with_records(failed: pl.DataFrame, chunk: pl.DataFrame, source_columns: list[str]) -> pl.DataFrame:

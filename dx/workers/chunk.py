@@ -27,10 +27,11 @@ from dx.shared import db
 from dx.shared.catalog import load_module
 from dx.shared.formats.csv import ROW
 from dx.shared.pgcopy import copy_frame
-from dx.shared.runs import claim_chunk, pending_chunk
-from dx.shared.validate import find_column, validate
+from dx.shared.runs import chunks_done, claim_chunk, pending_chunk
+from dx.shared.validate import KEY, find_column, validate
 from dx.workers import staging
-from dx.workers.importer import apply_chunk
+from dx.workers.failures import on_failure_options
+from dx.workers.importer import apply_chunk, keep_blank_text, validate_records
 from dx.workers.updater import apply_updates
 
 log = structlog.get_logger(__name__)
@@ -39,8 +40,9 @@ FAILED_TABLE = sql.Identifier("dx", "failed_operations")
 
 @dramatiq.actor(queue_name="dx.chunk", max_retries=5, min_backoff=500, max_backoff=30_000,
                 time_limit=10 * 60 * 1000)
-def chunk(run_id: int, chunk_no: int) -> None:
-    """Validate and apply chunk ``chunk_no`` of run ``run_id``, once."""
+def chunk(run_id: int, chunk_no: int, attempt: int | None = None) -> None:
+    """Validate and apply chunk ``chunk_no`` of run ``run_id``, once; ``attempt``: the streaming
+    plan's attempt that sent it (an earlier attempt's chunk applies nothing)."""
     started = time.monotonic()
     with db.connect() as conn:
         run = pending_chunk(conn, run_id, chunk_no, "chunk")
@@ -50,19 +52,20 @@ def chunk(run_id: int, chunk_no: int) -> None:
     columns = list(run["source_columns"])
     frame = staging.read_chunk(run_id, chunk_no, {ROW: pl.Int64(), **{c: pl.String() for c in columns}})
     module = mdef.module
-    keep_blank_text = module.source is not None and module.source.nulls == "unquoted"
     if module.kind == "updater":
-        validated = validate(frame, mdef.database, columns, dedupe=None, keep_blank_text=keep_blank_text,
+        validated = validate(frame, mdef.database, columns, dedupe=None, keep_blank_text=keep_blank_text(module),
                              operation_column=find_column(columns, module.operation_field))
         apply = apply_updates
     else:
-        validated = validate(frame, mdef.database, columns, dedupe="last" if module.mode == "upsert" else "first",
-                             keep_blank_text=keep_blank_text)
+        validated = validate_records(frame, mdef, columns)
         apply = apply_chunk
+    streamed = run["plan_attempt"] > 0  # an overwrite's streaming plan: the reduce settles keys across chunks
     with db.transaction() as conn:
-        if not claim_chunk(conn, run_id, chunk_no, frame.height, "chunk"):
+        if not claim_chunk(conn, run_id, chunk_no, frame.height, "chunk", attempt=attempt):
             return
         outcome = apply(conn, run, mdef, validated)
+        if streamed:
+            staging.write_keys(run_id, chunk_no, validated.good.select(ROW, KEY))
         failed = outcome.failed.with_columns(pl.lit(run_id).alias("run_id"), pl.lit(chunk_no).alias("chunk_no"))
         copy_frame(conn, FAILED_TABLE, failed)
         counters = {k: int(v) for k, v in outcome.counters.items()}
@@ -71,3 +74,17 @@ def chunk(run_id: int, chunk_no: int) -> None:
         conn.execute(f"UPDATE dx.chunk_results SET {sets}, duration_ms = %s"  # noqa: S608
                      " WHERE run_id = %s AND chunk_no = %s", [*counters.values(), duration_ms, run_id, chunk_no])
     log.info("chunk.done", rows=frame.height, failed=failed.height, ms=duration_ms, **counters)
+    if streamed:
+        _reduce_if_last(run_id)
+
+
+def _reduce_if_last(run_id: int) -> None:
+    """A streamed run's last chunk sends reduce (there is no group barrier: the plan sent each chunk
+    alone, and sends reduce too when it ends, in case every chunk ended before it)."""
+    from dx.workers.reduce import reduce
+
+    with db.connect() as conn:
+        run = conn.execute("SELECT planned_at, n_chunks FROM dx.runs WHERE id = %s", (run_id,)).fetchone()
+        last = run is not None and run["planned_at"] is not None and chunks_done(conn, run_id) >= run["n_chunks"]
+    if last:
+        reduce.send_with_options(kwargs={"run_id": run_id}, **on_failure_options())

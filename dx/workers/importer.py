@@ -20,11 +20,12 @@ import psycopg
 from psycopg import sql
 
 from dx.shared.catalog import ModuleDef, table_ident
+from dx.shared.config import ModuleCfg
 from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode
 from dx.shared.formats.csv import ROW
 from dx.shared.pgcopy import copy_frame
-from dx.shared.validate import KEY, OP, Validated
+from dx.shared.validate import KEY, OP, Validated, validate
 
 #: Name of the per-transaction load table of append and upsert.
 LOAD_TABLE = "dx_load"
@@ -68,15 +69,27 @@ def _copy_if_all_new(conn: Conn, target: sql.Composable, frame: pl.DataFrame) ->
     return True
 
 
-def fields_of(v: Validated) -> list[str]:
-    """The database fields a validated chunk carries (the mapped source columns)."""
-    return [c for c in v.good.columns if c not in (ROW, KEY, OP)]
+def keep_blank_text(module: ModuleCfg) -> bool:
+    """Whether a blank text cell stays text: a source whose nulls are its unquoted empty cells."""
+    return module.source is not None and module.source.nulls == "unquoted"
+
+
+def validate_records(frame: pl.DataFrame, mdef: ModuleDef, columns: list[str]) -> Validated:
+    """An Importer's records validated as its mode says: the first occurrence of a key counts, in
+    upsert the last."""
+    return validate(frame, mdef.database, columns, dedupe="last" if mdef.module.mode == "upsert" else "first",
+                    keep_blank_text=keep_blank_text(mdef.module))
+
+
+def fields_of(good: pl.DataFrame) -> list[str]:
+    """The database fields that validated records carry (the mapped source columns)."""
+    return [c for c in good.columns if c not in (ROW, KEY, OP)]
 
 
 def apply_chunk(conn: Conn, run: dict[str, Any], mdef: ModuleDef, v: Validated) -> ChunkOutcome:
     """Apply one validated chunk in the caller's transaction."""
     mode, pk = mdef.module.mode, mdef.database.primary_key
-    fields = fields_of(v)
+    fields = fields_of(v.good)
     target = table_ident(mdef.database.tenant, mdef.database.id)
     n_failed = v.failed.height
     if mode == "overwrite":

@@ -4,11 +4,15 @@ Consumes ``plan(run_id)``. Picks the source file (pattern, ledger, settle
 check), downloads it to staging, reads it in bounded batches and writes each
 record to the chunk its key hashes to (so that every occurrence of a key,
 in source order, lands in one chunk). Then sends a group of ``chunk``
-messages whose completion callback is ``reduce``.
+messages whose completion callback is ``reduce``. An overwrite's plan instead
+cuts runs of consecutive records and sends each ``chunk(run_id, chunk_no,
+attempt)`` as soon as its file is written, then ``reduce`` (its last chunk
+sends it too); the reduce settles keys that several chunks applied.
 
 Retries: 3, for transient failures; a RunError fails the run at once.
 Idempotent: a redelivered plan of a planned run re-sends the chunk group
-(chunks and reduce are idempotent); a terminal run is left alone.
+(chunks and reduce are idempotent); a terminal run is left alone. A retried
+overwrite plan starts a new attempt: the earlier one's chunks apply nothing.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dramatiq
 import polars as pl
+import pyarrow as pa
 import structlog
 from psycopg import sql
 
@@ -29,8 +34,10 @@ from dx.shared.catalog import ModuleDef, load_module, table_ident
 from dx.shared.config import SourceCfg
 from dx.shared.connections import FileInfo, Remote, open_remote
 from dx.shared.connections.download import Download, downloading
+from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode, RunError
 from dx.shared.formats import open_source, read_ahead
+from dx.shared.formats.csv import Malformed
 from dx.shared.runs import RunStatus, active_run
 from dx.shared.settings import get_settings
 from dx.shared.validate import key_expr, map_columns, missing_required
@@ -40,7 +47,8 @@ from dx.workers.importer import shadow_table
 from dx.workers.source_query import stage_query
 
 log = structlog.get_logger(__name__)
-#: Upper bound on chunks per run (messages and chunk files stay manageable).
+#: Upper bound on the chunks of a split by key (messages and chunk files stay manageable; an
+#: overwrite cuts one chunk per chunk_bytes of records, however many).
 MAX_CHUNKS = 256
 
 
@@ -73,10 +81,11 @@ def _settled(remote: Remote, info: FileInfo, settle_s: float) -> FileInfo:
     return again
 
 
-def _partition(run_id: int, mdef: ModuleDef, source: Path | Download, n_chunks: int) -> tuple[list[str], list[dict]]:
-    """Split the source into chunk files (a CSV download is read while it arrives);
-    returns (columns, malformed failures)."""
-    staging.remove_chunks(run_id)  # a retried plan starts from no chunk files
+def _partition(run_id: int, mdef: ModuleDef, source: Path | Download,
+               n_chunks: int) -> tuple[list[str], list[dict], int]:
+    """Split the source into chunk files (a CSV download is read while it arrives); returns
+    (columns, malformed failures, chunks written): ``n_chunks`` by a hash of the key, or, for an
+    overwrite, as many as ``_stream`` cut."""
     src = mdef.module.source
     assert src is not None
     opener = None
@@ -92,20 +101,92 @@ def _partition(run_id: int, mdef: ModuleDef, source: Path | Download, n_chunks: 
     if missing:
         raise RunError(ErrorCode.MISSING_REQUIRED_COLUMN,
                        f"{path.name} has no column for {', '.join(missing)} (columns found: {', '.join(columns)})")
+    failures: list[dict] = []
+    if streams(mdef):
+        return columns, failures, _stream(run_id, mdef, columns, batches, failures)
+    staging.remove_chunks(run_id)  # a retried plan starts from no chunk files
     key_col = map_columns(columns, mdef.database)[mdef.database.primary_key]
     key = key_expr(key_col, mdef.database.fields[mdef.database.primary_key])
     part = (key.hash(seed=0) % n_chunks).fill_null(0).cast(pl.Int64)
-    failures: list[dict] = []
     with staging.ChunkFiles(run_id) as files:
         for table, bad in batches:
-            failures += [{"row_number": m.row_number, "error_code": ErrorCode.MALFORMED_RECORD.value,
-                          "error_message": m.message} for m in bad]
+            failures += _malformed(bad)
             if table.num_rows == 0:
                 continue
             chunk_nos = pl.DataFrame(table.select([key_col])).select(part).to_series().to_numpy()
             for chunk_no, piece in staging.split(table, chunk_nos, n_chunks):
                 files.write(chunk_no, piece)
-    return columns, failures
+    return columns, failures, n_chunks
+
+
+def streams(mdef: ModuleDef) -> bool:
+    """Whether the plan sends chunks while it reads (``_stream``): an overwrite's, whose duplicate
+    keys across chunks the reduce settles before the shadow table gets its key."""
+    return mdef.module.kind == "importer" and mdef.module.mode == "overwrite"
+
+
+def _stream(run_id: int, mdef: ModuleDef, columns: list[str], batches: Iterator[tuple[pa.Table, list[Malformed]]],
+            failures: list[dict]) -> int:
+    """An overwrite's chunks: consecutive records, about ``chunk_bytes`` of them parsed each, every
+    chunk sent as soon as its file is written. The other workers validate and load while this one
+    still downloads and parses, where a split by key must read the whole source first; the
+    occurrences of a key may then be in several chunks, which the reduce settles
+    (``dx/workers/duplicates.py``). Returns the number of chunks sent."""
+    from dx.workers.chunk import chunk
+
+    attempt = _new_attempt(run_id, mdef, columns)
+    staging.remove_chunks(run_id)  # after the new attempt: no chunk of an earlier one writes here any more
+    target = mdef.module.chunk_bytes or get_settings().chunk_bytes
+    chunk_no, size = 0, 0
+    with staging.ChunkFiles(run_id) as files:
+
+        def send() -> None:
+            nonlocal chunk_no, size
+            files.close(chunk_no)
+            chunk.send_with_options(kwargs={"run_id": run_id, "chunk_no": chunk_no, "attempt": attempt},
+                                    **on_failure_options())
+            chunk_no, size = chunk_no + 1, 0
+
+        for table, bad in batches:
+            failures += _malformed(bad)
+            row_bytes = table.nbytes / max(table.num_rows, 1)
+            while table.num_rows:
+                n = min(table.num_rows, max(1, math.ceil((target - size) / row_bytes)))
+                files.write(chunk_no, table.slice(0, n))
+                table, size = table.slice(n), size + n * row_bytes
+                if size >= target:
+                    send()
+        if size:
+            send()
+    return chunk_no
+
+
+def _new_attempt(run_id: int, mdef: ModuleDef, columns: list[str]) -> int:
+    """Start a streaming plan's attempt from nothing: no chunk result, no failed operation, an empty
+    shadow table; the source's columns recorded for the chunks. Its UPDATE waits for the chunks of
+    an earlier attempt still in their transaction (they hold the run FOR SHARE); those queued
+    still find another attempt and apply nothing."""
+    with db.transaction() as conn:
+        row = conn.execute("UPDATE dx.runs SET plan_attempt = plan_attempt + 1, source_columns = %s WHERE id = %s"
+                           " RETURNING plan_attempt", (columns, run_id)).fetchone()
+        assert row is not None
+        conn.execute("DELETE FROM dx.chunk_results WHERE run_id = %s", (run_id,))
+        conn.execute("DELETE FROM dx.failed_operations WHERE run_id = %s", (run_id,))
+        _create_shadow(conn, mdef, run_id)
+    return int(row["plan_attempt"])
+
+
+def _create_shadow(conn: Conn, mdef: ModuleDef, run_id: int) -> None:
+    """The overwrite's shadow table, empty, like the target (without its key: built at the reduce)."""
+    table = table_ident(mdef.database.tenant, mdef.database.id)
+    shadow = table_ident(mdef.database.tenant, shadow_table(mdef.database.id, run_id))
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(shadow))
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(shadow, table))
+
+
+def _malformed(bad: list[Malformed]) -> list[dict]:
+    return [{"row_number": m.row_number, "error_code": ErrorCode.MALFORMED_RECORD.value,
+             "error_message": m.message} for m in bad]
 
 
 def begin_planning(run_id: int, actor: str, dispatch: Callable[[int, int], None]) -> ModuleDef | None:
@@ -157,7 +238,7 @@ def _plan(run_id: int, mdef: ModuleDef) -> None:
         log.info("plan.fetched", path=info.path, bytes=info.size_bytes, seconds=round(time.monotonic() - started, 3))
         n_chunks = _n_chunks(info.size_bytes, chunk_bytes)
         if n_chunks:
-            columns, failures = _partition(run_id, mdef, local, n_chunks)
+            columns, failures, n_chunks = _partition(run_id, mdef, local, n_chunks)
     else:
         with open_remote(mdef.connection) as remote:
             picked = _pick_file(remote, src, mdef.connection.id)
@@ -169,15 +250,12 @@ def _plan(run_id: int, mdef: ModuleDef) -> None:
             n_chunks = _n_chunks(info.size_bytes, chunk_bytes)
             if n_chunks:
                 with downloading(remote, info.path, source_dir) as download:
-                    columns, failures = _partition(run_id, mdef, download, n_chunks)
+                    columns, failures, n_chunks = _partition(run_id, mdef, download, n_chunks)
                 log.info("plan.fetched", path=info.path, bytes=info.size_bytes, seconds=round(download.seconds, 3))
     shutil.rmtree(source_dir, ignore_errors=True)
     with db.transaction() as conn:
-        if mdef.module.mode == "overwrite":
-            table = table_ident(mdef.database.tenant, mdef.database.id)
-            shadow = table_ident(mdef.database.tenant, shadow_table(mdef.database.id, run_id))
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(shadow))
-            conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(shadow, table))
+        if mdef.module.mode == "overwrite" and not (streams(mdef) and columns):  # a streaming plan made it
+            _create_shadow(conn, mdef, run_id)
         conn.execute("DELETE FROM dx.failed_operations WHERE run_id = %s AND chunk_no = -1", (run_id,))
         operation = "I" if mdef.module.kind == "importer" else None  # an updater's malformed line has none
         with conn.cursor().copy("COPY dx.failed_operations (run_id, chunk_no, row_number, operation, error_code,"
@@ -189,7 +267,10 @@ def _plan(run_id: int, mdef: ModuleDef) -> None:
             " source_columns = %s, plan_failed = %s, planned_at = now(), status = 'running' WHERE id = %s",
             (n_chunks, info.path, info.size_bytes, info.mtime, columns, len(failures), run_id))
     log.info("plan.done", n_chunks=n_chunks, malformed=len(failures), seconds=round(time.monotonic() - started, 3))
-    _dispatch(run_id, n_chunks)
+    if streams(mdef) and columns:  # its chunks are out; whichever of them ends last sends reduce too
+        _dispatch(run_id, 0)
+    else:
+        _dispatch(run_id, n_chunks)
 
 
 def _n_chunks(size_bytes: int, chunk_bytes: int) -> int:

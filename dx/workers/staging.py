@@ -2,7 +2,8 @@
 
 Layout: ``<DX_STAGING_DIR>/runs/<run>/source/`` (a downloaded source, removed
 after planning) and ``.../chunks/chunk-<n>.arrow`` (one Arrow IPC file per
-chunk, a record batch per source batch); an export's chunks write
+chunk, a record batch per source batch; an overwrite's chunks add ``keys-<n>.arrow``,
+the keys each applied); an export's chunks write
 ``.../export/part-<n>`` (file bytes, in order), under ``.part-<n>.tmp`` while
 it is written, and ``part-<n>.placed`` once it is in the target file too
 (``placements-void`` when a chunk ran again: every part then goes up at the
@@ -52,15 +53,21 @@ class ChunkFiles:
             writer = self.writers[chunk_no] = pa.ipc.new_file(being_written(path), table.schema)
         writer.write_table(table)
 
+    def close(self, chunk_no: int) -> None:
+        """Close chunk ``chunk_no``'s file and give it its final name (a streaming plan's, before it is sent)."""
+        self.writers.pop(chunk_no).close()
+        path = chunk_file(self.run_id, chunk_no)
+        being_written(path).replace(path)
+
     def __enter__(self) -> ChunkFiles:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        for chunk_no, writer in self.writers.items():
-            writer.close()
+        for chunk_no in list(self.writers):
             if kind is None:
-                path = chunk_file(self.run_id, chunk_no)
-                being_written(path).replace(path)
+                self.close(chunk_no)
+            else:
+                self.writers.pop(chunk_no).close()
 
 
 def split(table: pa.Table, chunk_nos: np.ndarray, n_chunks: int) -> Iterator[tuple[int, pa.Table]]:
@@ -90,6 +97,19 @@ def read_chunk(run_id: int, chunk_no: int, schema: dict[str, pl.DataType]) -> pl
     if not path.exists():
         return pl.DataFrame(schema=schema)
     return pl.read_ipc(path)
+
+
+def keys_file(run_id: int, chunk_no: int) -> Path:
+    """The keys (and row numbers) an overwrite's streamed chunk applied, for the reduce to find the
+    keys applied by several chunks."""
+    return run_dir(run_id) / "chunks" / f"keys-{chunk_no:04d}.arrow"
+
+
+def write_keys(run_id: int, chunk_no: int, keys: pl.DataFrame) -> None:
+    """Write a chunk's keys file whole (under its being-written name first)."""
+    path = keys_file(run_id, chunk_no)
+    keys.write_ipc(being_written(path))
+    being_written(path).replace(path)
 
 
 def remove_chunks(run_id: int) -> None:

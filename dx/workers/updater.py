@@ -189,7 +189,7 @@ def apply_updates(conn: Conn, run: dict[str, Any], mdef: ModuleDef, v: Validated
     conn.execute("SET LOCAL enable_hashjoin = off")
     conn.execute("SET LOCAL enable_mergejoin = off")
     pk = mdef.database.primary_key
-    fields = fields_of(v)
+    fields = fields_of(v.good)
     upsert = mdef.module.update_missing == "insert"
     repeated = v.good[pk].is_duplicated()
     outcomes = [apply_single(conn, mdef, fields, v.good.filter(~repeated), upsert)] if not repeated.all() else []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +47,8 @@ def test_aes_gcm_is_negotiated_with_openssh(sshd: Sftp, monkeypatch: pytest.Monk
     with connected(sshd, monkeypatch) as remote:
         transport = remote.sftp.get_channel().get_transport()
         assert (transport.local_cipher, transport.remote_cipher) == ("aes128-gcm@openssh.com",) * 2
+        # and each packet goes at once: a download's small read requests are not held back by Nagle
+        assert transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 def _write_requests(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -89,6 +92,27 @@ def test_a_server_refusing_to_announce_limits_gets_paramiko_s_request_size(monke
     with running_sshd("-P limits") as refusing:
         # When a file is fetched and uploaded again / Then in requests of 32 KiB, every byte both ways
         _fetch_and_upload_again(refusing, monkeypatch, tmp_path, os.urandom(1024 * 1024 + 7), REQUEST_BYTES)
+
+
+def test_a_download_gets_every_byte_when_the_server_answers_reads_shorter_than_asked(
+        sshd: Sftp, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Given a file of 5 MB and some bytes, and reads asked for in 1 MiB, 4 times what OpenSSH answers
+    data = os.urandom(5 * 1024 * 1024 + 321)
+    sshd.put("short/big.bin", data)
+    asked: list[int] = []
+    reply = sftp_module._Replies._async_response
+
+    def recording(self: sftp_module._Replies, kind: int, msg: paramiko.Message, num: int) -> None:
+        asked.append(num)
+        reply(self, kind, msg, num)
+    monkeypatch.setattr(sftp_module._Replies, "_async_response", recording)
+    request = 1024 * 1024
+    with connected(sshd, monkeypatch) as remote:
+        remote._sizes = (request, OPENSSH_REQUEST_BYTES)
+        # When it is fetched / Then every byte arrives in order, the rest of each short reply asked for again
+        fetched = remote.fetch("short/big.bin", tmp_path)
+    assert fetched.read_bytes() == data
+    assert len(asked) == -(-len(data) // request)  # one pipelined request per MiB; the rest of each asked by itself
 
 
 def test_pieces_placed_by_sessions_at_once_make_one_file(sshd: Sftp, monkeypatch: pytest.MonkeyPatch) -> None:

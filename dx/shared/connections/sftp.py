@@ -2,10 +2,10 @@
 
 An unknown or changed host key is a run-level error, never accepted. The
 password or private key is read from its ${ENV_VAR} reference at connect
-time and never logged. Downloads use prefetch (25x faster than plain reads);
-reads and writes are requested as large as the server announces it serves
-(limits@openssh.com);
-an export's chunks write their parts into the file, each at its offset.
+time and never logged. Downloads keep many read requests in flight (25x faster
+than plain reads); reads and writes are requested as large as the server
+announces it serves (limits@openssh.com); an export's chunks write their parts
+into the file, each at its offset.
 """
 
 from __future__ import annotations
@@ -14,15 +14,27 @@ import base64
 import hashlib
 import io
 import posixpath
+import socket
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
 import paramiko
-from paramiko.sftp import CMD_EXTENDED, CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_WRITE
+from paramiko.sftp import (
+    CMD_DATA,
+    CMD_EXTENDED,
+    CMD_HANDLE,
+    CMD_OPEN,
+    CMD_READ,
+    CMD_STATUS,
+    SFTP_FLAG_CREATE,
+    SFTP_FLAG_WRITE,
+    int64,
+)
 from paramiko.sftp_attr import SFTPAttributes
 from paramiko.sftp_file import SFTPFile
 
@@ -52,8 +64,57 @@ REQUEST_BYTES = 32 * 1024
 MAX_REQUEST_BYTES = 256 * 1024
 #: How long a worker keeps an idle session for its next task on the same connection.
 IDLE_S = 60.0
-#: Bytes taken from the prefetched replies per local write.
-FETCH_BLOCK_BYTES = 1024 * 1024
+#: Read requests a download keeps outstanding (64 of 255 KiB: 16 MiB on the way).
+READS_IN_FLIGHT = 64
+
+
+def _no_delay(client: paramiko.SSHClient) -> None:
+    """Send each SSH packet at once (TCP_NODELAY): a download sends a small read request per reply it
+    takes, and Nagle's algorithm held them back (127 MB in 1.2-1.4 s instead of 0.35 s)."""
+    transport = client.get_transport()
+    if transport is not None and isinstance(transport.sock, socket.socket):
+        transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _Replies:
+    """Where paramiko hands over the replies to a download's read requests (its ``fileobj`` protocol)."""
+
+    def __init__(self) -> None:
+        self.by_request: dict[int, tuple[int, paramiko.Message]] = {}
+
+    def _async_response(self, kind: int, msg: paramiko.Message, num: int) -> None:
+        self.by_request[num] = kind, msg
+
+
+def _read_pipelined(sftp: paramiko.SFTPClient, handle: object, size: int, request: int, out: IO[bytes]) -> None:
+    """The file's first ``size`` bytes into ``out``, in order, with READS_IN_FLIGHT read requests
+    outstanding, every one sent and answered in this thread. paramiko's prefetch sends its requests
+    from a thread of its own while the reader spins, holding a lock, until the sender has noted the
+    request a reply answers: on a busy machine that starved the sender for 10-20 s (1 download in 12)."""
+    replies, pending = _Replies(), deque[tuple[int, int, int]]()  # (request, offset, length), in file order
+    offset = 0
+    while offset < size or pending:
+        while offset < size and len(pending) < READS_IN_FLIGHT:
+            length = min(request, size - offset)
+            num = sftp._async_request(replies, CMD_READ, handle, int64(offset), int(length))  # type: ignore[attr-defined]
+            pending.append((num, offset, length))
+            offset += length
+        num, at, length = pending.popleft()
+        while num not in replies.by_request:
+            sftp._read_response()  # type: ignore[attr-defined]  # one reply, handed to whoever asked
+        kind, msg = replies.by_request.pop(num)
+        while True:
+            if kind == CMD_STATUS:
+                sftp._convert_status(msg)  # type: ignore[attr-defined]  # raises: EOF, or the server's error
+            if kind != CMD_DATA:
+                raise OSError(f"the server answered a read with message type {kind}")
+            data = msg.get_string()
+            out.write(data)
+            at, length = at + len(data), length - len(data)
+            if not length:
+                break
+            # a shorter reply than asked (a server's own limit): the rest by a request of its own
+            kind, msg = sftp._request(CMD_READ, handle, int64(at), int(length))  # type: ignore[attr-defined]
 
 
 class _Transport(paramiko.Transport):
@@ -108,6 +169,7 @@ class SftpRemote:
                            look_for_keys=False, allow_agent=False, timeout=cfg.timeout_s,
                            banner_timeout=cfg.timeout_s, auth_timeout=cfg.timeout_s,
                            transport_factory=_Transport)  # type: ignore[arg-type]  # the stubs lag paramiko 5
+            _no_delay(client)
             sftp = client.open_sftp()
         except paramiko.BadHostKeyException as exc:
             client.close()
@@ -164,17 +226,16 @@ class SftpRemote:
         return FileInfo(path, st.st_size or 0, int(st.st_mtime or 0))
 
     def fetch(self, path: str, staging: Path) -> Path:
-        """Download to the staging folder with prefetch; returns the local copy."""
+        """Download to the staging folder, many reads in flight; returns the local copy."""
         local = staging / posixpath.basename(path)
         try:
             with self.sftp.open(confine(self.cfg.root, path), "rb") as src, open(local, "wb") as out:
                 size = src.stat().st_size or 0
-                src.MAX_REQUEST_SIZE = self.request_sizes()[0]
-                src.prefetch(size)
-                while block := src.read(FETCH_BLOCK_BYTES):
-                    out.write(block)
+                _read_pipelined(self.sftp, src.handle, size, self.request_sizes()[0], out)
             if (received := local.stat().st_size) != size:
                 raise OSError(f"{size} bytes announced, {received} received")
+        except EOFError:
+            raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{path!r} became shorter while it was downloaded") from None
         except FileNotFoundError:
             raise RunError(ErrorCode.SOURCE_NOT_FOUND, f"{path!r} does not exist on {self.cfg.host}") from None
         except OSError as exc:
