@@ -138,9 +138,10 @@ def _split_failed_by_existence(conn: Conn, target: sql.Composable, key: sql.Iden
     return marked, int((marked["operation"] == "U").sum())
 
 
-def finish_overwrite(conn: Conn, run: dict[str, Any], mdef: ModuleDef,
-                     counters: dict[str, int]) -> tuple[ErrorCode | None, str | None]:
-    """Apply the guards, then swap the shadow table in; (code, message) when the run must fail."""
+def finish_overwrite(conn: Conn, run: dict[str, Any], mdef: ModuleDef, counters: dict[str, int], *,
+                     key_built: bool = False) -> tuple[ErrorCode | None, str | None]:
+    """Apply the guards, then swap the shadow table in (its key built first, unless ``key_built``);
+    (code, message) when the run must fail."""
     module, db = mdef.module, mdef.database
     valid, rejected, read = counters["inserted"], counters["not_inserted"], counters["rows_read"]
     if valid == 0 and not module.allow_empty:
@@ -150,11 +151,11 @@ def finish_overwrite(conn: Conn, run: dict[str, Any], mdef: ModuleDef,
         return ErrorCode.ERROR_RATIO_EXCEEDED, (
             f"{rejected} of {read} records rejected ({rejected / read:.1%}), more than max_error_ratio "
             f"{module.max_error_ratio:.1%}; the database keeps its previous content")
+    if not key_built:
+        build_key(conn, mdef, run["id"])
     shadow_name = shadow_table(db.id, run["id"])
     shadow, target = table_ident(db.tenant, shadow_name), table_ident(db.tenant, db.id)
     old_name = f"{db.id}__old_{run['id']}"
-    conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
-        shadow, sql.Identifier(f"{shadow_name}_pkey"), sql.Identifier(db.primary_key)))
     conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target))
     conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(target, sql.Identifier(old_name)))
     conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(shadow, sql.Identifier(db.id)))
@@ -162,3 +163,11 @@ def finish_overwrite(conn: Conn, run: dict[str, Any], mdef: ModuleDef,
     conn.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
         target, sql.Identifier(f"{shadow_name}_pkey"), sql.Identifier(f"{db.id}_pkey")))
     return None, None
+
+
+def build_key(conn: Conn, mdef: ModuleDef, run_id: int) -> None:
+    """The shadow table's primary key (one sorted build, after the load)."""
+    db = mdef.database
+    shadow_name = shadow_table(db.id, run_id)
+    conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+        table_ident(db.tenant, shadow_name), sql.Identifier(f"{shadow_name}_pkey"), sql.Identifier(db.primary_key)))

@@ -23,14 +23,14 @@ import structlog
 from psycopg import sql
 
 from dx.shared import db
-from dx.shared.catalog import ModuleDef, load_module, table_ident
+from dx.shared.catalog import ModuleDef, load_module
 from dx.shared.connections import open_remote
 from dx.shared.db import Conn
 from dx.shared.runs import COUNTERS, RunStatus, chunks_done, finish, get_run
 from dx.workers import staging
-from dx.workers.duplicates import settle_duplicates
+from dx.workers.duplicates import build_key_while_checking, settle_duplicates
 from dx.workers.failures import drop_shadow, notify
-from dx.workers.importer import finish_overwrite, shadow_table
+from dx.workers.importer import finish_overwrite
 from dx.workers.source_query import adopt_watermark
 
 log = structlog.get_logger(__name__)
@@ -69,12 +69,14 @@ def _finish(conn: Conn, run: dict[str, Any], mdef: ModuleDef) -> None:
     counters["not_inserted" if mdef.module.kind == "importer" else "not_updated"] += run["plan_failed"]
     code = message = None
     if mdef.module.mode == "overwrite":
+        key_built = False
         if run["plan_attempt"]:  # streamed: a key's occurrences may be in several chunks
-            shadow = table_ident(mdef.database.tenant, shadow_table(mdef.database.id, run_id))
-            removed = settle_duplicates(conn, run, mdef, shadow)
-            counters["inserted"] -= removed
-            counters["not_inserted"] += removed
-        code, message = finish_overwrite(conn, run, mdef, counters)
+            key_built, repeated = build_key_while_checking(conn, run, mdef)
+            if repeated is not None:
+                removed = settle_duplicates(conn, run, mdef, repeated)
+                counters["inserted"] -= removed
+                counters["not_inserted"] += removed
+        code, message = finish_overwrite(conn, run, mdef, counters, key_built=key_built)
         if code is not None:
             drop_shadow(conn, mdef.database.tenant, mdef.database.id, run_id)
     failed = sum(counters[c] for c in ("not_inserted", "not_updated", "not_deleted"))

@@ -123,3 +123,26 @@ def test_a_retried_plan_applies_only_its_own_chunks(cluster_env, sshd, smtp, wor
     assert len(table(tenant)) == result["inserted"] == 40
     logs = "".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
     assert "sent by an earlier attempt of the plan" in logs
+
+
+def test_a_text_key_repeated_only_with_other_spaces_is_settled_after_its_key_was_built(
+        cluster_env, sshd, smtp, workers, tmp_path):
+    # Given a text key whose repeats differ from its first occurrence by spaces only (PostgreSQL's key
+    # build accepts them as different; dx counts them as one key), one record per chunk
+    tenant = "streamspaces"
+    fields = {**FIELDS, "email": {"type": "text", "required": True}}
+    apply(config(tenant, sshd, [{"id": "spaces", "mode": "overwrite", "max_error_ratio": 1.0, "chunk_bytes": 1,
+                                 "source": {"path": "spaces/in.csv"}}], fields=fields), tmp_path)
+    sshd.put("spaces/in.csv", b'email,first_name,points,birth_date\nk1,A,1,\n" k1",B,2,\nk2,C,3,\n"k1 ",D,4,\n')
+    workers.start(2)
+
+    # When it is imported
+    result = run("spaces")
+
+    # Then the first occurrence stays, the others are DUPLICATE_KEY failures naming its row
+    assert result["n_chunks"] == 4
+    assert table(tenant) == {"k1": ("A", 1, None), "k2": ("C", 3, None)}
+    assert [(r["row_number"], r["key"], r["error_code"], r["error_message"]) for r in _report(result["id"])] == [
+        (2, "k1", "DUPLICATE_KEY", "the key appears earlier in the source (row 1); the first occurrence was applied"),
+        (4, "k1", "DUPLICATE_KEY", "the key appears earlier in the source (row 1); the first occurrence was applied")]
+    assert (result["inserted"], result["not_inserted"]) == (2, 2)

@@ -6,13 +6,11 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dx.shared.connections.local import LocalRemote
-from dx.shared.settings import get_settings
 from dx.workers import placement, staging
 
 RUN = 7
@@ -20,12 +18,7 @@ HEAD, TAIL = b"email,name\n", b""
 TEMP = "out/.people.csv.part-7"
 
 
-@pytest.fixture(autouse=True)
-def staging_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("DX_STAGING_DIR", str(tmp_path / "staging"))
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+pytestmark = pytest.mark.usefixtures("staging_dir")
 
 
 def _parts(*bodies: bytes) -> list[Path]:

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
 
 from dx.shared.formats.csv import ROW
-from dx.shared.settings import get_settings
 from dx.workers import staging
 
 SCHEMA = {ROW: pl.Int64(), "email": pl.String()}
 
 
-@pytest.fixture(autouse=True)
-def staging_dir(tmp_path, monkeypatch) -> Iterator[None]:
-    monkeypatch.setenv("DX_STAGING_DIR", str(tmp_path / "staging"))
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+pytestmark = pytest.mark.usefixtures("staging_dir")
 
 
 def batch(rows: range) -> pl.DataFrame:
@@ -73,3 +65,15 @@ def test_split_gives_each_chunk_its_records_in_source_order_each_once():
         expected = [i for i in range(1, 1001) if chunk_nos[i - 1] == chunk_no]
         assert piece[ROW].to_pylist() == expected
         assert piece["email"].to_pylist() == [f"u{i}@example.com" if i % 3 else None for i in expected]
+
+
+def test_a_chunk_closed_early_is_read_whole_while_others_are_still_written():
+    # Given a streaming plan's writer: chunk 0 closed (and sent) while chunk 1 is still being written
+    with staging.ChunkFiles(8) as files:
+        files.write(0, batch(range(1, 4)).to_arrow())
+        files.close(0)
+        files.write(1, batch(range(4, 6)).to_arrow())
+        # Then chunk 0 is there under its name, whole, and chunk 1 is not yet
+        assert staging.read_chunk(8, 0, SCHEMA).equals(batch(range(1, 4)))
+        assert not staging.chunk_file(8, 1).exists()
+    assert staging.read_chunk(8, 1, SCHEMA).equals(batch(range(4, 6)))
