@@ -41,12 +41,13 @@ CHUNK = "__chunk"
 FAILED_TABLE = sql.Identifier("dx", "failed_operations")
 
 
-def build_key_while_checking(conn: Conn, run: dict[str, Any], mdef: ModuleDef) -> tuple[bool, pl.DataFrame | None]:
-    """Build the shadow table's key while a thread looks for keys that several chunks applied:
-    (key built, the applications of the repeated keys or None). Repeated keys leave the key
-    unbuilt (undone, or refused by PostgreSQL as not unique)."""
+def build_key_while_checking(conn: Conn, run: dict[str, Any], mdef: ModuleDef,
+                             applied: int) -> tuple[bool, pl.DataFrame | None]:
+    """Build the shadow table's key while a thread looks for keys that several chunks applied
+    (``applied`` keys in all): (key built, the applications of the repeated keys or None).
+    Repeated keys leave the key unbuilt (undone, or refused by PostgreSQL as not unique)."""
     with ThreadPoolExecutor(1, thread_name_prefix="dx-repeats") as pool:
-        looking = pool.submit(repeated_keys, run)
+        looking = pool.submit(repeated_keys, run, applied)
         conn.execute("SAVEPOINT dx_key")
         try:
             build_key(conn, mdef, run["id"])
@@ -61,19 +62,27 @@ def build_key_while_checking(conn: Conn, run: dict[str, Any], mdef: ModuleDef) -
     return built, repeated
 
 
-def repeated_keys(run: dict[str, Any]) -> pl.DataFrame | None:
-    """The applications (ROW, KEY, CHUNK) of every key that more than one chunk applied; None if none did."""
+def repeated_keys(run: dict[str, Any], applied: int) -> pl.DataFrame | None:
+    """The applications (ROW, KEY, CHUNK) of every key that more than one chunk applied (the chunks
+    applied ``applied`` keys); None if none did."""
     files = [staging.keys_file(run["id"], n) for n in range(run["n_chunks"])]
-    hashes = np.concatenate([np.zeros(0, np.uint64)] + [
-        pl.read_ipc(f, columns=[KEY])[KEY].hash(seed=0).to_numpy() for f in files])
+    hashes, filled = np.empty(applied, np.uint64), 0  # filled in place: 8 bytes a key, once
+    for f in files:
+        keys = pl.read_ipc(f, columns=[KEY])[KEY]
+        if filled + len(keys) > applied:
+            raise RuntimeError(f"run {run['id']}: its keys files hold more keys than its chunks applied ({applied})")
+        hashes[filled:filled + len(keys)] = keys.hash(seed=0).to_numpy()
+        filled += len(keys)
+    if filled != applied:
+        raise RuntimeError(f"run {run['id']}: its keys files hold {filled} keys, its chunks applied {applied}")
     hashes.sort()
     suspects = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])  # equal hashes: repeated keys, or a collision
     del hashes
     if not len(suspects):
         return None
-    applied = pl.concat([pl.read_ipc(f).filter(pl.col(KEY).hash(seed=0).is_in(pl.Series(suspects).implode()))
-                         .with_columns(pl.lit(n, pl.Int32).alias(CHUNK)) for n, f in enumerate(files)])
-    repeated = applied.filter(pl.col(KEY).is_duplicated())
+    candidates = pl.concat([pl.read_ipc(f).filter(pl.col(KEY).hash(seed=0).is_in(pl.Series(suspects).implode()))
+                            .with_columns(pl.lit(n, pl.Int32).alias(CHUNK)) for n, f in enumerate(files)])
+    repeated = candidates.filter(pl.col(KEY).is_duplicated())
     return None if repeated.is_empty() else repeated
 
 

@@ -71,7 +71,7 @@ def _finish(conn: Conn, run: dict[str, Any], mdef: ModuleDef) -> None:
     if mdef.module.mode == "overwrite":
         key_built = False
         if run["plan_attempt"]:  # streamed: a key's occurrences may be in several chunks
-            key_built, repeated = build_key_while_checking(conn, run, mdef)
+            key_built, repeated = build_key_while_checking(conn, run, mdef, counters["inserted"])
             if repeated is not None:
                 removed = settle_duplicates(conn, run, mdef, repeated)
                 counters["inserted"] -= removed
