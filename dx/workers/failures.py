@@ -31,16 +31,21 @@ def drop_shadow(conn: Any, tenant: str, database: str, run_id: int) -> None:
 
 
 def fail_run(run_id: int, code: ErrorCode | None, message: str, *,
-             status: RunStatus = RunStatus.FAILED) -> None:
-    """End a run that has not ended yet, clean its leftovers and send the e-mail."""
+             status: RunStatus = RunStatus.FAILED, discard_chunks: bool = False) -> None:
+    """End a run that has not ended yet, clean its leftovers and send the e-mail. ``discard_chunks``:
+    the chunks' results and failed operations go too (a failed plan's: chunks that an overwrite's
+    plan sent before it failed loaded only its shadow table, as a split by key sends none)."""
     with db.transaction() as conn:
-        run = get_run(conn, run_id, for_update=True)
+        run = get_run(conn, run_id, for_update=True)  # waits for chunks in their transaction; later ones skip
         if run is None:
             return
         if not RunStatus(run["status"]).terminal:
             module = conn.execute("SELECT database FROM dx.modules WHERE id = %s", (run["module"],)).fetchone()
             if module:
                 drop_shadow(conn, run["tenant"], module["database"], run_id)
+            if discard_chunks:
+                conn.execute("DELETE FROM dx.failed_operations WHERE run_id = %s AND chunk_no >= 0", (run_id,))
+                conn.execute("DELETE FROM dx.chunk_results WHERE run_id = %s", (run_id,))
             finish(conn, run_id, status, error_code=code.value if code else None, error_message=message)
     staging.remove_run(run_id)
     notify(run_id)

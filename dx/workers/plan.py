@@ -22,6 +22,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import dramatiq
 import polars as pl
@@ -81,11 +82,22 @@ def _settled(remote: Remote, info: FileInfo, settle_s: float) -> FileInfo:
     return again
 
 
-def _partition(run_id: int, mdef: ModuleDef, source: Path | Download,
-               n_chunks: int) -> tuple[list[str], list[dict], int]:
-    """Split the source into chunk files (a CSV download is read while it arrives); returns
-    (columns, malformed failures, chunks written): ``n_chunks`` by a hash of the key, or, for an
-    overwrite, as many as ``_stream`` cut."""
+class RunEnded(Exception):
+    """The run ended, or another attempt of its plan began, while this plan worked: it stops, quietly."""
+
+
+class Partitioned(NamedTuple):
+    """What a plan wrote: the source's columns, its malformed records, the chunks written (``n_chunks``
+    by a hash of the key, or as many as an overwrite's ``_stream`` cut, then with its ``attempt``)."""
+
+    columns: list[str]
+    failures: list[dict]
+    n_chunks: int
+    attempt: int | None = None
+
+
+def _partition(run_id: int, mdef: ModuleDef, source: Path | Download, n_chunks: int) -> Partitioned:
+    """Split the source into chunk files (a CSV download is read while it arrives)."""
     src = mdef.module.source
     assert src is not None
     opener = None
@@ -103,7 +115,8 @@ def _partition(run_id: int, mdef: ModuleDef, source: Path | Download,
                        f"{path.name} has no column for {', '.join(missing)} (columns found: {', '.join(columns)})")
     failures: list[dict] = []
     if streams(mdef):
-        return columns, failures, _stream(run_id, mdef, columns, batches, failures)
+        attempt = _new_attempt(run_id, mdef, columns)
+        return Partitioned(columns, failures, _stream(run_id, mdef, attempt, batches, failures), attempt)
     staging.remove_chunks(run_id)  # a retried plan starts from no chunk files
     key_col = map_columns(columns, mdef.database)[mdef.database.primary_key]
     key = key_expr(key_col, mdef.database.fields[mdef.database.primary_key])
@@ -116,7 +129,7 @@ def _partition(run_id: int, mdef: ModuleDef, source: Path | Download,
             chunk_nos = pl.DataFrame(table.select([key_col])).select(part).to_series().to_numpy()
             for chunk_no, piece in staging.split(table, chunk_nos, n_chunks):
                 files.write(chunk_no, piece)
-    return columns, failures, n_chunks
+    return Partitioned(columns, failures, n_chunks)
 
 
 def streams(mdef: ModuleDef) -> bool:
@@ -125,7 +138,7 @@ def streams(mdef: ModuleDef) -> bool:
     return mdef.module.kind == "importer" and mdef.module.mode == "overwrite"
 
 
-def _stream(run_id: int, mdef: ModuleDef, columns: list[str], batches: Iterator[tuple[pa.Table, list[Malformed]]],
+def _stream(run_id: int, mdef: ModuleDef, attempt: int, batches: Iterator[tuple[pa.Table, list[Malformed]]],
             failures: list[dict]) -> int:
     """An overwrite's chunks: consecutive records, about ``chunk_bytes`` of them parsed each, every
     chunk sent as soon as its file is written. The other workers validate and load while this one
@@ -134,7 +147,6 @@ def _stream(run_id: int, mdef: ModuleDef, columns: list[str], batches: Iterator[
     (``dx/workers/duplicates.py``). Returns the number of chunks sent."""
     from dx.workers.chunk import chunk
 
-    attempt = _new_attempt(run_id, mdef, columns)
     staging.remove_chunks(run_id)  # after the new attempt: no chunk of an earlier one writes here any more
     target = mdef.module.chunk_bytes or get_settings().chunk_bytes
     chunk_no, size = 0, 0
@@ -165,11 +177,13 @@ def _new_attempt(run_id: int, mdef: ModuleDef, columns: list[str]) -> int:
     """Start a streaming plan's attempt from nothing: no chunk result, no failed operation, an empty
     shadow table; the source's columns recorded for the chunks. Its UPDATE waits for the chunks of
     an earlier attempt still in their transaction (they hold the run FOR SHARE); those queued
-    still find another attempt and apply nothing."""
+    still find another attempt and apply nothing. RunEnded if the run ended meanwhile (its shadow
+    table, dropped then, is not made again)."""
     with db.transaction() as conn:
-        row = conn.execute("UPDATE dx.runs SET plan_attempt = plan_attempt + 1, source_columns = %s WHERE id = %s"
-                           " RETURNING plan_attempt", (columns, run_id)).fetchone()
-        assert row is not None
+        row = conn.execute("UPDATE dx.runs SET plan_attempt = plan_attempt + 1, source_columns = %s"
+                           " WHERE id = %s AND status = 'running' RETURNING plan_attempt", (columns, run_id)).fetchone()
+        if row is None:
+            raise RunEnded
         conn.execute("DELETE FROM dx.chunk_results WHERE run_id = %s", (run_id,))
         conn.execute("DELETE FROM dx.failed_operations WHERE run_id = %s", (run_id,))
         _create_shadow(conn, mdef, run_id)
@@ -218,9 +232,11 @@ def plan(run_id: int) -> None:
         return
     try:
         _plan(run_id, mdef)
+    except RunEnded:
+        log.info("plan.skip", reason="the run ended, or another attempt of its plan began, meanwhile")
     except RunError as exc:
         log.warning("plan.failed", code=exc.code.value, error=exc.message)
-        fail_run(run_id, exc.code, exc.message)
+        fail_run(run_id, exc.code, exc.message, discard_chunks=True)
         staging.remove_run(run_id)
 
 
@@ -231,14 +247,12 @@ def _plan(run_id: int, mdef: ModuleDef) -> None:
     source_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     chunk_bytes = mdef.module.chunk_bytes or settings.chunk_bytes
-    columns: list[str] = []
-    failures: list[dict] = []
+    parts = Partitioned([], [], 0)
     if src.is_query:
         info, local = stage_query(run_id, mdef, source_dir)
         log.info("plan.fetched", path=info.path, bytes=info.size_bytes, seconds=round(time.monotonic() - started, 3))
-        n_chunks = _n_chunks(info.size_bytes, chunk_bytes)
-        if n_chunks:
-            columns, failures, n_chunks = _partition(run_id, mdef, local, n_chunks)
+        if n_chunks := _n_chunks(info.size_bytes, chunk_bytes):
+            parts = _partition(run_id, mdef, local, n_chunks)
     else:
         with open_remote(mdef.connection) as remote:
             picked = _pick_file(remote, src, mdef.connection.id)
@@ -247,30 +261,32 @@ def _plan(run_id: int, mdef: ModuleDef) -> None:
                          status=RunStatus.SKIPPED)
                 return
             info = _settled(remote, picked, src.settle_s)
-            n_chunks = _n_chunks(info.size_bytes, chunk_bytes)
-            if n_chunks:
+            if n_chunks := _n_chunks(info.size_bytes, chunk_bytes):
                 with downloading(remote, info.path, source_dir) as download:
-                    columns, failures, n_chunks = _partition(run_id, mdef, download, n_chunks)
+                    parts = _partition(run_id, mdef, download, n_chunks)
                 log.info("plan.fetched", path=info.path, bytes=info.size_bytes, seconds=round(download.seconds, 3))
     shutil.rmtree(source_dir, ignore_errors=True)
     with db.transaction() as conn:
-        if mdef.module.mode == "overwrite" and not (streams(mdef) and columns):  # a streaming plan made it
+        # planned only if the run still runs, and by this plan's attempt (a twin delivery's may have begun)
+        if conn.execute(
+                "UPDATE dx.runs SET n_chunks = %s, source_path = %s, source_bytes = %s, source_mtime = %s,"
+                " source_columns = %s, plan_failed = %s, planned_at = now() WHERE id = %s AND status = 'running'"
+                " AND (%s::integer IS NULL OR plan_attempt = %s) RETURNING id",
+                (parts.n_chunks, info.path, info.size_bytes, info.mtime, parts.columns, len(parts.failures), run_id,
+                 parts.attempt, parts.attempt)).fetchone() is None:
+            raise RunEnded
+        if mdef.module.mode == "overwrite" and parts.attempt is None:  # a streaming plan made it first
             _create_shadow(conn, mdef, run_id)
         conn.execute("DELETE FROM dx.failed_operations WHERE run_id = %s AND chunk_no = -1", (run_id,))
         operation = "I" if mdef.module.kind == "importer" else None  # an updater's malformed line has none
         with conn.cursor().copy("COPY dx.failed_operations (run_id, chunk_no, row_number, operation, error_code,"
                                 " error_message) FROM STDIN") as copy:
-            for f in failures:
+            for f in parts.failures:
                 copy.write_row((run_id, -1, f["row_number"], operation, f["error_code"], f["error_message"]))
-        conn.execute(
-            "UPDATE dx.runs SET n_chunks = %s, source_path = %s, source_bytes = %s, source_mtime = %s,"
-            " source_columns = %s, plan_failed = %s, planned_at = now(), status = 'running' WHERE id = %s",
-            (n_chunks, info.path, info.size_bytes, info.mtime, columns, len(failures), run_id))
-    log.info("plan.done", n_chunks=n_chunks, malformed=len(failures), seconds=round(time.monotonic() - started, 3))
-    if streams(mdef) and columns:  # its chunks are out; whichever of them ends last sends reduce too
-        _dispatch(run_id, 0)
-    else:
-        _dispatch(run_id, n_chunks)
+    log.info("plan.done", n_chunks=parts.n_chunks, malformed=len(parts.failures),
+             seconds=round(time.monotonic() - started, 3))
+    # a streaming plan's chunks are out: whichever of them ends last sends reduce too
+    _dispatch(run_id, 0 if parts.attempt is not None else parts.n_chunks)
 
 
 def _n_chunks(size_bytes: int, chunk_bytes: int) -> int:

@@ -8,15 +8,17 @@ attempt applies nothing.
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
+import pika
 import pytest
 
 from dx.cli import wait_for
 from dx.scheduler.requests import request_run
 from dx.shared import db
 from dx.shared.runs import Trigger
-from tests.integration.helpers import FIELDS, apply, config, run, seed, table
+from tests.integration.helpers import FIELDS, apply, config, run, seed, table, tables_left
 from tests.integration.test_importer_exactly_once import _queues_drained
 
 
@@ -46,6 +48,12 @@ def _report(run_id: int) -> list[dict[str, Any]]:
 
 
 COUNTERS = ("rows_read", "inserted", "not_inserted")
+
+
+def _purge_plans(broker_url: str) -> None:
+    """Drop the plan messages waiting in RabbitMQ (a test plans the run itself)."""
+    with pika.BlockingConnection(pika.URLParameters(broker_url)) as conn:
+        conn.channel().queue_purge("dx.plan")
 
 
 @pytest.mark.parametrize("key_type", ["email", "text"])
@@ -146,3 +154,98 @@ def test_a_text_key_repeated_only_with_other_spaces_is_settled_after_its_key_was
         (2, "k1", "DUPLICATE_KEY", "the key appears earlier in the source (row 1); the first occurrence was applied"),
         (4, "k1", "DUPLICATE_KEY", "the key appears earlier in the source (row 1); the first occurrence was applied")]
     assert (result["inserted"], result["not_inserted"]) == (2, 2)
+
+
+def test_a_plan_failing_after_its_chunks_committed_fails_the_run_with_nothing_of_them_kept(
+        cluster_env, sshd, smtp, workers, tmp_path, monkeypatch):
+    # Given: an overwrite of 400,000 records in chunks of about 2 MB, some of the first ones bad, then
+    # bytes that are not UTF-8; planned here, its reading held after the first batch until a worker
+    # has committed a chunk of it
+    from dx.workers import plan as planning
+    from dx.workers.chunk import chunk  # noqa: F401  (imported now: bound to the broker of the test's vhost)
+    from dx.workers.reduce import reduce  # noqa: F401
+
+    tenant = "streamlate"
+    apply(config(tenant, sshd, [{"id": "late", "mode": "overwrite", "max_error_ratio": 1.0,
+                                 "chunk_bytes": 2_000_000, "source": {"path": "late/in.csv"}}]), tmp_path)
+    seed(tenant, [("old@x.it", "Old", 1)])
+    good = "".join(f"user{i}@x.it,name{i},{'bad' if i % 1000 == 0 else i}\n" for i in range(400_000))
+    sshd.put("late/in.csv", b"email,first_name,points\n" + good.encode() + b"late@x.it,\xff\xfe broken,1\n")
+    run_id = request_run("late", Trigger.MANUAL, "pytest")
+    _purge_plans(cluster_env["DX_BROKER_URL"])  # planned here only, not by a worker too
+    read_ahead = planning.read_ahead
+
+    def held(items):
+        for n, item in enumerate(read_ahead(items)):
+            yield item
+            if n == 0:
+                with db.connect() as conn:
+                    while not conn.execute("SELECT 1 FROM dx.chunk_results WHERE run_id = %s", (run_id,)).fetchone():
+                        time.sleep(0.05)
+    monkeypatch.setattr(planning, "read_ahead", held)
+    workers.start(2)
+
+    # When: it is planned
+    planning.plan.fn(run_id)
+    result = wait_for(run_id, 60)
+
+    # Then: the run failed for the bytes, and none of its chunks' work is kept: the table as before,
+    # no shadow table, no chunk result, no failed operation
+    assert (result["status"], result["error_code"]) == ("failed", "SOURCE_UNDECODABLE"), result["error_message"]
+    with db.connect() as conn:
+        kept = conn.execute("SELECT (SELECT count(*) FROM dx.chunk_results WHERE run_id = %(r)s) AS results,"
+                            " (SELECT count(*) FROM dx.failed_operations WHERE run_id = %(r)s) AS failed",
+                            {"r": run_id}).fetchone()
+    assert (kept["results"], kept["failed"]) == (0, 0)
+    assert table(tenant) == {"old@x.it": ("Old", 1, None)}
+    assert tables_left(tenant) == ["contacts"]
+
+
+def test_a_plan_attempt_beginning_after_its_run_ended_makes_nothing(cluster_env, sshd, smtp, workers, tmp_path):
+    # Given: an overwrite's run that ended (failed) while a twin delivery of its plan was about to begin
+    from dx.shared.catalog import load_module
+    from dx.workers import plan as planning
+    from dx.workers.failures import fail_run
+
+    tenant = "streamended"
+    apply(config(tenant, sshd, [{"id": "ended", "mode": "overwrite", "source": {"path": "ended/in.csv"}}]), tmp_path)
+    run_id = request_run("ended", Trigger.MANUAL, "pytest")
+    _purge_plans(cluster_env["DX_BROKER_URL"])
+    with db.transaction() as conn:
+        conn.execute("UPDATE dx.runs SET status = 'running' WHERE id = %s", (run_id,))
+        mdef = load_module(conn, "ended")
+    fail_run(run_id, None, "ended by a test")
+
+    # When: the twin begins its attempt / Then it stops, and makes no shadow table again
+    with pytest.raises(planning.RunEnded):
+        planning._new_attempt(run_id, mdef, ["email"])
+    assert tables_left(tenant) == ["contacts"]
+    assert wait_for(run_id, 10)["plan_attempt"] == 0
+
+
+def test_a_plan_overtaken_by_a_later_attempt_leaves_the_run_to_it(cluster_env, sshd, smtp, workers, tmp_path,
+                                                                   monkeypatch):
+    # Given: an overwrite planned here, and a twin delivery of its plan beginning its own attempt
+    # just before this one ends
+    from dx.workers import plan as planning
+    from dx.workers.chunk import chunk  # noqa: F401  (imported now: bound to the broker of the test's vhost)
+
+    tenant = "streamtwin"
+    apply(config(tenant, sshd, [{"id": "twin", "mode": "overwrite", "source": {"path": "twin/in.csv"}}]), tmp_path)
+    sshd.put("twin/in.csv", _source(3, 50, "email"))
+    run_id = request_run("twin", Trigger.MANUAL, "pytest")
+    _purge_plans(cluster_env["DX_BROKER_URL"])
+    stream = planning._stream
+
+    def overtaken(*args: Any) -> int:
+        sent = stream(*args)
+        with db.transaction() as conn:
+            conn.execute("UPDATE dx.runs SET plan_attempt = plan_attempt + 1 WHERE id = %s", (run_id,))
+        return sent
+    monkeypatch.setattr(planning, "_stream", overtaken)
+
+    # When: this plan ends / Then it leaves the run to the later attempt: not planned by it, still running
+    planning.plan.fn(run_id)
+    with db.connect() as conn:
+        row = conn.execute("SELECT status, planned_at, plan_attempt FROM dx.runs WHERE id = %s", (run_id,)).fetchone()
+    assert (row["status"], row["planned_at"], row["plan_attempt"]) == ("running", None, 2)
