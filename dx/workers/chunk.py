@@ -17,6 +17,7 @@ worker killed mid-chunk leaves no trace and the chunk is applied again, whole.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import dramatiq
 import polars as pl
@@ -24,7 +25,8 @@ import structlog
 from psycopg import sql
 
 from dx.shared import db
-from dx.shared.catalog import load_module
+from dx.shared.catalog import ModuleDef, load_module
+from dx.shared.db import Conn
 from dx.shared.formats.csv import ROW
 from dx.shared.pgcopy import copy_frame
 from dx.shared.runs import chunks_done, claim_chunk, pending_chunk
@@ -44,11 +46,20 @@ def chunk(run_id: int, chunk_no: int, attempt: int | None = None) -> None:
     """Validate and apply chunk ``chunk_no`` of run ``run_id``, once; ``attempt``: the streaming
     plan's attempt that sent it (an earlier attempt's chunk applies nothing)."""
     started = time.monotonic()
-    with db.connect() as conn:
+    with db.connect() as conn:  # one session for the whole chunk: each new one costs PostgreSQL a process
         run = pending_chunk(conn, run_id, chunk_no, "chunk")
         if run is None:
             return
         mdef = load_module(conn, run["module"])
+        conn.commit()  # no snapshot held while the chunk is validated
+        if _apply(conn, run, mdef, chunk_no, attempt, started) and run["plan_attempt"] > 0:
+            _reduce_if_last(conn, run_id)  # a streamed overwrite's chunks have no group barrier
+
+
+def _apply(conn: Conn, run: dict[str, Any], mdef: ModuleDef, chunk_no: int, attempt: int | None,
+           started: float) -> bool:
+    """Validate the chunk and apply it in one transaction; False if it was not this delivery's to apply."""
+    run_id = run["id"]
     columns = list(run["source_columns"])
     frame = staging.read_chunk(run_id, chunk_no, {ROW: pl.Int64(), **{c: pl.String() for c in columns}})
     module = mdef.module
@@ -59,12 +70,11 @@ def chunk(run_id: int, chunk_no: int, attempt: int | None = None) -> None:
     else:
         validated = validate_records(frame, mdef, columns)
         apply = apply_chunk
-    streamed = run["plan_attempt"] > 0  # an overwrite's streaming plan: the reduce settles keys across chunks
-    with db.transaction() as conn:
+    with conn.transaction():
         if not claim_chunk(conn, run_id, chunk_no, frame.height, "chunk", attempt=attempt):
-            return
+            return False
         outcome = apply(conn, run, mdef, validated)
-        if streamed:
+        if run["plan_attempt"] > 0:  # an overwrite's streaming plan: the reduce settles keys across chunks
             staging.write_keys(run_id, chunk_no, validated.good.select(ROW, KEY))
         failed = outcome.failed.with_columns(pl.lit(run_id).alias("run_id"), pl.lit(chunk_no).alias("chunk_no"))
         copy_frame(conn, FAILED_TABLE, failed)
@@ -74,17 +84,16 @@ def chunk(run_id: int, chunk_no: int, attempt: int | None = None) -> None:
         conn.execute(f"UPDATE dx.chunk_results SET {sets}, duration_ms = %s"  # noqa: S608
                      " WHERE run_id = %s AND chunk_no = %s", [*counters.values(), duration_ms, run_id, chunk_no])
     log.info("chunk.done", rows=frame.height, failed=failed.height, ms=duration_ms, **counters)
-    if streamed:
-        _reduce_if_last(run_id)
+    return True
 
 
-def _reduce_if_last(run_id: int) -> None:
+def _reduce_if_last(conn: Conn, run_id: int) -> None:
     """A streamed run's last chunk sends reduce (there is no group barrier: the plan sent each chunk
     alone, and sends reduce too when it ends, in case every chunk ended before it)."""
     from dx.workers.reduce import reduce
 
-    with db.connect() as conn:
-        run = conn.execute("SELECT planned_at, n_chunks FROM dx.runs WHERE id = %s", (run_id,)).fetchone()
-        last = run is not None and run["planned_at"] is not None and chunks_done(conn, run_id) >= run["n_chunks"]
+    run = conn.execute("SELECT planned_at, n_chunks FROM dx.runs WHERE id = %s", (run_id,)).fetchone()
+    last = run is not None and run["planned_at"] is not None and chunks_done(conn, run_id) >= run["n_chunks"]
+    conn.commit()
     if last:
         reduce.send_with_options(kwargs={"run_id": run_id}, **on_failure_options())

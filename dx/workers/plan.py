@@ -163,10 +163,11 @@ def _stream(run_id: int, mdef: ModuleDef, attempt: int, batches: Iterator[tuple[
             failures += _malformed(bad)
             row_bytes = table.nbytes / max(table.num_rows, 1)
             while table.num_rows:
-                n = min(table.num_rows, max(1, math.ceil((target - size) / row_bytes)))
+                limit = target if chunk_no else max(1, target // 4)  # a small first one: the others start sooner
+                n = min(table.num_rows, max(1, math.ceil((limit - size) / row_bytes)))
                 files.write(chunk_no, table.slice(0, n))
                 table, size = table.slice(n), size + n * row_bytes
-                if size >= target:
+                if size >= limit:
                     send()
         if size:
             send()
