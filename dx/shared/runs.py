@@ -90,6 +90,12 @@ def pending_chunk(conn: Conn, run_id: int, chunk_no: int, actor: str) -> dict[st
     return run
 
 
+def streamed(run: dict[str, Any]) -> bool:
+    """Whether the run's chunks were cut and sent by an overwrite's streaming plan (it counts its
+    attempts from 1): a key's records may then be in several chunks, which the reduce settles."""
+    return bool(run["plan_attempt"])
+
+
 def claim_chunk(conn: Conn, run_id: int, chunk_no: int, rows_read: int, actor: str, duration_ms: int = 0,
                 attempt: int | None = None) -> bool:
     """In the chunk's own transaction, before its work is written: lock the run against its end

@@ -3,10 +3,13 @@
 The Importer's chunks apply with ``importer.apply_chunk``, the Updater's
 with ``updater.apply_updates``.
 
-Consumes ``chunk(run_id, chunk_no)`` from the plan's group; sends nothing
-(the group's completion callback sends ``reduce``). Reads the chunk's part
-files, validates them column-wise, and applies them in ONE transaction
-together with its ``dx.chunk_results`` row and its failed operations.
+Consumes ``chunk(run_id, chunk_no)`` from the plan's group (the group's
+completion callback sends ``reduce``), or ``chunk(run_id, chunk_no, attempt)``
+from an overwrite's streaming plan: there is no group then, and the last
+chunk to commit sends ``reduce``. Reads the chunk's file, validates it
+column-wise, and applies it in ONE transaction together with its
+``dx.chunk_results`` row and its failed operations (a streamed chunk also
+writes the keys it applied, for the reduce).
 
 Retries: 5 with backoff; then ``run_crashed`` fails the run.
 Idempotent: the result row is claimed first in the transaction, so a
@@ -29,7 +32,7 @@ from dx.shared.catalog import ModuleDef, load_module
 from dx.shared.db import Conn
 from dx.shared.formats.csv import ROW
 from dx.shared.pgcopy import copy_frame
-from dx.shared.runs import chunks_done, claim_chunk, pending_chunk
+from dx.shared.runs import chunks_done, claim_chunk, pending_chunk, streamed
 from dx.shared.validate import KEY, find_column, validate
 from dx.workers import staging
 from dx.workers.failures import on_failure_options
@@ -52,7 +55,7 @@ def chunk(run_id: int, chunk_no: int, attempt: int | None = None) -> None:
             return
         mdef = load_module(conn, run["module"])
         conn.commit()  # no snapshot held while the chunk is validated
-        if _apply(conn, run, mdef, chunk_no, attempt, started) and run["plan_attempt"] > 0:
+        if _apply(conn, run, mdef, chunk_no, attempt, started) and streamed(run):
             _reduce_if_last(conn, run_id)  # a streamed overwrite's chunks have no group barrier
 
 
@@ -74,7 +77,7 @@ def _apply(conn: Conn, run: dict[str, Any], mdef: ModuleDef, chunk_no: int, atte
         if not claim_chunk(conn, run_id, chunk_no, frame.height, "chunk", attempt=attempt):
             return False
         outcome = apply(conn, run, mdef, validated)
-        if run["plan_attempt"] > 0:  # an overwrite's streaming plan: the reduce settles keys across chunks
+        if streamed(run):  # the reduce settles keys across chunks
             staging.write_keys(run_id, chunk_no, validated.good.select(ROW, KEY))
         failed = outcome.failed.with_columns(pl.lit(run_id).alias("run_id"), pl.lit(chunk_no).alias("chunk_no"))
         copy_frame(conn, FAILED_TABLE, failed)

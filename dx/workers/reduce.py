@@ -1,12 +1,14 @@
 """Actor ``reduce`` (queue ``dx.reduce``): merge chunk results, end the run.
 
 Consumes ``reduce(run_id)``, the completion callback of the plan's chunk
-group (or sent directly for an empty source). Checks that every chunk's
-result exists (Dramatiq's barrier can fire early or twice on redelivered
-chunks: then it waits for the next call), sums the counters, applies the
-overwrite guards and swap, records the file in the ledger and the run's end
-in ONE transaction; then disposes of the source file, sends the e-mail and
-clears the staging folder.
+group (or sent directly for an empty source; for an overwrite's streaming
+plan, by the plan at its end and by the last chunk to commit). Checks that
+every chunk's result exists (it can be called early or twice: then it waits
+for the next call), sums the counters, settles a streamed overwrite's keys
+applied by several chunks (``dx.workers.duplicates``), applies the overwrite
+guards and swap, records the file in the ledger and the run's end in ONE
+transaction; then disposes of the source file, sends the e-mail and clears
+the staging folder.
 
 Retries: 5 with backoff; then ``run_crashed`` fails the run.
 Idempotent: a terminal run only gets its leftovers finished (file
@@ -26,7 +28,7 @@ from dx.shared import db
 from dx.shared.catalog import ModuleDef, load_module
 from dx.shared.connections import open_remote
 from dx.shared.db import Conn
-from dx.shared.runs import COUNTERS, RunStatus, chunks_done, finish, get_run
+from dx.shared.runs import COUNTERS, RunStatus, chunks_done, finish, get_run, streamed
 from dx.workers import staging
 from dx.workers.duplicates import build_key_while_checking, settle_duplicates
 from dx.workers.failures import drop_shadow, notify
@@ -70,7 +72,7 @@ def _finish(conn: Conn, run: dict[str, Any], mdef: ModuleDef) -> None:
     code = message = None
     if mdef.module.mode == "overwrite":
         key_built = False
-        if run["plan_attempt"]:  # streamed: a key's occurrences may be in several chunks
+        if streamed(run):
             key_built, repeated = build_key_while_checking(conn, run, mdef, counters["inserted"])
             if repeated is not None:
                 removed = settle_duplicates(conn, run, mdef, repeated)
