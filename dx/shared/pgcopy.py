@@ -23,6 +23,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from dx.shared.db import Conn
+from dx.shared.textbytes import TextBytes
 
 #: Rows per slice of a COPY: PostgreSQL stores one slice while the next is encoded (16k rows: a worker's
 #: peak at 10M rows 495-522 MB with 50k, 388-448 MB with 16k, at the same speed).
@@ -84,17 +85,16 @@ def _arrow_column(column: pl.Series, pg_type: str) -> pa.Array:
 
 def numeric_wire(text: pl.Series) -> pa.Array:
     """Decimal texts (``[+-]digits[.digits][e±n]``) as numeric's binary form, one bytes value each:
-    ndigits, weight, sign, dscale (int16 each), then the base-10000 digits."""
-    text = _plain(text.str.strip_chars())
-    t = pl.col("t")
-    point, length = t.str.find(".", literal=True), t.str.len_bytes()
-    sign = (t.str.starts_with("+") | t.str.starts_with("-")).cast(pl.Int64)
-    parts = pl.DataFrame({"t": text}).select(
-        negative=t.str.starts_with("-"), whole_digits=pl.coalesce(point, length) - sign,
-        frac_digits=length - point - 1, digits=t.str.replace(".", "", literal=True).cast(pl.Int64, strict=False).abs(),
-    ).fill_null(0)
-    frac_digits = parts["frac_digits"].to_numpy().astype(np.int64)
-    n_whole = -(-parts["whole_digits"].to_numpy().astype(np.int64) // NBASE_DIGITS)
+    ndigits, weight, sign, dscale (int16 each), then the base-10000 digits. The texts are read as
+    bytes with NumPy (a third of the time of Polars' string functions, one pass each)."""
+    chars = TextBytes(text)
+    if chars.needs_trim() or chars.has(b"eE"):
+        text = _plain(text.str.strip_chars())
+        chars = TextBytes(text)
+    first, point, digits = _decimal_parts(chars)
+    sign = ((first == ord("+")) | (first == ord("-"))).astype(np.int64)
+    frac_digits = np.where(point >= 0, chars.lengths - point - 1, 0)
+    n_whole = -(-(np.where(point >= 0, point, chars.lengths) - sign) // NBASE_DIGITS)
     n_groups = n_whole - (-frac_digits // NBASE_DIGITS)
     # every value: 4 header words, then its groups
     words = 4 + n_groups
@@ -102,17 +102,31 @@ def numeric_wire(text: pl.Series) -> pa.Array:
     starts = ends - words
     out = np.empty(int(ends[-1]) if len(ends) else 0, dtype=">i2")
     if (n_groups <= INT64_GROUPS).all():
-        _groups_by_arithmetic(out, ends, n_groups, parts["digits"].to_numpy(), frac_digits)
+        _groups_by_arithmetic(out, ends, n_groups, digits, frac_digits)
     else:
         _groups_by_text(out, starts, text)
     out[starts] = n_groups
     out[starts + 1] = n_whole - 1
-    out[starts + 2] = np.where(parts["negative"].to_numpy(), NUMERIC_NEG, 0)
+    out[starts + 2] = np.where(first == ord("-"), NUMERIC_NEG, 0)
     out[starts + 3] = frac_digits
     offsets = np.concatenate([[0], ends * 2]).astype(np.int32)
     validity = pa.array(text.is_not_null().to_numpy()).buffers()[1] if text.null_count() else None
     return pa.BinaryArray.from_buffers(pa.binary(), len(text), [validity, pa.py_buffer(offsets),
                                                                 pa.py_buffer(out.tobytes())], text.null_count())
+
+
+def _decimal_parts(chars: TextBytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each value's first byte, the position of its point (-1 where none) and its digits read as
+    one integer (meaningless beyond 18 digits): one pass over the k-th bytes."""
+    first = chars.at(0)
+    point = np.full(len(chars.lengths), -1, dtype=np.int64)
+    digits = np.zeros(len(chars.lengths), dtype=np.int64)
+    for k in range(int(chars.lengths.max(initial=0))):
+        byte = chars.at(k) if k else first
+        digit = byte.astype(np.int64) - ord("0")
+        digits = np.where((digit >= 0) & (digit <= 9), digits * 10 + digit, digits)
+        point[byte == ord(".")] = k
+    return first, point, digits
 
 
 def _groups_by_arithmetic(out: np.ndarray, ends: np.ndarray, n_groups: np.ndarray, digits: np.ndarray,

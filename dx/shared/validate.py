@@ -14,6 +14,7 @@ import polars as pl
 from dx.shared.config import DatabaseCfg, FieldCfg
 from dx.shared.errors import ErrorCode
 from dx.shared.formats.csv import ROW
+from dx.shared.textbytes import TextBytes
 
 #: Column with the normalised primary key (partitioning, duplicates, reports).
 KEY = "__key"
@@ -83,10 +84,10 @@ def missing_required(source_columns: list[str], db: DatabaseCfg, *, all_required
     return missing
 
 
-def key_expr(column: str, field: FieldCfg) -> pl.Expr:
-    """The normalised key: trimmed, lower-cased for e-mail, an integer in canonical form
-    (``007`` is ``7``: both must land in one chunk), empty as null."""
-    key = pl.col(column).str.strip_chars()
+def key_expr(column: str, field: FieldCfg, *, trimmed: bool = False) -> pl.Expr:
+    """The normalised key: trimmed (unless the column is known ``trimmed``), lower-cased for e-mail,
+    an integer in canonical form (``007`` is ``7``: both must land in one chunk), empty as null."""
+    key = pl.col(column) if trimmed else pl.col(column).str.strip_chars()
     if field.type == "email":
         key = key.str.to_lowercase()
     elif field.type == "int":
@@ -94,9 +95,9 @@ def key_expr(column: str, field: FieldCfg) -> pl.Expr:
     return pl.when(key == "").then(None).otherwise(key)
 
 
-def _parse(raw: pl.Expr, f: FieldCfg) -> pl.Expr:
-    """The typed value; null where the text does not parse."""
-    s = raw.str.strip_chars()
+def _parse(raw: pl.Expr, f: FieldCfg, *, trimmed: bool) -> pl.Expr:
+    """The typed value; null where the text does not parse (``trimmed``: no value needs a trim)."""
+    s = raw if trimmed else raw.str.strip_chars()
     match f.type:
         case "int":
             return s.cast(pl.Int64, strict=False)
@@ -153,8 +154,11 @@ def _quoted(raw: pl.Expr) -> pl.Expr:
     return raw.str.slice(0, MESSAGE_VALUE_CHARS)
 
 
-def _blank_as_null(col: str) -> pl.Expr:
-    return pl.when(pl.col(col).str.strip_chars() == "").then(None).otherwise(pl.col(col))
+def _blank_as_null(col: str, *, trimmed: bool, empty: bool) -> pl.Expr:
+    """The column with its blank values null (``trimmed``: none needs a trim; ``empty``: one is empty)."""
+    if not trimmed:
+        return pl.when(pl.col(col).str.strip_chars() == "").then(None).otherwise(pl.col(col))
+    return pl.when(pl.col(col).str.len_bytes() == 0).then(None).otherwise(pl.col(col)) if empty else pl.col(col)
 
 
 def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
@@ -170,8 +174,18 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
     there the reader's null is the only empty, and ``""`` or spaces are kept as text.
     """
     mapping = map_columns(source_columns, db)
-    raw = {name: pl.col(col) if keep_blank_text and db.fields[name].type == "text" else _blank_as_null(col)
-           for name, col in mapping.items()}
+    # a column none of whose values needs a trim is read without one, and its only blank is empty: the
+    # trims were half of a chunk's validation (a column holding one such value is trimmed whole)
+    trimmed: set[str] = set()
+    empty: set[str] = set()
+    for col in mapping.values():  # one column's bytes at a time (a copy of them is made)
+        text = TextBytes(chunk[col])
+        if not text.needs_trim():
+            trimmed.add(col)
+        if text.has_empty():
+            empty.add(col)
+    raw = {name: pl.col(col) if keep_blank_text and db.fields[name].type == "text"
+           else _blank_as_null(col, trimmed=col in trimmed, empty=col in empty) for name, col in mapping.items()}
     pk = db.primary_key
     op = pl.lit("I") if operation_column is None else \
         pl.col(operation_column).fill_null("").str.strip_chars().str.to_uppercase()
@@ -189,7 +203,7 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
                                pl.lit(f"{name}: required, but the source has no {name} column")))
             continue
         # an e-mail key is the normalised key (computed first) when it is an address: not worked out twice
-        parsed = _email(pl.col(KEY)) if name == pk and f.type == "email" else _parse(raw[name], f)
+        parsed = _email(pl.col(KEY)) if name == pk and f.type == "email" else _parse(raw[name], f, trimmed=mapping[name] in trimmed)
         typed[name] = parsed.alias(_typed(name))
         value = pl.col(_typed(name))  # parsed once, in the first pass
         applies = pl.lit(True) if name == pk else writes
@@ -207,7 +221,7 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
     # pass 1: the key; pass 2: operation and typed values; pass 3: one boolean over every check.
     # Codes and messages are built for the failed rows only (Polars would build both
     # branches of every when/then for every row).
-    frame = chunk.with_columns(key_expr(mapping[pk], db.fields[pk]).alias(KEY)) \
+    frame = chunk.with_columns(key_expr(mapping[pk], db.fields[pk], trimmed=mapping[pk] in trimmed).alias(KEY)) \
         .with_columns(op.alias(OP), *typed.values())
     for name in typed:  # timestamps in a default form other than the common one, if the chunk has any
         if db.fields[name].type == "timestamp" and not db.fields[name].format:

@@ -8,10 +8,13 @@ from typing import Any
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dx.shared.config import DatabaseCfg
 from dx.shared.errors import ErrorCode
 from dx.shared.formats.csv import ROW
+from dx.shared.textbytes import TextBytes
 from dx.shared.validate import FAILED_SCHEMA, KEY, Validated, map_columns, missing_required, validate
 
 
@@ -305,3 +308,28 @@ def test_integer_keys_are_normalised_so_that_one_key_is_one_partition(make_datab
     assert result.good.select(ROW, "__key").rows() == [(1, "7")]
     assert result.failed.select("row_number", "key", "error_code").rows() == [
         (2, "7", "DUPLICATE_KEY"), (3, "7", "DUPLICATE_KEY"), (4, "x", "INVALID_VALUE")]
+
+
+# --- columns read without a trim ----------------------------------------------------------------------------
+
+#: Cells of every kind: clean, blank, empty, padded (ASCII and Unicode white space), null, bad.
+CELLS = st.sampled_from(["7", " 7 ", "", "  ", "\u00a0", "x", "Zoë", " Zoë\u2003", "2024-02-29", "31/12/2024",
+                         "2024-01-02 03:04:05", "1.50", "-.5", "yes", " OFF", "a@b.co", " A@B.CO ", None])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(CELLS, CELLS, CELLS, CELLS, CELLS, CELLS, CELLS), min_size=1, max_size=8),
+       st.booleans())
+def test_columns_read_without_a_trim_validate_as_trimmed_ones(make_database, records, blank_text):
+    """A column none of whose values needs a trim is read as it is; forcing the trim on every
+    column must change nothing in what is applied or refused."""
+    db = make_database({"id": "email", "n": "int", "d": "decimal", "b": "bool", "day": {"type": "date",
+                        "format": "%d/%m/%Y"}, "at": "timestamp", "t": {"type": "text", "required": True}})
+    columns = ["id", "n", "d", "b", "day", "at", "t"]
+    frame = chunk(columns, *[list(r) for r in records])
+    fast = validate(frame, db, columns, keep_blank_text=blank_text)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(TextBytes, "needs_trim", lambda self: True)
+        trimmed = validate(frame, db, columns, keep_blank_text=blank_text)
+    assert fast.good.equals(trimmed.good)
+    assert fast.failed.equals(trimmed.failed)
