@@ -187,18 +187,21 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
     raw = {name: pl.col(col) if keep_blank_text and db.fields[name].type == "text"
            else _blank_as_null(col, trimmed=col in trimmed, empty=col in empty) for name, col in mapping.items()}
     pk = db.primary_key
-    op = pl.lit("I") if operation_column is None else \
-        pl.col(operation_column).fill_null("").str.strip_chars().str.to_uppercase()
-    writes = pl.col(OP).is_in(["I", "U"])
+    # an importer's records are all inserts: no operation column is made or checked
+    ops = [] if operation_column is None else \
+        [pl.col(operation_column).fill_null("").str.strip_chars().str.to_uppercase().alias(OP)]
+    writes = pl.col(OP).is_in(["I", "U"]) if ops else pl.lit(True)
     checks: list[tuple[pl.Expr, ErrorCode, pl.Expr]] = [
         (pl.col(KEY).is_null(), ErrorCode.KEY_MISSING, pl.lit(f"{pk}: the primary key is empty")),
-        (~pl.col(OP).is_in(OPERATIONS), ErrorCode.BAD_OPERATION,
-         pl.format('"{}" is not an operation; use I (insert), U (update) or D (delete)', _quoted(pl.col(OP)))),
     ]
+    if ops:
+        checks.append((~pl.col(OP).is_in(OPERATIONS), ErrorCode.BAD_OPERATION,
+                       pl.format('"{}" is not an operation; use I (insert), U (update) or D (delete)',
+                                 _quoted(pl.col(OP)))))
     typed = {}
     for name, f in db.fields.items():
         if name not in raw:
-            if f.required and operation_column is not None:
+            if f.required and ops:
                 checks.append((pl.col(OP) == "I", ErrorCode.REQUIRED_FIELD_MISSING,
                                pl.lit(f"{name}: required, but the source has no {name} column")))
             continue
@@ -222,7 +225,7 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
     # Codes and messages are built for the failed rows only (Polars would build both
     # branches of every when/then for every row).
     frame = chunk.with_columns(key_expr(mapping[pk], db.fields[pk], trimmed=mapping[pk] in trimmed).alias(KEY)) \
-        .with_columns(op.alias(OP), *typed.values())
+        .with_columns(*ops, *typed.values())
     for name in typed:  # timestamps in a default form other than the common one, if the chunk has any
         if db.fields[name].type == "timestamp" and not db.fields[name].format:
             other = raw[name].is_not_null() & pl.col(_typed(name)).is_null()
@@ -230,10 +233,9 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
                 frame = frame.with_columns(pl.when(other).then(_timestamp_forms(raw[name].str.strip_chars()))
                                            .otherwise(pl.col(_typed(name))).alias(_typed(name)))
     invalid = frame.select(pl.any_horizontal([c for c, _, _ in checks]).fill_null(False)).to_series()
-    keep_op = [OP] if operation_column is not None else []
     # the records to apply carry only what is applied (the source's text columns are not copied by the
     # filters), and a chunk without a failure or a duplicate is not filtered at all
-    good = frame.select(ROW, KEY, *keep_op, *[pl.col(_typed(n)).alias(n) for n in typed])
+    good = frame.select(ROW, KEY, *([OP] if ops else []), *[pl.col(_typed(n)).alias(n) for n in typed])
     failed: list[pl.DataFrame] = []
     if invalid.any():
         good = good.filter(~invalid)
