@@ -163,7 +163,9 @@ def _stream(run_id: int, mdef: ModuleDef, attempt: int, batches: Iterator[tuple[
             failures += _malformed(bad)
             row_bytes = table.nbytes / max(table.num_rows, 1)
             while table.num_rows:
-                limit = target if chunk_no else max(1, target // 4)  # a small first one: the others start sooner
+                # the first two are small: the other workers start sooner, and the plan's own worker
+                # holds one of them (it took it while planning) until the plan ends
+                limit = target if chunk_no > 1 else max(1, target // 4)
                 n = min(table.num_rows, max(1, math.ceil((limit - size) / row_bytes)))
                 files.write(chunk_no, table.slice(0, n))
                 table, size = table.slice(n), size + n * row_bytes
