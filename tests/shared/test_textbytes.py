@@ -12,7 +12,7 @@ from dx.shared.textbytes import TextBytes
 #: them, other non-ASCII letters and punctuation, and plain ones.
 WHITE_SPACE = " \t\n\r\x0b\x0c\x85\xa0\u1680\u2000\u2001\u2005\u200a\u2028\u2029\u202f\u205f\u3000"
 LOOKALIKES = "éëüñÉ©“”€…\u200b\u2030\u20ac\u3001\u1681\u00a1"
-VALUES = st.one_of(st.none(), st.text(alphabet=WHITE_SPACE + LOOKALIKES + "ab1.-", max_size=6))
+VALUES = st.one_of(st.none(), st.text(alphabet=WHITE_SPACE + LOOKALIKES + "ab1.-", max_size=20))
 
 
 @settings(max_examples=300, deadline=None)
@@ -33,6 +33,13 @@ def test_white_space_of_every_kind_at_either_end_needs_a_trim() -> None:
     for space in WHITE_SPACE:
         for value in (f"{space}é", f"é{space}", space):
             assert TextBytes(pl.Series(["plain", value, None])).needs_trim(), repr(value)
+
+
+def test_a_column_of_several_chunks_is_read_whole() -> None:
+    clean = pl.Series(["a value longer than twelve bytes"] * 3)
+    padded = pl.Series(["another long value, padded at its end\u3000"])
+    assert TextBytes(pl.concat([clean, padded, clean], rechunk=False)).needs_trim()
+    assert not TextBytes(pl.concat([clean, clean], rechunk=False)).needs_trim()
 
 
 def test_an_empty_text_is_told_from_a_null() -> None:
