@@ -1,6 +1,7 @@
 """Column-wise validation of source records against a database's fields.
 
-Pure Polars: one expression per field and check, no Python loop per row.
+Polars: one expression per field and check, no Python loop per row (whether
+a column needs a trim at all is read from its bytes, ``dx.shared.textbytes``).
 ``validate`` splits a chunk into the typed records to apply and the failed
 operations (row number, key, operation, code, message, the record as received).
 """
@@ -206,7 +207,8 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
                                pl.lit(f"{name}: required, but the source has no {name} column")))
             continue
         # an e-mail key is the normalised key (computed first) when it is an address: not worked out twice
-        parsed = _email(pl.col(KEY)) if name == pk and f.type == "email" else _parse(raw[name], f, trimmed=mapping[name] in trimmed)
+        parsed = _email(pl.col(KEY)) if name == pk and f.type == "email" else \
+            _parse(raw[name], f, trimmed=mapping[name] in trimmed)
         typed[name] = parsed.alias(_typed(name))
         value = pl.col(_typed(name))  # parsed once, in the first pass
         applies = pl.lit(True) if name == pk else writes
@@ -224,8 +226,8 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
     # pass 1: the key; pass 2: operation and typed values; pass 3: one boolean over every check.
     # Codes and messages are built for the failed rows only (Polars would build both
     # branches of every when/then for every row).
-    frame = chunk.with_columns(key_expr(mapping[pk], db.fields[pk], trimmed=mapping[pk] in trimmed).alias(KEY)) \
-        .with_columns(*ops, *typed.values())
+    key = key_expr(mapping[pk], db.fields[pk], trimmed=mapping[pk] in trimmed)
+    frame = chunk.with_columns(key.alias(KEY)).with_columns(*ops, *typed.values())
     for name in typed:  # timestamps in a default form other than the common one, if the chunk has any
         if db.fields[name].type == "timestamp" and not db.fields[name].format:
             other = raw[name].is_not_null() & pl.col(_typed(name)).is_null()
