@@ -8,10 +8,11 @@ PostgreSQL; written to the file by psql where it is installed, see
 (a gzip member per chunk: the members joined in order are one valid gzip
 file), writes it to the staging folder under a temporary name and renames
 it. Then it writes the part into the target's temporary file at its offset
-(head plus the parts before it: it waits for those being written, see
-``part_offset``), in parallel with the other chunks, and notes that it did;
-a part whose offset is not known yet, or whose write failed, is written by
-the reduce instead. Then it records its row count in ``dx.chunk_results``.
+(head plus the parts before it, see ``part_offset``), in parallel with the
+other chunks, and notes that it did. When a part before it is not whole yet
+it does not wait: the chunk that makes the parts before it whole writes this
+part after its own (``placeable``); a part no chunk placed, or whose write
+failed, is written by the reduce instead. Then it records its row count in ``dx.chunk_results``.
 
 Retries: 5 with backoff; then ``run_crashed`` fails the run. A value the
 target's encoding cannot hold fails the run at once (TARGET_UNENCODABLE).
@@ -27,7 +28,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import time
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import IO
 
@@ -45,7 +46,7 @@ from dx.workers import staging
 from dx.workers.export import export_query, temp_name
 from dx.workers.export_query import copy_statement
 from dx.workers.failures import fail_run
-from dx.workers.placement import note_placed, part_offset
+from dx.workers.placement import note_placed, part_offset, placeable
 
 log = structlog.get_logger(__name__)
 #: gzip level of export files: close to the best ratio at a fraction of level 9's time.
@@ -101,21 +102,25 @@ def export_chunk(run_id: int, chunk_no: int) -> None:
         tmp.unlink(missing_ok=True)
     head, _ = head_and_tail(target, query.columns)
     offset = part_offset(run_id, chunk_no, len(head))
-    placed = False
+    placed = []
     if offset is not None:
         assert mdef.connection is not None
+        parts = placeable(run_id, chunk_no, offset)  # its own, and those after it left to it
         try:
-            with open_remote(mdef.connection) as remote, open(part, "rb") as fh:
-                remote.place(temp_name(export["target_path"], run_id), [(offset, fh)])
-            note_placed(part, offset)
-            placed = True
-        except RunError as exc:  # the reduce writes the part, or fails the run if the target refuses it
+            with open_remote(mdef.connection) as remote, ExitStack() as files:
+                remote.place(temp_name(export["target_path"], run_id),
+                             [(at, files.enter_context(open(whole, "rb"))) for at, whole in parts])
+            for at, whole in parts:
+                note_placed(whole, at)
+            placed = parts
+        except RunError as exc:  # the reduce writes the parts, or fails the run if the target refuses them
             log.warning("export_chunk.not_placed", code=exc.code.value, error=exc.message)
     duration_ms = int((time.monotonic() - started) * 1000)
     with db.transaction() as conn:
         if not claim_chunk(conn, run_id, chunk_no, rows, "export_chunk", duration_ms):
             return
-    log.info("export_chunk.done", rows=rows, bytes=part.stat().st_size, placed=placed, ms=duration_ms)
+    log.info("export_chunk.done", rows=rows, bytes=part.stat().st_size, placed=bool(placed),
+             placed_after=len(placed[1:]), ms=duration_ms)
 
 
 def _copy(statement: str, path: Path, compression: str) -> int:

@@ -3,16 +3,17 @@
 Each export chunk writes its part into the target's temporary file at its
 offset (``part_offset``: the head's length plus the sizes of the parts before
 it, read from the staging folder) and notes where it put it
-(``note_placed``). The reduce writes the head, the tail and every part whose
-note does not match where it belongs in the end (``complete``); it writes
-every part when the notes are void (``staging.placements_void``). Not an
-actor module: the chunk and the reduce share it, and tests import it.
+(``note_placed``). A chunk whose parts before it are not all whole does not
+wait: the chunk that makes them whole places its part too (``placeable``).
+The reduce writes the head, the tail and every part whose note does not
+match where it belongs in the end (``complete``); it writes every part when
+the notes are void (``staging.placements_void``). Not an actor module: the
+chunk and the reduce share it, and tests import it.
 """
 
 from __future__ import annotations
 
 import io
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO
@@ -20,28 +21,39 @@ from typing import IO
 from dx.shared.connections import Remote
 from dx.workers import staging
 
-#: How long a chunk waits for the chunks before it, being written, to learn where its part goes in the file.
-PLACE_WAIT_S = 60.0
-#: How often it looks.
-PLACE_POLL_S = 0.02
-
 
 def part_offset(run_id: int, chunk_no: int, start: int) -> int | None:
     """Where chunk ``chunk_no``'s part begins in the file: ``start`` (the head's length) plus the sizes of
-    the parts before it, waiting (at most PLACE_WAIT_S) while one of them is being written. None when one
-    is not begun (its chunk is queued behind this one, or failed): the reduce writes this part then."""
-    deadline = time.monotonic() + PLACE_WAIT_S
+    the parts before it. None when one of them is not whole yet (being written, or not begun: its chunk
+    may be queued behind this one): the chunk does not wait, the chunk that makes the parts before it
+    whole places this one too (``placeable``), else the reduce."""
     offset = start
     for before in range(chunk_no):
         part = staging.export_part(run_id, before)
-        while staging.being_written(part).exists():
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(PLACE_POLL_S)
-        if not part.exists():
+        if not _whole(part):
             return None
         offset += part.stat().st_size
     return offset
+
+
+def placeable(run_id: int, chunk_no: int, offset: int) -> list[tuple[int, Path]]:
+    """What chunk ``chunk_no`` places, its part beginning at ``offset``: its part, then each whole part
+    after it, in order, up to one being written or not begun (their chunks found a part before theirs
+    not whole, and left theirs to this one), less those already placed where they belong. A chunk
+    renames its part before it looks at the parts before it, and the chunk before it renames its own
+    before it looks at the parts after: one of the two always sees the other's part whole."""
+    out, number = [], chunk_no
+    while _whole(part := staging.export_part(run_id, number)):
+        size = part.stat().st_size
+        if number == chunk_no or placed_at(part) != (offset, size):
+            out.append((offset, part))
+        offset, number = offset + size, number + 1
+    return out
+
+
+def _whole(part: Path) -> bool:
+    """Whether ``part`` is written whole (not being written again by a retried chunk)."""
+    return part.exists() and not staging.being_written(part).exists()
 
 
 def note_placed(part: Path, offset: int) -> None:

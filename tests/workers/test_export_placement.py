@@ -4,7 +4,6 @@ logic on the staging folder and a local client space."""
 from __future__ import annotations
 
 import io
-import threading
 import time
 from pathlib import Path
 
@@ -43,26 +42,40 @@ def test_a_part_goes_after_the_head_and_every_part_before_it():
     assert [placement.part_offset(RUN, i, len(HEAD)) for i in range(3)] == [11, 16, 23]
 
 
-def test_a_part_waits_for_one_being_written_before_it_and_gives_up_on_one_not_begun():
-    # Given part 0 being written (its chunk at work), and part 2 neither written nor begun
-    part0 = staging.export_part(RUN, 0)
+def test_a_part_after_one_not_whole_is_left_to_the_chunk_that_makes_it_whole(tmp_path):
+    # Given part 0 being written (its chunk at work), part 1 whole, part 2 neither written nor begun
+    remote = LocalRemote(str(tmp_path / "client"))
+    part0, part1 = staging.export_part(RUN, 0), staging.export_part(RUN, 1)
     staging.being_written(part0).write_bytes(b"a,")
-
-    def finish() -> None:
-        time.sleep(0.3)
-        staging.being_written(part0).write_bytes(b"a,1\n")
-        staging.being_written(part0).replace(part0)
-    writer = threading.Thread(target=finish)
-    writer.start()
-    # When chunk 1 asks / Then it waits for part 0 to be whole and goes after it
+    part1.write_bytes(b"bb,22\n")
+    # When chunks 1 and 3 ask where theirs go / Then neither waits: their offsets are not known
     started = time.monotonic()
-    assert placement.part_offset(RUN, 1, len(HEAD)) == len(HEAD) + 4
-    assert time.monotonic() - started >= 0.25
-    writer.join()
-    # When chunk 3 asks / Then it does not wait for chunk 2, which may be queued behind it: the reduce places it
-    started = time.monotonic()
+    assert placement.part_offset(RUN, 1, len(HEAD)) is None
     assert placement.part_offset(RUN, 3, len(HEAD)) is None
-    assert time.monotonic() - started < 0.25
+    assert time.monotonic() - started < 0.1
+    # When chunk 0 makes its part whole / Then it places its own and part 1, not the parts after those
+    staging.being_written(part0).write_bytes(b"a,1\n")
+    staging.being_written(part0).replace(part0)
+    offset = placement.part_offset(RUN, 0, len(HEAD))
+    assert placement.placeable(RUN, 0, offset) == [(11, part0), (15, part1)]
+    for at, part in placement.placeable(RUN, 0, offset):
+        _place(remote, part, at)
+    # Then the reduce writes no part, and the file is whole
+    assert _complete(remote, [part0, part1]) == 0
+    assert (tmp_path / "client" / TEMP).read_bytes() == HEAD + b"a,1\nbb,22\n"
+
+
+def test_a_chunk_places_after_its_own_only_parts_not_placed_where_they_belong(tmp_path):
+    # Given three whole parts, the second placed by its own chunk, the third being written again
+    remote = LocalRemote(str(tmp_path / "client"))
+    parts = _parts(b"a,1\n", b"bb,22\n", b"ccc,333\n")
+    _place(remote, parts[1], len(HEAD) + 4)
+    staging.being_written(parts[2]).write_bytes(b"c")
+    # When chunk 0 asks what it places / Then its own part only: the second is placed, the third not whole
+    assert placement.placeable(RUN, 0, len(HEAD)) == [(len(HEAD), parts[0])]
+    # And a note of another place counts as not placed
+    placement.note_placed(parts[1], 99)
+    assert placement.placeable(RUN, 0, len(HEAD)) == [(len(HEAD), parts[0]), (len(HEAD) + 4, parts[1])]
 
 
 def _complete(remote: LocalRemote, parts: list[Path]) -> int:
