@@ -7,11 +7,14 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
+from psycopg import sql
 
 from dx.shared.db import Conn
 
 log = structlog.get_logger(__name__)
 
+#: The table of a run's failed operations (chunks COPY theirs into it).
+FAILED_TABLE = sql.Identifier("dx", "failed_operations")
 #: Counters of a run, in the order reports show them.
 COUNTERS = ("rows_read", "inserted", "updated", "deleted", "not_inserted", "not_updated",
             "not_deleted", "rows_exported")

@@ -25,14 +25,13 @@ from typing import Any
 import dramatiq
 import polars as pl
 import structlog
-from psycopg import sql
 
 from dx.shared import db
 from dx.shared.catalog import ModuleDef, load_module
 from dx.shared.db import Conn
 from dx.shared.formats.csv import ROW
 from dx.shared.pgcopy import copy_frame
-from dx.shared.runs import chunks_done, claim_chunk, pending_chunk, streamed
+from dx.shared.runs import FAILED_TABLE, chunks_done, claim_chunk, pending_chunk, streamed
 from dx.shared.validate import KEY, find_column, validate
 from dx.workers import staging
 from dx.workers.failures import on_failure_options
@@ -40,7 +39,6 @@ from dx.workers.importer import apply_chunk, keep_blank_text, validate_records
 from dx.workers.updater import apply_updates
 
 log = structlog.get_logger(__name__)
-FAILED_TABLE = sql.Identifier("dx", "failed_operations")
 
 
 @dramatiq.actor(queue_name="dx.chunk", max_retries=5, min_backoff=500, max_backoff=30_000,

@@ -31,6 +31,7 @@ from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode
 from dx.shared.formats.csv import ROW
 from dx.shared.pgcopy import copy_frame
+from dx.shared.runs import FAILED_TABLE
 from dx.shared.validate import DUPLICATE_MESSAGE, KEY, first_occurrences, with_records
 from dx.workers import staging
 from dx.workers.importer import build_key, fields_of, shadow_table, validate_records
@@ -38,7 +39,6 @@ from dx.workers.importer import build_key, fields_of, shadow_table, validate_rec
 log = structlog.get_logger(__name__)
 #: Column naming the chunk a record was applied by.
 CHUNK = "__chunk"
-FAILED_TABLE = sql.Identifier("dx", "failed_operations")
 
 
 def build_key_while_checking(conn: Conn, run: dict[str, Any], mdef: ModuleDef,

@@ -12,7 +12,8 @@ it. Then it writes the part into the target's temporary file at its offset
 other chunks, and notes that it did. When a part before it is not whole yet
 it does not wait: the chunk that makes the parts before it whole writes this
 part after its own (``placeable``); a part no chunk placed, or whose write
-failed, is written by the reduce instead. Then it records its row count in ``dx.chunk_results``.
+failed, is written by the reduce instead. Then it records its row count in
+``dx.chunk_results``.
 
 Retries: 5 with backoff; then ``run_crashed`` fails the run. A value the
 target's encoding cannot hold fails the run at once (TARGET_UNENCODABLE).
@@ -102,7 +103,7 @@ def export_chunk(run_id: int, chunk_no: int) -> None:
         tmp.unlink(missing_ok=True)
     head, _ = head_and_tail(target, query.columns)
     offset = part_offset(run_id, chunk_no, len(head))
-    placed = []
+    placed: list[tuple[int, Path]] = []  # the parts it wrote: its own first
     if offset is not None:
         assert mdef.connection is not None
         parts = placeable(run_id, chunk_no, offset)  # its own, and those after it left to it

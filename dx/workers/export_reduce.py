@@ -6,8 +6,8 @@ chunk's result exists (the barrier may fire early or twice), then, holding
 the run's row lock: completes the file under its temporary name
 (``.NAME.part-RUN`` beside the target), where the chunks placed their parts,
 by writing the header, every part a chunk did not place where it belongs in
-the end (``dx.workers.placement``), and the footer, and cutting it to its size; renames
-it to its final name, does the same for the manifest, and in the same
+the end (``dx.workers.placement``), and the footer, and cutting it to its
+size; renames it to its final name, does the same for the manifest, and in the same
 transaction records the delivery, moves an Exporter's watermark to the run's
 snapshot and ends the run. Then sends the e-mail and clears the staging folder.
 
