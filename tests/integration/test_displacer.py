@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import time
 import xml.etree.ElementTree as ET
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -74,6 +75,9 @@ def test_xml_export_of_chosen_fields_filtered_for_spreadsheets_with_manifest(clu
     manifest = json.loads((folder / f"{name}.manifest.json").read_text())
     assert (manifest["file"], manifest["rows"], manifest["bytes"]) == (name, 3, len(data))
     assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
+    with db.connect() as conn:  # recorded with the delivery, when the manifest needs it
+        row = conn.execute("SELECT bytes, sha256 FROM dx.exports WHERE run_id = %s", (result["id"],)).fetchone()
+    assert (row["bytes"], row["sha256"]) == (len(data), manifest["sha256"])
 
 
 @pytest.mark.timeout(120)
@@ -100,6 +104,19 @@ ROUND_TRIP = {"email": {"type": "email", "required": True}, "first_name": "text"
 #: Values that a CSV round trip easily gets wrong.
 TRICKY = ["", "   ", None, "line one\nline two", 'say "hi", then; go', "crlf\r\nline", "Zoë ünïcödé ✓ 😀",
           "=1+1", " padded ", "back\\slash", "'quoted'", "<tag>&amp;"]
+
+
+def _recorded_digests(run_ids: list[int], timeout_s: float = 20) -> dict[int, tuple[int, str]]:
+    """{run: (bytes, sha256)} as dx.exports records them, once every run's digest is there."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with db.connect() as conn:
+            rows = conn.execute("SELECT run_id, bytes, sha256 FROM dx.exports WHERE run_id = ANY(%s)",
+                                (run_ids,)).fetchall()
+        if len(rows) == len(run_ids) and all(r["sha256"] for r in rows):
+            return {r["run_id"]: (r["bytes"], r["sha256"]) for r in rows}
+        assert time.monotonic() < deadline, f"digests not recorded within {timeout_s} s: {rows}"
+        time.sleep(0.05)
 
 
 def _round_trip_rows(n: int) -> pl.DataFrame:
@@ -215,10 +232,9 @@ def test_parts_placed_by_the_chunks_or_by_the_reduce_after_a_retry_make_the_same
     assert [[p.name for p in f] for f in files] == [["people.csv"]] * 2
     placed, retried = (f[0].read_bytes() for f in files)
     assert placed == retried and placed.count(b"\n") == 300_001
-    with db.connect() as conn:
-        sha = {r["sha256"] for r in conn.execute("SELECT sha256 FROM dx.exports WHERE run_id = ANY(%s)",
-                                                 ([r["id"] for r in results],))}
-    assert sha == {hashlib.sha256(placed).hexdigest()}
+    # (without a manifest, the digest is recorded after the report: the reduce reads the file meanwhile)
+    assert set(_recorded_digests([r["id"] for r in results]).values()) == {(len(placed),
+                                                                            hashlib.sha256(placed).hexdigest())}
     # And the first run's parts were placed by its chunks; the retried run's notes were void, so its reduce
     # wrote every part
     logs = [json.loads(line) for log in workers.logdir.glob("worker-*.log") for line in log.read_text().splitlines()
