@@ -88,7 +88,7 @@ def export_chunk(run_id: int, chunk_no: int) -> None:
     if part.exists():  # an earlier attempt wrote it, perhaps of another size
         staging.placements_void(run_id).touch()
     staging.placed_marker(part).unlink(missing_ok=True)
-    tmp.touch()  # from now on, the chunks after this one wait for its size
+    tmp.touch()  # from now on, the chunks after this one find its part not whole
     try:
         rows = _copy(statement, tmp, target.compression)
         tmp.replace(part)

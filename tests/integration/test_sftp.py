@@ -119,7 +119,7 @@ def test_pieces_placed_by_sessions_at_once_make_one_file(sshd: Sftp, monkeypatch
     # Given three pieces of 1 MB and some bytes, for a file in folders not there yet
     pieces = [os.urandom(1024 * 1024 + n) for n in (5, 11, 3)]
     offsets = [3 + sum(len(p) for p in pieces[:i]) for i in range(3)]
-    temp = "placed/new/.all.csv.part-1"
+    temp = "sessions-at-once/new/.all.csv.part-1"  # a folder no other test writes
     # When three sessions place a piece each at its offset at the same time, the last first
     with connected(sshd, monkeypatch) as a, connected(sshd, monkeypatch) as b, connected(sshd, monkeypatch) as c:
         threads = [threading.Thread(target=remote.place, args=(temp, [(at, io.BytesIO(piece))]))
