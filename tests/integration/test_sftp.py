@@ -44,11 +44,31 @@ def connected(server: Sftp, monkeypatch: pytest.MonkeyPatch) -> Iterator[SftpRem
 
 
 def test_aes_gcm_is_negotiated_with_openssh(sshd: Sftp, monkeypatch: pytest.MonkeyPatch) -> None:
+    no_delay_at_handshake: list[int] = []
+    init = sftp_module._Transport.__init__
+
+    def recording(self: paramiko.Transport, sock: socket.socket, *args: object, **kwargs: object) -> None:
+        no_delay_at_handshake.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        init(self, sock, *args, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(sftp_module._Transport, "__init__", recording)
     with connected(sshd, monkeypatch) as remote:
         transport = remote.sftp.get_channel().get_transport()
         assert (transport.local_cipher, transport.remote_cipher) == ("aes128-gcm@openssh.com",) * 2
-        # and each packet goes at once: a download's small read requests are not held back by Nagle
+        # and each packet goes at once, from the handshake on: a download's small read requests, and the
+        # handshake's messages, are not held back by Nagle
         assert transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert no_delay_at_handshake == [1]
+
+
+def test_a_server_not_listening_is_a_connection_failure(sshd: Sftp, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    cfg = _cfg(sshd, monkeypatch).model_copy(update={"port": port})
+    with pytest.raises(RunError) as refused:
+        SftpRemote.connect(cfg)
+    assert refused.value.code is ErrorCode.CONNECTION_FAILED
+    assert refused.value.message.startswith(f"127.0.0.1:{port} is not reachable")
 
 
 def _write_requests(monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -68,12 +68,15 @@ IDLE_S = 60.0
 READS_IN_FLIGHT = 64
 
 
-def _no_delay(client: paramiko.SSHClient) -> None:
-    """Send each SSH packet at once (TCP_NODELAY): a download sends a small read request per reply it
-    takes, and Nagle's algorithm held them back (127 MB in 1.2-1.4 s instead of 0.35 s)."""
-    transport = client.get_transport()
-    if transport is not None and isinstance(transport.sock, socket.socket):
-        transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def _no_delay_socket(cfg: ConnectionCfg) -> socket.socket:
+    """A TCP connection to the server that sends each SSH packet at once (TCP_NODELAY), from the
+    handshake on: Nagle's algorithm held back a download's small read requests (127 MB in 1.2-1.4 s
+    instead of 0.35 s), and the handshake's own messages (a handshake with OpenSSH on loopback took
+    62-68 ms instead of 21-23 ms)."""
+    assert cfg.host
+    sock = socket.create_connection((cfg.host, cfg.port), timeout=cfg.timeout_s)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 class _Replies:
@@ -166,10 +169,9 @@ class SftpRemote:
             if cfg.private_key else None
         try:
             client.connect(cfg.host, cfg.port, username=cfg.username, password=password, pkey=pkey,
-                           look_for_keys=False, allow_agent=False, timeout=cfg.timeout_s,
+                           look_for_keys=False, allow_agent=False, sock=_no_delay_socket(cfg),
                            banner_timeout=cfg.timeout_s, auth_timeout=cfg.timeout_s,
                            transport_factory=_Transport)  # type: ignore[arg-type]  # the stubs lag paramiko 5
-            _no_delay(client)
             sftp = client.open_sftp()
         except paramiko.BadHostKeyException as exc:
             client.close()
