@@ -7,9 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from paramiko.buffered_pipe import BufferedPipe
 
 from dx.shared.connections import FileInfo, confine, match_names, split_pattern
 from dx.shared.connections.local import LocalRemote
+from dx.shared.connections.sftp import _BytesPipe
 from dx.shared.errors import ErrorCode
 
 # --- confine ----------------------------------------------------------------------------------------------
@@ -245,3 +249,28 @@ def test_a_local_place_writes_each_stream_at_its_offset_and_keeps_the_rest(root,
         remote.place("out/link.csv", [(0, io.BytesIO(b"x"))])
     assert sorted(p.name for p in outside.iterdir()) == ["passwd.csv"]
     assert (outside / "passwd.csv").read_text() == "root\n"
+
+
+# --- the SFTP channel's buffer ----------------------------------------------------------------------------
+
+
+#: Bytes of any length up to 3000 (Hypothesis draws short binaries far more often than long ones).
+SOME_BYTES = st.builds(lambda n, k: bytes((i * 7 + k) % 256 for i in range(n)), st.integers(1, 3000), st.integers(0, 255))
+
+
+@given(st.lists(st.one_of(st.tuples(st.just("feed"), SOME_BYTES),
+                          st.tuples(st.just("read"), st.integers(min_value=1, max_value=5000))),
+                min_size=2, max_size=60))
+@settings(max_examples=300, deadline=None)
+def test_the_sftp_channel_buffer_reads_what_paramiko_s_own_would(steps):
+    # Given paramiko's buffer and dx's, fed the same bytes and read in the same sizes, reads between feeds
+    ours, theirs = _BytesPipe(), BufferedPipe()
+    for kind, arg in steps:
+        if kind == "feed":
+            ours.feed(arg)
+            theirs.feed(arg)
+        elif len(theirs):  # a read of an empty pipe waits for the next feed
+            # Then each read gives the same bytes, and the same are left
+            assert ours.read(arg) == theirs.read(arg)
+        assert len(ours) == len(theirs) and ours.read_ready() == theirs.read_ready()
+    assert ours.empty() == theirs.empty()
