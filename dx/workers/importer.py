@@ -2,7 +2,8 @@
 
 Every chunk is loaded with COPY and applied with one SQL statement per mode:
 - overwrite: COPY into the run's shadow table; ``finish_overwrite`` swaps it
-  in atomically (readers see the old content or the new, never a mix);
+  in atomically (readers see the old content or the new, never a mix); the
+  replaced table is dropped after the run ended (``drop_replaced``);
 - append: COPY straight into the target when every key is new; else COPY
   into a temporary table, INSERT .. ON CONFLICT DO NOTHING; keys that
   already exist come back as KEY_EXISTS failed operations;
@@ -155,14 +156,32 @@ def finish_overwrite(conn: Conn, run: dict[str, Any], mdef: ModuleDef, counters:
         build_key(conn, mdef, run["id"])
     shadow_name = shadow_table(db.id, run["id"])
     shadow, target = table_ident(db.tenant, shadow_name), table_ident(db.tenant, db.id)
-    old_name = f"{db.id}__old_{run['id']}"
+    replaced_name = replaced_table(db.id, run["id"])
     conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target))
-    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(target, sql.Identifier(old_name)))
+    key = conn.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'",
+                       (target.as_string(conn),)).fetchone()
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(target, sql.Identifier(replaced_name)))
+    replaced = table_ident(db.tenant, replaced_name)
+    if key is not None:  # its key's name goes with it: the shadow's key takes the name
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+            replaced, sql.Identifier(key["conname"]), sql.Identifier(f"{replaced_name}_pkey")))
     conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(shadow, sql.Identifier(db.id)))
-    conn.execute(sql.SQL("DROP TABLE {}").format(table_ident(db.tenant, old_name)))
     conn.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
         target, sql.Identifier(f"{shadow_name}_pkey"), sql.Identifier(f"{db.id}_pkey")))
     return None, None
+
+
+def replaced_table(database: str, run_id: int) -> str:
+    """The name an overwrite gives the table it replaced, until ``drop_replaced``."""
+    return f"{database}__old_{run_id}"
+
+
+def drop_replaced(conn: Conn, mdef: ModuleDef, run_id: int) -> None:
+    """Drop the table an overwrite replaced, if it is still there. Not in the swap's transaction: the
+    commit of a DROP unlinks the table's files (about 0.1 s for 300 MB here, seconds for 10M rows),
+    and the swap's lock on the contact table, which readers wait for, would be held meanwhile."""
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
+        table_ident(mdef.database.tenant, replaced_table(mdef.database.id, run_id))))
 
 
 def build_key(conn: Conn, mdef: ModuleDef, run_id: int) -> None:

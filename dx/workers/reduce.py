@@ -7,8 +7,9 @@ every chunk's result exists (it can be called early or twice: then it waits
 for the next call), sums the counters, settles a streamed overwrite's keys
 applied by several chunks (``dx.workers.duplicates``), applies the overwrite
 guards and swap, records the file in the ledger and the run's end in ONE
-transaction; then disposes of the source file, sends the e-mail and clears
-the staging folder.
+transaction; then disposes of the source file, sends the e-mail, drops the
+table an overwrite replaced (its files' unlinking is not waited for by the
+report, nor by readers of the contact table) and clears the staging folder.
 
 Retries: 5 with backoff; then ``run_crashed`` fails the run.
 Idempotent: a terminal run only gets its leftovers finished (file
@@ -32,7 +33,7 @@ from dx.shared.runs import COUNTERS, RunStatus, chunks_done, finish, get_run, st
 from dx.workers import staging
 from dx.workers.duplicates import build_key_while_checking, settle_duplicates
 from dx.workers.failures import drop_shadow, notify
-from dx.workers.importer import finish_overwrite
+from dx.workers.importer import drop_replaced, finish_overwrite
 from dx.workers.source_query import adopt_watermark
 
 log = structlog.get_logger(__name__)
@@ -55,6 +56,9 @@ def reduce(run_id: int) -> None:
             _finish(conn, run, mdef)
     _dispose_source(run_id, mdef)
     notify(run_id)
+    if mdef.module.mode == "overwrite":
+        with db.transaction() as conn:
+            drop_replaced(conn, mdef, run_id)
     staging.remove_run(run_id)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from datetime import date
 
 import pytest
@@ -100,6 +101,46 @@ def test_mode_applies_exactly_and_reports_every_bad_record(mode, modes_tenant, s
     # and the file was archived, so that the next run does not import it again
     assert not (sshd.root / f"in/{mode}_0001.csv").exists()
     assert (sshd.root / "in/archive" / f"{mode}_0001.csv.run{result['id']}").exists()
+    # and the contact table is the schema's only table (an overwrite drops the one it replaced after the report)
+    assert _tables_once_settled(modes_tenant) == ["contacts"]
+
+
+def _tables_once_settled(tenant: str, timeout_s: float = 10) -> list[str]:
+    """The tables of the tenant's schema, once no replaced table is left (or the time is out)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with db.connect() as conn:
+            names = [r["tablename"] for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (f"tenant_{tenant}",))]
+        if not any("__old_" in n for n in names) or time.monotonic() > deadline:
+            return names
+        time.sleep(0.05)
+
+
+def test_a_reduce_delivered_again_drops_the_table_its_overwrite_replaced(modes_tenant, sshd, workers):
+    # Given an overwrite that ended, and the table it replaced still there (its worker stopped after the
+    # swap's commit, before the drop)
+    seed(modes_tenant, BEFORE)
+    sshd.put("in/overwrite_0002.csv", SOURCE)
+    workers.start(1)
+    result = run("modes-overwrite")
+    assert result["status"] == "completed_with_errors", result["error_message"]
+    assert _tables_once_settled(modes_tenant) == ["contacts"]
+    with db.transaction() as conn:
+        conn.execute(f'CREATE TABLE "tenant_{modes_tenant}"."contacts__old_{result["id"]}" (email text)')
+    before = table(modes_tenant)
+
+    # When its reduce message is delivered again
+    from dx.workers.reduce import reduce
+    reduce.fn(result["id"])
+
+    # Then the leftover is dropped, and nothing else changes: the contact table, the run's counters
+    assert _tables_once_settled(modes_tenant, timeout_s=0) == ["contacts"]
+    assert table(modes_tenant) == before == EXPECTED["overwrite"]["table"]
+    with db.connect() as conn:
+        again = conn.execute("SELECT status, inserted, not_inserted FROM dx.runs WHERE id = %s",
+                             (result["id"],)).fetchone()
+    assert again == {"status": "completed_with_errors", "inserted": 3, "not_inserted": 5}
 
 
 def test_password_authentication_and_ledger(cluster_env, sshd, workers, tmp_path):
