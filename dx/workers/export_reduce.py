@@ -76,9 +76,8 @@ def export_reduce(run_id: int) -> None:
 def record_digest(run_id: int, head: bytes, parts: list[Path], tail: bytes) -> None:
     """Record the SHA-256 of the file delivered without a manifest (head, the parts in order, tail)."""
     _, sha256 = file_digest(head, parts, tail)
-    with db.connect() as conn:
+    with db.transaction() as conn:
         conn.execute("UPDATE dx.exports SET sha256 = %s WHERE run_id = %s", (sha256, run_id))
-        conn.commit()
 
 
 def _deliver(run_id: int, mdef: ModuleDef) -> tuple[bytes, list[Path], bytes] | None:
