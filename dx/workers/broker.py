@@ -49,6 +49,10 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
 def start_worker(threads: int) -> dramatiq.Worker:
     """Start consuming every stage's queue with ``threads`` worker threads."""
     broker = setup()
+    # paramiko, imported where a task first opens an SFTP session, takes 0.15-0.6 s to import (it
+    # imports invoke, and that unittest): paid here, before the first message, not by a run
+    from dx.shared.connections import sftp  # noqa: F401
+
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
     # One message per thread: a large chunk must not wait behind another on a busy worker.
     worker.queue_prefetch = threads
