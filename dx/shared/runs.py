@@ -94,8 +94,9 @@ def pending_chunk(conn: Conn, run_id: int, chunk_no: int, actor: str) -> dict[st
 
 
 def streamed(run: dict[str, Any]) -> bool:
-    """Whether the run's chunks were cut and sent by an overwrite's streaming plan (it counts its
-    attempts from 1): a key's records may then be in several chunks, which the reduce settles."""
+    """Whether the run's chunks were cut and sent by a streaming plan, an overwrite's or an append's
+    (it counts its attempts from 1): a key's records may then be in several chunks, which the reduce
+    settles."""
     return bool(run["plan_attempt"])
 
 

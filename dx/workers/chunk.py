@@ -4,9 +4,9 @@ The Importer's chunks apply with ``importer.apply_chunk``, the Updater's
 with ``updater.apply_updates``.
 
 Consumes ``chunk(run_id, chunk_no)`` from the plan's group (the group's
-completion callback sends ``reduce``), or ``chunk(run_id, chunk_no, attempt)``
-from an overwrite's streaming plan: there is no group then, and the last
-chunk to commit sends ``reduce``. Reads the chunk's file, validates it
+completion callback sends ``reduce``), or from a streaming plan (an
+overwrite's, ``chunk(run_id, chunk_no, attempt)``; an append's): there is no
+group then, and the last chunk to commit sends ``reduce``. Reads the chunk's file, validates it
 column-wise, and applies it in ONE transaction together with its
 ``dx.chunk_results`` row and its failed operations (a streamed chunk also
 writes the keys it applied, for the reduce).
@@ -32,8 +32,9 @@ from dx.shared.db import Conn
 from dx.shared.formats.csv import ROW
 from dx.shared.pgcopy import copy_frame
 from dx.shared.runs import FAILED_TABLE, chunks_done, claim_chunk, pending_chunk, streamed
-from dx.shared.validate import KEY, find_column, validate
+from dx.shared.validate import find_column, validate
 from dx.workers import staging
+from dx.workers.duplicates import keys_applied
 from dx.workers.failures import on_failure_options
 from dx.workers.importer import apply_chunk, keep_blank_text, validate_records
 from dx.workers.updater import apply_updates
@@ -54,7 +55,7 @@ def chunk(run_id: int, chunk_no: int, attempt: int | None = None) -> None:
         mdef = load_module(conn, run["module"])
         conn.commit()  # no snapshot held while the chunk is validated
         if _apply(conn, run, mdef, chunk_no, attempt, started) and streamed(run):
-            _reduce_if_last(conn, run_id)  # a streamed overwrite's chunks have no group barrier
+            _reduce_if_last(conn, run_id)  # a streamed run's chunks have no group barrier
 
 
 def _apply(conn: Conn, run: dict[str, Any], mdef: ModuleDef, chunk_no: int, attempt: int | None,
@@ -76,7 +77,7 @@ def _apply(conn: Conn, run: dict[str, Any], mdef: ModuleDef, chunk_no: int, atte
             return False
         outcome = apply(conn, run, mdef, validated)
         if streamed(run):  # the reduce settles keys across chunks
-            staging.write_keys(run_id, chunk_no, validated.good.select(ROW, KEY))
+            staging.write_keys(run_id, chunk_no, keys_applied(mdef, validated.good))
         failed = outcome.failed.with_columns(pl.lit(run_id).alias("run_id"), pl.lit(chunk_no).alias("chunk_no"))
         copy_frame(conn, FAILED_TABLE, failed)
         counters = {k: int(v) for k, v in outcome.counters.items()}

@@ -17,9 +17,10 @@ from psycopg import sql
 from dx.shared import db, mail
 from dx.shared.catalog import load_module, table_ident
 from dx.shared.errors import ErrorCode
-from dx.shared.runs import RunStatus, error_counts, finish, get_run
+from dx.shared.runs import RunStatus, error_counts, finish, get_run, streamed
 from dx.shared.settings import get_settings
 from dx.workers import staging
+from dx.workers.duplicates import undo_append
 from dx.workers.importer import shadow_table
 
 log = structlog.get_logger(__name__)
@@ -34,7 +35,8 @@ def fail_run(run_id: int, code: ErrorCode | None, message: str, *,
              status: RunStatus = RunStatus.FAILED, discard_chunks: bool = False) -> None:
     """End a run that has not ended yet, clean its leftovers and send the e-mail. ``discard_chunks``:
     the chunks' results and failed operations go too (a failed plan's: chunks that an overwrite's
-    plan sent before it failed loaded only its shadow table, as a split by key sends none)."""
+    plan sent before it failed loaded only its shadow table, an append's are undone, as a split by
+    key sends none)."""
     with db.transaction() as conn:
         run = get_run(conn, run_id, for_update=True)  # waits for chunks in their transaction; later ones skip
         if run is None:
@@ -44,6 +46,8 @@ def fail_run(run_id: int, code: ErrorCode | None, message: str, *,
             if module:
                 drop_shadow(conn, run["tenant"], module["database"], run_id)
             if discard_chunks:
+                if streamed(run) and (mdef := load_module(conn, run["module"])).module.mode == "append":
+                    log.info("run.undone", rows_deleted=undo_append(conn, run, mdef))
                 conn.execute("DELETE FROM dx.failed_operations WHERE run_id = %s AND chunk_no >= 0", (run_id,))
                 conn.execute("DELETE FROM dx.chunk_results WHERE run_id = %s", (run_id,))
             finish(conn, run_id, status, error_code=code.value if code else None, error_message=message)

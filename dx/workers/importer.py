@@ -6,7 +6,8 @@ Every chunk is loaded with COPY and applied with one SQL statement per mode:
   replaced table is dropped after the run ended (``drop_replaced``);
 - append: COPY straight into the target when every key is new; else COPY
   into a temporary table, INSERT .. ON CONFLICT DO NOTHING; keys that
-  already exist come back as KEY_EXISTS failed operations;
+  already exist come back as KEY_EXISTS failed operations (the reduce of a
+  streamed append settles those that another chunk of the run inserted);
 - upsert: the last occurrence of each key, INSERT .. ON CONFLICT DO UPDATE
   of the columns the source has.
 """
@@ -61,11 +62,12 @@ def load_table(conn: Conn, mdef: ModuleDef, frame: pl.DataFrame,
 
 def _copy_if_all_new(conn: Conn, target: sql.Composable, frame: pl.DataFrame) -> bool:
     """Append's common case, new keys only: COPY straight into the target (half the time of a load
-    table and INSERT .. ON CONFLICT); False, with nothing written, as soon as one key exists."""
+    table and INSERT .. ON CONFLICT); False, with nothing written, as soon as one key exists (or
+    another chunk of the run, holding some of the same keys in another order, deadlocks with it)."""
     try:
         with conn.transaction():  # a savepoint: an existing key undoes this COPY only
             copy_frame(conn, target, frame)
-    except psycopg.errors.UniqueViolation:
+    except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
         return False
     return True
 

@@ -4,15 +4,18 @@ Consumes ``plan(run_id)``. Picks the source file (pattern, ledger, settle
 check), downloads it to staging, reads it in bounded batches and writes each
 record to the chunk its key hashes to (so that every occurrence of a key,
 in source order, lands in one chunk). Then sends a group of ``chunk``
-messages whose completion callback is ``reduce``. An overwrite's plan instead
-cuts runs of consecutive records and sends each ``chunk(run_id, chunk_no,
-attempt)`` as soon as its file is written, then ``reduce`` (its last chunk
-sends it too); the reduce settles keys that several chunks applied.
+messages whose completion callback is ``reduce``. An overwrite's and an
+append's plan instead cut ranges of consecutive records and send each chunk
+as soon as its file is written, then ``reduce`` (their last chunk sends it
+too); the reduce settles keys that several chunks held.
 
 Retries: 3, for transient failures; a RunError fails the run at once.
 Idempotent: a redelivered plan of a planned run re-sends the chunk group
 (chunks and reduce are idempotent); a terminal run is left alone. A retried
-overwrite plan starts a new attempt: the earlier one's chunks apply nothing.
+streaming plan starts a new attempt: an overwrite's starts from nothing (the
+earlier attempt's ``chunk(run_id, chunk_no, attempt)`` messages apply
+nothing); an append's cuts the same chunks again (the run keeps its bytes per
+chunk), so each is applied once, by whichever delivery claims it first.
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ class RunEnded(Exception):
 
 class Partitioned(NamedTuple):
     """What a plan wrote: the source's columns, its malformed records, the chunks written (``n_chunks``
-    by a hash of the key, or as many as an overwrite's ``_stream`` cut, then with its ``attempt``)."""
+    by a hash of the key, or as many as a streaming plan's ``_stream`` cut, then with its ``attempt``)."""
 
     columns: list[str]
     failures: list[dict]
@@ -115,8 +118,8 @@ def _partition(run_id: int, mdef: ModuleDef, source: Path | Download, n_chunks: 
                        f"{path.name} has no column for {', '.join(missing)} (columns found: {', '.join(columns)})")
     failures: list[dict] = []
     if streams(mdef):
-        attempt = _new_attempt(run_id, mdef, columns)
-        return Partitioned(columns, failures, _stream(run_id, mdef, attempt, batches, failures), attempt)
+        attempt, chunk_bytes = _new_attempt(run_id, mdef, columns)
+        return Partitioned(columns, failures, _stream(run_id, mdef, attempt, chunk_bytes, batches, failures), attempt)
     staging.remove_chunks(run_id)  # a retried plan starts from no chunk files
     key_col = map_columns(columns, mdef.database)[mdef.database.primary_key]
     key = key_expr(key_col, mdef.database.fields[mdef.database.primary_key])
@@ -133,64 +136,72 @@ def _partition(run_id: int, mdef: ModuleDef, source: Path | Download, n_chunks: 
 
 
 def streams(mdef: ModuleDef) -> bool:
-    """Whether the plan sends chunks while it reads (``_stream``): an overwrite's, whose duplicate
-    keys across chunks the reduce settles before the shadow table gets its key."""
-    return mdef.module.kind == "importer" and mdef.module.mode == "overwrite"
+    """Whether the plan sends chunks while it reads (``_stream``): an overwrite's and an append's, the
+    modes in which the first occurrence of a key counts, whatever follows it; the reduce settles
+    their keys that several chunks held (``dx/workers/duplicates.py``). An upsert's last occurrence
+    and an updater's sequence of operations need every record of a key in one chunk."""
+    return mdef.module.kind == "importer" and mdef.module.mode in ("overwrite", "append")
 
 
-def _stream(run_id: int, mdef: ModuleDef, attempt: int, batches: Iterator[tuple[pa.Table, list[Malformed]]],
-            failures: list[dict]) -> int:
-    """An overwrite's chunks: consecutive records, about ``chunk_bytes`` of them parsed each, every
-    chunk sent as soon as its file is written. The other workers validate and load while this one
-    still downloads and parses, where a split by key must read the whole source first; the
-    occurrences of a key may then be in several chunks, which the reduce settles
-    (``dx/workers/duplicates.py``). Returns the number of chunks sent."""
+def _stream(run_id: int, mdef: ModuleDef, attempt: int, chunk_bytes: int,
+            batches: Iterator[tuple[pa.Table, list[Malformed]]], failures: list[dict]) -> int:
+    """A streaming plan's chunks: consecutive records, about ``chunk_bytes`` of them parsed each
+    (``staging.cut``: the same source and ``chunk_bytes`` make the same chunks), each sent as soon
+    as its file is written. The other workers validate and load while this one still downloads and
+    parses, where a split by key must read the whole source first; the occurrences of a key may then
+    be in several chunks, which the reduce settles (``dx/workers/duplicates.py``). Returns the number
+    of chunks sent."""
     from dx.workers.chunk import chunk
 
-    staging.remove_chunks(run_id)  # after the new attempt: no chunk of an earlier one writes here any more
-    target = mdef.module.chunk_bytes or get_settings().chunk_bytes
-    chunk_no, size = 0, 0
+    overwrite = mdef.module.mode == "overwrite"
+    if overwrite:  # no chunk of an earlier attempt applies any more
+        staging.remove_chunks(run_id)
+    # An append's files are written again as they were, each replacing its twin whole: a chunk of an
+    # earlier attempt reads either, and a chunk applied already keeps its keys file for the reduce.
+    # So an append's chunk applies whichever attempt sent it; an overwrite's, only in its attempt.
+    sent_by = attempt if overwrite else None
+    sent = 0
     with staging.ChunkFiles(run_id) as files:
 
-        def send() -> None:
-            nonlocal chunk_no, size
-            files.close(chunk_no)
-            chunk.send_with_options(kwargs={"run_id": run_id, "chunk_no": chunk_no, "attempt": attempt},
-                                    **on_failure_options())
-            chunk_no, size = chunk_no + 1, 0
+        def tables() -> Iterator[pa.Table]:
+            for table, bad in batches:
+                failures.extend(_malformed(bad))
+                yield table
 
-        for table, bad in batches:
-            failures += _malformed(bad)
-            row_bytes = table.nbytes / max(table.num_rows, 1)
-            while table.num_rows:
-                # the first two are small: the other workers start sooner, and the plan's own worker
-                # holds one of them (it took it while planning) until the plan ends
-                limit = target if chunk_no > 1 else max(1, target // 4)
-                n = min(table.num_rows, max(1, math.ceil((limit - size) / row_bytes)))
-                files.write(chunk_no, table.slice(0, n))
-                table, size = table.slice(n), size + n * row_bytes
-                if size >= limit:
-                    send()
-        if size:
-            send()
-    return chunk_no
+        for chunk_no, records, ends in staging.cut(tables(), chunk_bytes):
+            files.write(chunk_no, records)
+            if ends:
+                files.close(chunk_no)
+                chunk.send_with_options(kwargs={"run_id": run_id, "chunk_no": chunk_no, "attempt": sent_by},
+                                        **on_failure_options())
+                sent += 1
+    return sent
 
 
-def _new_attempt(run_id: int, mdef: ModuleDef, columns: list[str]) -> int:
-    """Start a streaming plan's attempt from nothing: no chunk result, no failed operation, an empty
-    shadow table; the source's columns recorded for the chunks. Its UPDATE waits for the chunks of
-    an earlier attempt still in their transaction (they hold the run FOR SHARE); those queued
-    still find another attempt and apply nothing. RunEnded if the run ended meanwhile (its shadow
-    table, dropped then, is not made again)."""
+def _new_attempt(run_id: int, mdef: ModuleDef, columns: list[str]) -> tuple[int, int]:
+    """Start a streaming plan's attempt, recording the source's columns for the chunks; returns it and
+    its bytes per chunk. An overwrite's starts from nothing: no chunk result, no failed operation, an
+    empty shadow table, the module's ``chunk_bytes``. Its UPDATE waits for the chunks of an earlier
+    attempt still in their transaction (they hold the run FOR SHARE); those queued still find another
+    attempt and apply nothing. An append's keeps what its chunks applied, and the bytes per chunk of
+    the run's first attempt (a config applied meanwhile does not change them): it cuts the same
+    chunks. RunEnded if the run ended meanwhile (an overwrite's shadow table, dropped then, is not
+    made again)."""
+    overwrite = mdef.module.mode == "overwrite"
+    chunk_bytes = mdef.module.chunk_bytes or get_settings().chunk_bytes
     with db.transaction() as conn:
-        row = conn.execute("UPDATE dx.runs SET plan_attempt = plan_attempt + 1, source_columns = %s"
-                           " WHERE id = %s AND status = 'running' RETURNING plan_attempt", (columns, run_id)).fetchone()
+        row = conn.execute(
+            "UPDATE dx.runs SET plan_attempt = plan_attempt + 1, source_columns = %s,"
+            " chunk_bytes = CASE WHEN %s THEN %s ELSE coalesce(chunk_bytes, %s) END"
+            " WHERE id = %s AND status = 'running' RETURNING plan_attempt, chunk_bytes",
+            (columns, overwrite, chunk_bytes, chunk_bytes, run_id)).fetchone()
         if row is None:
             raise RunEnded
-        conn.execute("DELETE FROM dx.chunk_results WHERE run_id = %s", (run_id,))
-        conn.execute("DELETE FROM dx.failed_operations WHERE run_id = %s", (run_id,))
-        _create_shadow(conn, mdef, run_id)
-    return int(row["plan_attempt"])
+        if overwrite:
+            conn.execute("DELETE FROM dx.chunk_results WHERE run_id = %s", (run_id,))
+            conn.execute("DELETE FROM dx.failed_operations WHERE run_id = %s", (run_id,))
+            _create_shadow(conn, mdef, run_id)
+    return int(row["plan_attempt"]), int(row["chunk_bytes"])
 
 
 def _create_shadow(conn: Conn, mdef: ModuleDef, run_id: int) -> None:

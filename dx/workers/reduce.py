@@ -1,11 +1,11 @@
 """Actor ``reduce`` (queue ``dx.reduce``): merge chunk results, end the run.
 
 Consumes ``reduce(run_id)``, the completion callback of the plan's chunk
-group (or sent directly for an empty source; for an overwrite's streaming
-plan, by the plan at its end and by the last chunk to commit). Checks that
-every chunk's result exists (it can be called early or twice: then it waits
-for the next call), sums the counters, settles a streamed overwrite's keys
-applied by several chunks (``dx.workers.duplicates``), applies the overwrite
+group (or sent directly for an empty source; for a streaming plan, by the
+plan at its end and by the last chunk to commit). Checks that every chunk's
+result exists (it can be called early or twice: then it waits for the next
+call), sums the counters, settles a streamed run's keys that several chunks
+held (``dx.workers.duplicates``), applies the overwrite
 guards and swap, records the file in the ledger and the run's end in ONE
 transaction; then disposes of the source file, sends the e-mail, drops the
 table an overwrite replaced (its files' unlinking is not waited for by the
@@ -31,7 +31,7 @@ from dx.shared.connections import open_remote
 from dx.shared.db import Conn
 from dx.shared.runs import COUNTERS, RunStatus, chunks_done, finish, get_run, streamed
 from dx.workers import staging
-from dx.workers.duplicates import build_key_while_checking, settle_duplicates
+from dx.workers.duplicates import build_key_while_checking, settle_append, settle_duplicates
 from dx.workers.failures import drop_shadow, notify
 from dx.workers.importer import drop_replaced, finish_overwrite
 from dx.workers.source_query import adopt_watermark
@@ -85,6 +85,10 @@ def _finish(conn: Conn, run: dict[str, Any], mdef: ModuleDef) -> None:
         code, message = finish_overwrite(conn, run, mdef, counters, key_built=key_built)
         if code is not None:
             drop_shadow(conn, mdef.database.tenant, mdef.database.id, run_id)
+    elif mdef.module.mode == "append" and streamed(run):
+        removed = settle_append(conn, run, mdef, counters["inserted"])
+        counters["inserted"] -= removed
+        counters["not_inserted"] += removed
     failed = sum(counters[c] for c in ("not_inserted", "not_updated", "not_deleted"))
     if code is not None:
         status = RunStatus.FAILED

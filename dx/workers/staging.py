@@ -2,8 +2,8 @@
 
 Layout: ``<DX_STAGING_DIR>/runs/<run>/source/`` (a downloaded source, removed
 after planning) and ``.../chunks/chunk-<n>.arrow`` (one Arrow IPC file per
-chunk, a record batch per source batch; an overwrite's chunks add ``keys-<n>.arrow``,
-the keys each applied); an export's chunks write
+chunk, a record batch per source batch; a streamed chunk adds ``keys-<n>.arrow``,
+the keys it applied or found existing); an export's chunks write
 ``.../export/part-<n>`` (file bytes, in order), under ``.part-<n>.tmp`` while
 it is written, and ``part-<n>.placed`` once it is in the target file too
 (``placements-void`` when a chunk ran again: every part then goes up at the
@@ -13,13 +13,14 @@ reduce).
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dx.shared.settings import get_settings
 
@@ -70,6 +71,39 @@ class ChunkFiles:
                 self.writers.pop(chunk_no).close()
 
 
+def record_sizes(table: pa.Table) -> np.ndarray:
+    """Each record's size as parsed, about its share of the table's bytes: its cells' bytes and an
+    offset each, after the row number (the table's first column)."""
+    sizes = np.full(table.num_rows, 4 * (table.num_columns - 1) + 8, np.int64)
+    for column in table.columns[1:]:
+        sizes += pc.binary_length(column).fill_null(0).to_numpy()
+    return sizes
+
+
+def cut(tables: Iterable[pa.Table], chunk_bytes: int) -> Iterator[tuple[int, pa.Table, bool]]:
+    """A streaming plan's chunks of consecutive records: (chunk number, records, whether they end the
+    chunk), in order. A chunk ends with the record that brings it to ``chunk_bytes`` (``record_sizes``;
+    the first two at a quarter of it: the other workers start sooner, and the plan's own worker holds
+    one of them, taken while it plans, until the plan ends), or with the last record. Decided by the
+    records alone, not by the tables they come in: the same records make the same chunks."""
+    chunk_no, size, last = 0, 0, None
+    for table in tables:
+        through = np.cumsum(record_sizes(table))  # the table's bytes up to each record
+        start = 0
+        while start < table.num_rows:
+            limit = chunk_bytes if chunk_no > 1 else max(1, chunk_bytes // 4)
+            before = int(through[start - 1]) if start else 0
+            end = min(int(np.searchsorted(through, before + limit - size)) + 1, table.num_rows)
+            size += int(through[end - 1]) - before
+            last = table.slice(end, 0)
+            yield chunk_no, table.slice(start, end - start), size >= limit
+            if size >= limit:
+                chunk_no, size, last = chunk_no + 1, 0, None
+            start = end
+    if last is not None:  # the last chunk ends with the source
+        yield chunk_no, last, True
+
+
 def split(table: pa.Table, chunk_nos: np.ndarray, n_chunks: int) -> Iterator[tuple[int, pa.Table]]:
     """The records of each chunk, in source order (chunks read them unsorted): one stable sort of
     the chunk numbers, one take, then slices. In Arrow, not Polars: the batch is neither converted
@@ -100,8 +134,8 @@ def read_chunk(run_id: int, chunk_no: int, schema: dict[str, pl.DataType]) -> pl
 
 
 def keys_file(run_id: int, chunk_no: int) -> Path:
-    """The keys (and row numbers) an overwrite's streamed chunk applied, for the reduce to find the
-    keys applied by several chunks."""
+    """The keys (and row numbers) of a streamed chunk's valid records, for the reduce to find the
+    keys that several chunks held."""
     return run_dir(run_id) / "chunks" / f"keys-{chunk_no:04d}.arrow"
 
 

@@ -1,8 +1,9 @@
-"""An overwrite's streaming plan: chunks of consecutive records, sent while the source is read.
+"""An overwrite's and an append's streaming plan: chunks of consecutive records, sent while the
+source is read.
 
-Its duplicate keys are judged as when one chunk holds every occurrence of a key
-(the hash-partitioned plan of the other modes), and a retried plan's earlier
-attempt applies nothing.
+Their duplicate keys are judged as when one chunk holds every occurrence of a key;
+a retried overwrite plan's earlier attempt applies nothing, a retried append plan
+cuts the same chunks again.
 """
 
 from __future__ import annotations
@@ -91,9 +92,23 @@ def test_streamed_overwrite_judges_duplicates_as_one_chunk_holding_them_would(
     assert streamed["inserted"] + streamed["not_inserted"] == streamed["rows_read"] == 600
 
 
+def _planned_again_and_worked(run_id: int, changed: str, tmp_path: Any, workers: Any, broker_url: str) -> dict[str, Any]:
+    """Plan ``run_id`` again, as after a crash before its plan's end, under the ``changed`` config; then
+    workers consume every message, the first attempt's too. The ended run."""
+    from dx.workers.plan import plan
+
+    with db.transaction() as conn:
+        conn.execute("UPDATE dx.runs SET planned_at = NULL WHERE id = %s", (run_id,))
+    apply(changed, tmp_path)
+    plan.fn(run_id)
+    workers.start(2)
+    result = wait_for(run_id, 120)
+    _queues_drained(broker_url)
+    return result
+
+
 def test_a_retried_plan_applies_only_its_own_chunks(cluster_env, sshd, smtp, workers, tmp_path):
-    # Given: an overwrite planned once with chunks of about 2 KB (its chunk messages wait in RabbitMQ),
-    # then planned again, as after a crash before its end, with chunks of about 5 KB
+    # Given: an overwrite planned once with chunks of about 2 KB (its chunk messages wait in RabbitMQ)
     from dx.workers.chunk import chunk  # noqa: F401  (imported now: bound to the broker of the test's vhost)
     from dx.workers.plan import plan
     from dx.workers.reduce import reduce  # noqa: F401
@@ -109,16 +124,11 @@ def test_a_retried_plan_applies_only_its_own_chunks(cluster_env, sshd, smtp, wor
     sshd.put("replan/in.csv", _source(9, 600, "email"))
     run_id = request_run("replan-overwrite", Trigger.MANUAL, "pytest")
     plan.fn(run_id)
-    with db.transaction() as conn:
+    with db.connect() as conn:
         first = conn.execute("SELECT n_chunks FROM dx.runs WHERE id = %s", (run_id,)).fetchone()["n_chunks"]
-        conn.execute("UPDATE dx.runs SET planned_at = NULL WHERE id = %s", (run_id,))
-    apply(module(5000), tmp_path)
-    plan.fn(run_id)
 
-    # When: workers consume every message, the first attempt's too
-    workers.start(2)
-    result = wait_for(run_id, 120)
-    _queues_drained(cluster_env["DX_BROKER_URL"])
+    # When: it is planned again with chunks of about 5 KB, and workers consume every message
+    result = _planned_again_and_worked(run_id, module(5000), tmp_path, workers, cluster_env["DX_BROKER_URL"])
 
     # Then: the run holds the second attempt's chunks only, and its counters add up
     with db.connect() as conn:
@@ -156,22 +166,24 @@ def test_a_text_key_repeated_only_with_other_spaces_is_settled_after_its_key_was
     assert (result["inserted"], result["not_inserted"]) == (2, 2)
 
 
+@pytest.mark.parametrize("mode", ["overwrite", "append"])
 def test_a_plan_failing_after_its_chunks_committed_fails_the_run_with_nothing_of_them_kept(
-        cluster_env, sshd, smtp, workers, tmp_path, monkeypatch):
-    # Given: an overwrite of 400,000 records in chunks of about 2 MB, some of the first ones bad, then
-    # bytes that are not UTF-8; planned here, its reading held after the first batch until a worker
-    # has committed a chunk of it
+        mode, cluster_env, sshd, smtp, workers, tmp_path, monkeypatch):
+    # Given: a run of 400,000 records in chunks of about 2 MB, some of the first ones bad, one of them
+    # held already (an append refuses it), then bytes that are not UTF-8; planned here, its reading
+    # held after the first batch until a worker has committed a chunk of it
     from dx.workers import plan as planning
     from dx.workers.chunk import chunk  # noqa: F401  (imported now: bound to the broker of the test's vhost)
     from dx.workers.reduce import reduce  # noqa: F401
 
-    tenant = "streamlate"
-    apply(config(tenant, sshd, [{"id": "late", "mode": "overwrite", "max_error_ratio": 1.0,
+    tenant = f"streamlate{mode}"
+    apply(config(tenant, sshd, [{"id": f"late{mode}", "mode": mode, "max_error_ratio": 1.0,
                                  "chunk_bytes": 2_000_000, "source": {"path": "late/in.csv"}}]), tmp_path)
-    seed(tenant, [("old@x.it", "Old", 1)])
+    before = {"old@x.it": ("Old", 1, None), "user7@x.it": ("Seven", 7, None)}
+    seed(tenant, [(key, name, points) for key, (name, points, _) in before.items()])
     good = "".join(f"user{i}@x.it,name{i},{'bad' if i % 1000 == 0 else i}\n" for i in range(400_000))
     sshd.put("late/in.csv", b"email,first_name,points\n" + good.encode() + b"late@x.it,\xff\xfe broken,1\n")
-    run_id = request_run("late", Trigger.MANUAL, "pytest")
+    run_id = request_run(f"late{mode}", Trigger.MANUAL, "pytest")
     _purge_plans(cluster_env["DX_BROKER_URL"])  # planned here only, not by a worker too
     read_ahead = planning.read_ahead
 
@@ -197,8 +209,9 @@ def test_a_plan_failing_after_its_chunks_committed_fails_the_run_with_nothing_of
                             " (SELECT count(*) FROM dx.failed_operations WHERE run_id = %(r)s) AS failed",
                             {"r": run_id}).fetchone()
     assert (kept["results"], kept["failed"]) == (0, 0)
-    assert table(tenant) == {"old@x.it": ("Old", 1, None)}
+    assert table(tenant) == before
     assert tables_left(tenant) == ["contacts"]
+
 
 
 def test_a_plan_attempt_beginning_after_its_run_ended_makes_nothing(cluster_env, sshd, smtp, workers, tmp_path):
@@ -249,3 +262,96 @@ def test_a_plan_overtaken_by_a_later_attempt_leaves_the_run_to_it(cluster_env, s
     with db.connect() as conn:
         row = conn.execute("SELECT status, planned_at, plan_attempt FROM dx.runs WHERE id = %s", (run_id,)).fetchone()
     assert (row["status"], row["planned_at"], row["plan_attempt"]) == ("running", None, 2)
+
+
+def _streamed_by_hand(module: str, broker_url: str, chunk_order: Any) -> tuple[int, int]:
+    """Plan a run of ``module`` here and apply its chunks here, in ``chunk_order(n_chunks)``; (run, n_chunks).
+    Their messages, and the reduce's, wait for the workers."""
+    from dx.workers.chunk import chunk
+    from dx.workers.plan import plan
+    from dx.workers.reduce import reduce  # noqa: F401  (imported now: bound to the broker of the test's vhost)
+
+    run_id = request_run(module, Trigger.MANUAL, "pytest")
+    _purge_plans(broker_url)
+    plan.fn(run_id)
+    with db.connect() as conn:
+        n_chunks = conn.execute("SELECT n_chunks FROM dx.runs WHERE id = %s", (run_id,)).fetchone()["n_chunks"]
+    for chunk_no in chunk_order(n_chunks):
+        chunk.fn(run_id, chunk_no)
+    return run_id, n_chunks
+
+
+@pytest.mark.parametrize("key_type", ["email", "text"])
+def test_a_streamed_append_whose_later_chunks_commit_first_ends_as_one_chunk_would(
+        key_type, cluster_env, sshd, smtp, workers, tmp_path):
+    # Given: appends of the same 600 records over 40 keys into a table already holding two of them,
+    # one in chunks of about 2 KB, one in a single chunk
+    tenant = f"append{key_type}"
+    fields = {**FIELDS, "email": {"type": key_type, "required": True}}
+    apply(config(tenant, sshd, [{"id": f"{tenant}-{name}", "mode": "append", "max_error_ratio": 1.0,
+                                 "chunk_bytes": size, "source": {"path": f"{tenant}/{name}.csv"}}
+                                for name, size in (("streamed", 2000), ("whole", 10_000_000))], fields=fields),
+          tmp_path)
+    data = _source(11, 600, key_type)
+    sshd.put(f"{tenant}/streamed.csv", data)
+    sshd.put(f"{tenant}/whole.csv", data)
+    existing = [("user3@x.it", "Old", 1), ("user17@x.it", "Old", 2)]
+
+    # When: the chunks of the first apply from the last to the first, so that a key's later occurrences
+    # are inserted before its first, and the second runs on the same table as it was
+    seed(tenant, existing)
+    run_id, n_chunks = _streamed_by_hand(f"{tenant}-streamed", cluster_env["DX_BROKER_URL"],
+                                         lambda n: reversed(range(n)))
+    workers.start(2)
+    streamed = wait_for(run_id, 120)
+    kept = table(tenant)
+    seed(tenant, existing)
+    whole = run(f"{tenant}-whole")
+
+    # Then: the same rows, counters and report, each repeat naming the key's first valid occurrence
+    assert n_chunks >= 10 and whole["n_chunks"] == 1
+    assert streamed["status"] == whole["status"] == "completed_with_errors"
+    assert kept == table(tenant)
+    assert [streamed[c] for c in COUNTERS] == [whole[c] for c in COUNTERS]
+    report = _report(run_id)
+    assert report == _report(whole["id"])
+    assert sum(r["error_code"] == "DUPLICATE_KEY" for r in report) > 100
+    assert streamed["inserted"] + streamed["not_inserted"] == 600
+    if key_type == "email":  # the two keys held already: their first occurrence is refused
+        assert sum(r["error_code"] == "KEY_EXISTS" for r in report) == 2
+
+
+def test_a_retried_append_plan_cuts_the_same_chunks_and_applies_each_once(cluster_env, sshd, smtp, workers,
+                                                                           tmp_path):
+    # Given: an append planned with chunks of about 2 KB, three of its chunks applied
+    tenant = "appendreplan"
+
+    def module(chunk_bytes: int) -> str:
+        return config(tenant, sshd, [{"id": f"{tenant}-{name}", "mode": "append", "max_error_ratio": 1.0,
+                                      "chunk_bytes": size or chunk_bytes, "source": {"path": f"{tenant}/{name}.csv"}}
+                                     for name, size in (("streamed", 0), ("whole", 10_000_000))])
+
+    apply(module(2000), tmp_path)
+    data = _source(13, 600, "email")
+    sshd.put(f"{tenant}/streamed.csv", data)
+    sshd.put(f"{tenant}/whole.csv", data)
+    seed(tenant, [("user5@x.it", "Old", 1)])
+    run_id, first = _streamed_by_hand(f"{tenant}-streamed", cluster_env["DX_BROKER_URL"], lambda n: (0, 2, n - 1))
+
+    # When: it is planned again with chunk_bytes changed, and workers consume every message
+    result = _planned_again_and_worked(run_id, module(5000), tmp_path, workers, cluster_env["DX_BROKER_URL"])
+    kept = table(tenant)
+    seed(tenant, [("user5@x.it", "Old", 1)])
+    whole = run(f"{tenant}-whole")
+
+    # Then: the second attempt cut the same chunks; each was applied once, and the run ends as one
+    # chunk holding every record would
+    with db.connect() as conn:
+        done = conn.execute("SELECT count(*) AS n, sum(rows_read) AS rows FROM dx.chunk_results WHERE run_id = %s",
+                            (run_id,)).fetchone()
+    assert result["status"] == "completed_with_errors", result["error_message"]
+    assert result["plan_attempt"] == 2 and result["n_chunks"] == first >= 10
+    assert (done["n"], done["rows"]) == (first, 600 - result["plan_failed"])
+    assert [result[c] for c in COUNTERS] == [whole[c] for c in COUNTERS]
+    assert kept == table(tenant)
+    assert _report(run_id) == _report(whole["id"])

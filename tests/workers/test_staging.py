@@ -77,3 +77,59 @@ def test_a_chunk_closed_early_is_read_whole_while_others_are_still_written():
         assert staging.read_chunk(8, 0, SCHEMA).equals(batch(range(1, 4)))
         assert not staging.chunk_file(8, 1).exists()
     assert staging.read_chunk(8, 1, SCHEMA).equals(batch(range(4, 6)))
+
+
+def records(n: int, seed: int, long_from: int | None = None) -> pa.Table:
+    """``n`` records with notes of random length (some null), longer from record ``long_from`` on."""
+    rng = np.random.default_rng(seed)
+    notes = ["x" * int(rng.integers(0, 300)) * (8 if long_from is not None and i >= long_from else 1)
+             if rng.random() > 0.1 else None for i in range(n)]
+    return pa.table({ROW: pa.array(range(1, n + 1), pa.int64()), "email": [f"u{i}@example.com" for i in range(n)],
+                     "notes": notes})
+
+
+def chunks(pieces: list[tuple[int, pa.Table, bool]]) -> dict[int, list[int]]:
+    """The row numbers of each chunk, checking that each chunk's pieces come together and end once."""
+    rows: dict[int, list[int]] = {}
+    ended = []
+    for chunk_no, piece, ends in pieces:
+        assert chunk_no not in ended and (not rows or chunk_no in rows or chunk_no == max(rows) + 1)
+        rows.setdefault(chunk_no, []).extend(piece.column(ROW).to_pylist())
+        if ends:
+            ended.append(chunk_no)
+    assert ended == sorted(rows)
+    return rows
+
+
+def test_the_same_records_make_the_same_chunks_however_they_come_in_tables():
+    # Given 3000 records, whole and in tables of random sizes
+    table = records(3000, seed=1)
+    rng = np.random.default_rng(2)
+    bounds = sorted({0, 3000, *rng.integers(1, 3000, 40).tolist()})
+    tables = [table.slice(a, b - a) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+    # When each is cut at 20 kB a chunk
+    whole = chunks(list(staging.cut([table], 20_000)))
+    pieces = chunks(list(staging.cut(tables, 20_000)))
+
+    # Then the chunks are the same, every record in one, in order
+    assert whole == pieces
+    assert [r for rows in whole.values() for r in rows] == list(range(1, 3001))
+    assert len(whole) > 10
+
+
+def test_a_chunk_holds_about_chunk_bytes_however_large_its_records():
+    # Given records eight times larger in the second half than in the first
+    table = records(4000, seed=3, long_from=2000)
+    sizes = dict(zip(table.column(ROW).to_pylist(), staging.record_sizes(table).tolist(), strict=True))
+
+    # When cut at 40 kB a chunk
+    cut = chunks(list(staging.cut([table], 40_000)))
+
+    # Then each chunk but the last reaches its size with its last record and not before (the first two
+    # at a quarter of it), and those of the larger records hold fewer of them
+    for chunk_no, rows in list(cut.items())[:-1]:
+        limit = 40_000 if chunk_no > 1 else 10_000
+        total = sum(sizes[r] for r in rows)
+        assert total >= limit > total - sizes[rows[-1]]
+    assert max(len(rows) for rows in list(cut.values())[-4:-1]) * 3 < min(len(rows) for rows in list(cut.values())[2:5])
