@@ -61,15 +61,14 @@ def table(samples: list[Sample]) -> list[str]:
 
 def scaling(samples: list[Sample]) -> list[str]:
     """Throughput against the number of worker processes."""
-    runs = [s for s in samples if s.scenario == "scaling"]
+    runs = [s for s in samples if s.scenario == "scaling" and s.tool not in BASELINES]
     if not runs:
         return []
-    psql = [s for s in samples if s.tool == "psql \\copy" and s.scenario == "overwrite"]
-    base = min(s.wall_s for s in psql) if psql else None
-    lines = ["| workers | wall s | rows/s | × psql \\copy (best) | peak RSS MB per worker |",
+    after = [s for s in samples if s.scenario == "scaling" and s.tool == "psql \\copy"]
+    lines = ["| workers | wall s | rows/s | × psql \\copy (the run after it) | peak RSS MB per worker |",
              "| ---: | ---: | ---: | ---: | --- |"]
-    for s in runs:
-        vs = f"{s.wall_s / base:.2f}" if base else ""
+    for i, s in enumerate(runs):
+        vs = f"{s.wall_s / after[i].wall_s:.2f}" if i < len(after) else ""
         lines.append(f"| {len(s.peak_mb)} | {s.wall_s:.2f} | {s.rows_per_s:,.0f} | {vs} "
                      f"| {', '.join(f'{p:.0f}' for p in s.peak_mb)} |")
     return lines
