@@ -59,6 +59,15 @@ def keys_applied(mdef: ModuleDef, good: pl.DataFrame) -> pl.DataFrame:
     return good.select(ROW, KEY, pk) if mdef.module.mode == "append" else good.select(ROW, KEY)
 
 
+def _refused(conn: Conn, run_id: int, among: list[int] | None = None) -> pl.Series:
+    """The row numbers of the run's records that its chunks found existing (KEY_EXISTS), of ``among``
+    only if given."""
+    rows = conn.execute("SELECT row_number FROM dx.failed_operations WHERE run_id = %s AND chunk_no >= 0"
+                        " AND error_code = %s AND (%s::bigint[] IS NULL OR row_number = ANY(%s))",
+                        (run_id, ErrorCode.KEY_EXISTS.value, among, among))
+    return pl.Series(ROW, [r["row_number"] for r in rows], dtype=pl.Int64)
+
+
 def undo_append(conn: Conn, run: dict[str, Any], mdef: ModuleDef) -> int:
     """Delete, in the caller's transaction, the rows that a streamed append's committed chunks inserted
     (their keys files' keys, less those they found existing): its plan failed after sending them, and
@@ -66,12 +75,11 @@ def undo_append(conn: Conn, run: dict[str, Any], mdef: ModuleDef) -> int:
     run_id, db = run["id"], mdef.database
     committed = [r["chunk_no"] for r in conn.execute(
         "SELECT chunk_no FROM dx.chunk_results WHERE run_id = %s", (run_id,))]  # a keys file of another may be stale
-    refused = pl.Series(ROW, [r["row_number"] for r in conn.execute(
-        "SELECT row_number FROM dx.failed_operations WHERE run_id = %s AND chunk_no >= 0 AND error_code = %s",
-        (run_id, ErrorCode.KEY_EXISTS.value))], dtype=pl.Int64)
+    refused = _refused(conn, run_id)
     removed = 0
     for chunk_no in committed:
-        keys = pl.read_ipc(staging.keys_file(run_id, chunk_no)).filter(~pl.col(ROW).is_in(refused.implode()))
+        keys = pl.read_ipc(staging.keys_file(run_id, chunk_no), columns=[ROW, db.primary_key]).filter(
+            ~pl.col(ROW).is_in(refused.implode()))
         removed += conn.execute(sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(
             table_ident(db.tenant, db.id), sql.Identifier(db.primary_key)), (keys[db.primary_key].to_list(),)).rowcount
     return removed
@@ -187,10 +195,7 @@ def settle_append(conn: Conn, run: dict[str, Any], mdef: ModuleDef, inserted: in
     repeated = repeated_keys(run, inserted + n_refused)
     if repeated is None:
         return 0
-    refused = pl.Series(ROW, [r["row_number"] for r in conn.execute(
-        "SELECT row_number FROM dx.failed_operations WHERE run_id = %s AND chunk_no >= 0 AND error_code = %s"
-        " AND row_number = ANY(%s)",
-        (run_id, ErrorCode.KEY_EXISTS.value, repeated[ROW].to_list()))], dtype=pl.Int64)
+    refused = _refused(conn, run_id, repeated[ROW].to_list())
     every, sources = _occurrences(run, mdef, repeated)
     first, failed = _duplicates(run, every, sources)  # the later occurrences: DUPLICATE_KEY, all
     pk, row, refusal = db.primary_key, pl.col(ROW), pl.col(ROW).is_in(refused.implode())
