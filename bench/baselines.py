@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from bench.measure import run_child
-from tests.support.sshd import Sftp
+from dx.devkit.sshd import Sftp
 
 #: Schema of the baseline tables.
 SCHEMA = "bench"

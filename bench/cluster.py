@@ -19,9 +19,9 @@ import psycopg
 import yaml
 
 from bench.measure import Sample, machine_busy_s, peak_mb, reset_peak
-from dx.shared.generate import FIELDS, write_contacts
-from tests.support.cluster import Workers, private_services
-from tests.support.sshd import Sftp, running_sshd
+from dx.devkit.cluster import Workers, private_services
+from dx.devkit.generate import FIELDS, write_contacts
+from dx.devkit.sshd import Sftp, running_sshd
 
 #: The tenant of every benchmark module.
 TENANT = "bench"

@@ -30,10 +30,10 @@ from bench import baselines, profile
 from bench.cluster import TENANT, Cluster, cluster, importer
 from bench.measure import Sample, machine, machine_busy_s
 from bench.report import kept_notes, render
+from dx.devkit.generate import updates
 from dx.shared.catalog import table_ident
 from dx.shared.config import parse_config
 from dx.shared.errors import ConfigError
-from dx.shared.generate import updates
 
 HERE = Path(__file__).parent
 #: Kept in RESULTS.md across runs: everything after this line.

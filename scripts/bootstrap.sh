@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Creates .venv with the pinned packages (idempotent); sourced by demo.sh and test.sh.
+# Creates .venv with the five distributions in editable mode, every package pinned by
+# requirements.lock (idempotent); called by demo.sh and test.sh. Compat mode puts each distribution's
+# folder on sys.path, so that mypy and import-linter see the dx namespace whole.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+stamp=.venv/.installed-$(cat pyproject.toml ./*/pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -c requirements.lock --config-settings editable_mode=compat \
+    -e ./shared -e ./workers -e ./scheduler -e ./cli -e ./devkit -e ".[test,demo]"
   rm -f .venv/.installed-* && touch "$stamp"
 fi

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.support.cluster import ServiceDown, Workers, private_services
-from tests.support.sshd import SSHD, Sftp, free_port, running_sshd
+from dx.devkit.cluster import ServiceDown, Workers, private_services
+from dx.devkit.sshd import SSHD, Sftp, free_port, running_sshd
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +78,10 @@ def cluster_env(tmp_path_factory: pytest.TempPathFactory, smtp: Mailbox, sshd: S
              "DX_TEST_SFTP_PASSWORD": sshd.password, "DX_TEST_SFTP_KEY": sshd.private_key}
     try:
         with private_services(f"dx_test_{os.getpid()}", tmp_path_factory.mktemp("dxhome"), extra) as env:
+            # tests call stages in this process too: their later stages go to this vhost's workers
+            from dx.workers.broker import setup
+
+            setup()
             yield env
     except ServiceDown as exc:
         pytest.fail(str(exc))

@@ -9,7 +9,7 @@ import sys
 import psycopg
 import pytest
 
-from tests.support.cluster import PG_ADMIN
+from dx.devkit.cluster import PG_ADMIN
 
 
 @pytest.fixture

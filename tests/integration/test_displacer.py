@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 import yaml
 
+from dx.devkit.generate import contacts
 from dx.shared import db
 from dx.shared.catalog import table_ident
-from dx.shared.generate import contacts
 from dx.shared.pgcopy import copy_frame
 from tests.integration.helpers import apply, export_config, run
 

@@ -11,8 +11,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from dx.shared.db import Conn
-from dx.workers import export_query
-from dx.workers.export_query import ExportQuery, count_and_bounds
+from dx.workers.exports import query as export_query
+from dx.workers.exports.query import ExportQuery, count_and_bounds
 
 TABLE = sql.Identifier("public", "bounds_probe")
 ROWS = 200_000

@@ -33,7 +33,7 @@ def _without_psql(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("compression", ["none", "gzip"])
 def test_psql_and_psycopg_write_the_same_part(table: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              compression: str) -> None:
-    from dx.workers.export_chunk import _copy
+    from dx.workers.exports.chunk import _copy
 
     # Given psql installed (as on this machine and in the image)
     psql.usable.cache_clear()
@@ -55,7 +55,7 @@ def test_psql_and_psycopg_write_the_same_part(table: None, tmp_path: Path, monke
 
 def test_a_value_the_encoding_cannot_hold_is_the_same_error_both_ways(table: None, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from dx.workers.export_chunk import UNENCODABLE, _copy
+    from dx.workers.exports.chunk import UNENCODABLE, _copy
 
     # Given a COPY into Latin-1 of values with Japanese characters
     statement = STATEMENT.format(encoding="'LATIN1'")

@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 
 from dx.cli import wait_for
+from dx.devkit.events import generate_events, insert_events
 from dx.scheduler.requests import request_run
 from dx.shared import db
-from dx.shared.events import generate_events, insert_events
 from dx.shared.runs import Trigger
 from dx.workers import staging
 from tests.integration.helpers import apply, export_config, run
@@ -110,9 +110,9 @@ def test_three_runs_while_events_arrive_export_every_event_once(cluster_env, ssh
 @pytest.mark.timeout(300)
 def test_an_upload_broken_off_leaves_no_file_and_the_next_run_delivers_everything(cluster_env, sshd, tmp_path):
     # Given an Exporter of about 450,000 events (tens of MB), planned and chunked in this process
-    from dx.workers.export import export_plan
-    from dx.workers.export_chunk import export_chunk
-    from dx.workers.export_reduce import export_reduce
+    from dx.workers.exports.chunk import export_chunk
+    from dx.workers.exports.plan import export_plan
+    from dx.workers.exports.reduce import export_reduce
 
     tenant = "broken"
     module = _exporter(tenant, sshd, tmp_path, "big/events.csv")
@@ -121,11 +121,11 @@ def test_an_upload_broken_off_leaves_no_file_and_the_next_run_delivers_everythin
 
     def prepared_run() -> int:
         run_id = request_run(module, Trigger.MANUAL, "pytest")
-        export_plan.fn(run_id)
+        export_plan(run_id)
         with db.connect() as conn:
             n_chunks = conn.execute("SELECT n_chunks FROM dx.runs WHERE id = %s", (run_id,)).fetchone()["n_chunks"]
         for i in range(n_chunks):
-            export_chunk.fn(run_id, i)
+            export_chunk(run_id, i)
         return run_id
 
     first = prepared_run()
@@ -155,7 +155,7 @@ def test_an_upload_broken_off_leaves_no_file_and_the_next_run_delivers_everythin
 
     # When the next run goes through (its parts placed by its chunks)
     second = prepared_run()
-    export_reduce.fn(second)
+    export_reduce(second)
     # Then it delivers every event once, and the watermark is its snapshot; no part is left
     # (but the broken run's hidden temporary file: its connection was gone)
     assert sorted(p.name for p in (sshd.root / "big").iterdir()) == [temp.name, "events.csv"]

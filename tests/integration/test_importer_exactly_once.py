@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 
 from dx.cli import wait_for
+from dx.devkit.generate import contacts
 from dx.scheduler.requests import request_run
 from dx.shared import db
-from dx.shared.generate import contacts
+from dx.shared.messages import QUEUES
 from dx.shared.runs import Trigger
-from dx.workers.broker import QUEUES
 from tests.integration.helpers import apply, config, failures, seed, table
 
 
@@ -54,10 +54,9 @@ def _queues_drained(vhost_url: str, timeout_s: float = 60) -> None:
 
 def test_twice_delivered_chunks_and_reduce_change_nothing(cluster_env, sshd, smtp, workers, tmp_path):
     # Given: an upsert over 2 contacts, a file of 300 records (some bad), and no worker running yet
-    # (the actors are imported now: at import they bind to the broker of the test's vhost)
-    from dx.workers.chunk import chunk
-    from dx.workers.plan import plan
-    from dx.workers.reduce import reduce
+    from dx.workers.imports.chunk import chunk
+    from dx.workers.imports.plan import plan
+    from dx.workers.imports.reduce import reduce
 
     tenant = "twice"
     apply(config(tenant, sshd, [{"id": "twice-upsert", "mode": "upsert",
@@ -66,23 +65,23 @@ def test_twice_delivered_chunks_and_reduce_change_nothing(cluster_env, sshd, smt
     frame = contacts(300, seed=3, bad_ratio=0.05).select("email", "first_name", "points")
     sshd.put("twice/in_1.csv", frame.write_csv().encode())
     run_id = request_run("twice-upsert", Trigger.MANUAL, "pytest")
-    plan.fn(run_id)  # planned in this process; its chunk messages wait in RabbitMQ
+    plan(run_id)  # planned in this process; its chunk messages wait in RabbitMQ
     with db.connect() as conn:
         n_chunks = conn.execute("SELECT n_chunks FROM dx.runs WHERE id = %s", (run_id,)).fetchone()["n_chunks"]
 
     # When: every chunk is delivered twice
     for i in range(n_chunks):
-        chunk.fn(run_id, i)
+        chunk(run_id, i)
     once = _snapshot(run_id, tenant)
     for i in range(n_chunks):
-        chunk.fn(run_id, i)
+        chunk(run_id, i)
     # Then: the second delivery changed nothing
     assert _snapshot(run_id, tenant) == once
 
     # When: the reducer is called twice
-    reduce.fn(run_id)
+    reduce(run_id)
     done = _snapshot(run_id, tenant)
-    reduce.fn(run_id)
+    reduce(run_id)
     # Then: the run ended once, with exact counters
     assert _snapshot(run_id, tenant) == done
     run = done[3]

@@ -131,8 +131,8 @@ def test_a_reduce_delivered_again_drops_the_table_its_overwrite_replaced(modes_t
     before = table(modes_tenant)
 
     # When its reduce message is delivered again
-    from dx.workers.reduce import reduce
-    reduce.fn(result["id"])
+    from dx.workers.imports.reduce import reduce
+    reduce(result["id"])
 
     # Then the leftover is dropped, and nothing else changes: the contact table, the run's counters
     assert _tables_once_settled(modes_tenant, timeout_s=0) == ["contacts"]

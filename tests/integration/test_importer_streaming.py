@@ -95,12 +95,12 @@ def test_streamed_overwrite_judges_duplicates_as_one_chunk_holding_them_would(
 def _planned_again_and_worked(run_id: int, changed: str, tmp_path: Any, workers: Any, broker_url: str) -> dict[str, Any]:
     """Plan ``run_id`` again, as after a crash before its plan's end, under the ``changed`` config; then
     workers consume every message, the first attempt's too. The ended run."""
-    from dx.workers.plan import plan
+    from dx.workers.imports.plan import plan
 
     with db.transaction() as conn:
         conn.execute("UPDATE dx.runs SET planned_at = NULL WHERE id = %s", (run_id,))
     apply(changed, tmp_path)
-    plan.fn(run_id)
+    plan(run_id)
     workers.start(2)
     result = wait_for(run_id, 120)
     _queues_drained(broker_url)
@@ -109,9 +109,7 @@ def _planned_again_and_worked(run_id: int, changed: str, tmp_path: Any, workers:
 
 def test_a_retried_plan_applies_only_its_own_chunks(cluster_env, sshd, smtp, workers, tmp_path):
     # Given: an overwrite planned once with chunks of about 2 KB (its chunk messages wait in RabbitMQ)
-    from dx.workers.chunk import chunk  # noqa: F401  (imported now: bound to the broker of the test's vhost)
-    from dx.workers.plan import plan
-    from dx.workers.reduce import reduce  # noqa: F401
+    from dx.workers.imports.plan import plan
 
     tenant = "replan"
 
@@ -123,7 +121,7 @@ def test_a_retried_plan_applies_only_its_own_chunks(cluster_env, sshd, smtp, wor
     seed(tenant, [("old@x.it", "Old", 1)])
     sshd.put("replan/in.csv", _source(9, 600, "email"))
     run_id = request_run("replan-overwrite", Trigger.MANUAL, "pytest")
-    plan.fn(run_id)
+    plan(run_id)
     with db.connect() as conn:
         first = conn.execute("SELECT n_chunks FROM dx.runs WHERE id = %s", (run_id,)).fetchone()["n_chunks"]
 
@@ -172,9 +170,7 @@ def test_a_plan_failing_after_its_chunks_committed_fails_the_run_with_nothing_of
     # Given: a run of 400,000 records in chunks of about 2 MB, some of the first ones bad, one of them
     # held already (an append refuses it), then bytes that are not UTF-8; planned here, its reading
     # held after the first batch until a worker has committed a chunk of it
-    from dx.workers import plan as planning
-    from dx.workers.chunk import chunk  # noqa: F401  (imported now: bound to the broker of the test's vhost)
-    from dx.workers.reduce import reduce  # noqa: F401
+    from dx.workers.imports import plan as planning
 
     tenant = f"streamlate{mode}"
     apply(config(tenant, sshd, [{"id": f"late{mode}", "mode": mode, "max_error_ratio": 1.0,
@@ -198,7 +194,7 @@ def test_a_plan_failing_after_its_chunks_committed_fails_the_run_with_nothing_of
     workers.start(2)
 
     # When: it is planned
-    planning.plan.fn(run_id)
+    planning.plan(run_id)
     result = wait_for(run_id, 60)
 
     # Then: the run failed for the bytes, and none of its chunks' work is kept: the table as before,
@@ -217,8 +213,8 @@ def test_a_plan_failing_after_its_chunks_committed_fails_the_run_with_nothing_of
 def test_a_plan_attempt_beginning_after_its_run_ended_makes_nothing(cluster_env, sshd, smtp, workers, tmp_path):
     # Given: an overwrite's run that ended (failed) while a twin delivery of its plan was about to begin
     from dx.shared.catalog import load_module
-    from dx.workers import plan as planning
     from dx.workers.failures import fail_run
+    from dx.workers.imports import plan as planning
 
     tenant = "streamended"
     apply(config(tenant, sshd, [{"id": "ended", "mode": "overwrite", "source": {"path": "ended/in.csv"}}]), tmp_path)
@@ -240,8 +236,7 @@ def test_a_plan_overtaken_by_a_later_attempt_leaves_the_run_to_it(cluster_env, s
                                                                    monkeypatch):
     # Given: an overwrite planned here, and a twin delivery of its plan beginning its own attempt
     # just before this one ends
-    from dx.workers import plan as planning
-    from dx.workers.chunk import chunk  # noqa: F401  (imported now: bound to the broker of the test's vhost)
+    from dx.workers.imports import plan as planning
 
     tenant = "streamtwin"
     apply(config(tenant, sshd, [{"id": "twin", "mode": "overwrite", "source": {"path": "twin/in.csv"}}]), tmp_path)
@@ -258,7 +253,7 @@ def test_a_plan_overtaken_by_a_later_attempt_leaves_the_run_to_it(cluster_env, s
     monkeypatch.setattr(planning, "_stream", overtaken)
 
     # When: this plan ends / Then it leaves the run to the later attempt: not planned by it, still running
-    planning.plan.fn(run_id)
+    planning.plan(run_id)
     with db.connect() as conn:
         row = conn.execute("SELECT status, planned_at, plan_attempt FROM dx.runs WHERE id = %s", (run_id,)).fetchone()
     assert (row["status"], row["planned_at"], row["plan_attempt"]) == ("running", None, 2)
@@ -267,17 +262,16 @@ def test_a_plan_overtaken_by_a_later_attempt_leaves_the_run_to_it(cluster_env, s
 def _streamed_by_hand(module: str, broker_url: str, chunk_order: Any) -> tuple[int, int]:
     """Plan a run of ``module`` here and apply its chunks here, in ``chunk_order(n_chunks)``; (run, n_chunks).
     Their messages, and the reduce's, wait for the workers."""
-    from dx.workers.chunk import chunk
-    from dx.workers.plan import plan
-    from dx.workers.reduce import reduce  # noqa: F401  (imported now: bound to the broker of the test's vhost)
+    from dx.workers.imports.chunk import chunk
+    from dx.workers.imports.plan import plan
 
     run_id = request_run(module, Trigger.MANUAL, "pytest")
     _purge_plans(broker_url)
-    plan.fn(run_id)
+    plan(run_id)
     with db.connect() as conn:
         n_chunks = conn.execute("SELECT n_chunks FROM dx.runs WHERE id = %s", (run_id,)).fetchone()["n_chunks"]
     for chunk_no in chunk_order(n_chunks):
-        chunk.fn(run_id, chunk_no)
+        chunk(run_id, chunk_no)
     return run_id, n_chunks
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from dx.devkit.sshd import Sftp, running_sshd
 from dx.shared.config import ConnectionCfg
 from dx.shared.connections import Remote, open_remote
 from dx.shared.connections import sftp as sftp_module
 from dx.shared.connections.sftp import REQUEST_BYTES, SftpRemote
 from dx.shared.errors import ErrorCode, RunError
-from tests.support.sshd import Sftp, running_sshd
 
 #: OpenSSH's sftp-server serves reads and writes of up to 255 KiB (SFTP_MAX_READ_LENGTH) and says so.
 OPENSSH_REQUEST_BYTES = 255 * 1024

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dx.devkit.generate import contacts, updates
 from dx.shared import db
-from dx.shared.generate import contacts, updates
 from tests.integration.helpers import apply, config, failures, run, table
 from tests.updater_reference import COLUMNS, FIELDS, Row, apply_sequentially, random_records
 
@@ -171,7 +171,7 @@ def test_a_million_mixed_records_add_up(cluster_env, sshd, workers, tmp_path):
 def test_a_concurrent_writer_makes_a_replayed_chunk_retry_not_miscount(cluster_env, sshd, tmp_path):
     # Given: a planned run (no workers) updating a key once and another twice (replayed, one MERGE)
     from dx.shared.errors import RetriableError
-    from dx.workers.chunk import chunk
+    from dx.workers.imports.chunk import chunk
 
     run_id = _planned_race(sshd, tmp_path, [["U", "a@x.it", "A", "2"], ["U", "b@x.it", "B", "3"],
                                             ["U", "b@x.it", "C", "4"]])
@@ -190,7 +190,7 @@ def test_a_concurrent_writer_makes_a_replayed_chunk_retry_not_miscount(cluster_e
         assert conn.execute("SELECT count(*) AS n FROM dx.chunk_results WHERE run_id = %s",
                             (run_id,)).fetchone()["n"] == 0
     # When: it is delivered again / Then: the updates of the vanished key are failed operations
-    chunk.fn(run_id, 0)
+    chunk(run_id, 0)
     assert table(TENANT) == {"a@x.it": ("A", 2, BIRTH)}
     with db.connect() as conn:
         assert conn.execute("SELECT row_number, error_code FROM dx.failed_operations WHERE run_id = %s"
@@ -200,7 +200,7 @@ def test_a_concurrent_writer_makes_a_replayed_chunk_retry_not_miscount(cluster_e
 
 def test_a_concurrent_delete_makes_a_single_update_key_not_found_at_once(cluster_env, sshd, tmp_path):
     # Given: a planned run (no workers) updating two keys that exist, once each
-    from dx.workers.chunk import chunk
+    from dx.workers.imports.chunk import chunk
 
     run_id = _planned_race(sshd, tmp_path, [["U", "a@x.it", "A", "2"], ["U", "b@x.it", "B", "3"]])
 
@@ -225,13 +225,13 @@ def _planned_race(sshd: Any, tmp_path: Any, operations: list[list[str]]) -> int:
     """A run of ``operations`` against a@x.it and b@x.it (both existing), planned, no worker: its id."""
     from dx.scheduler.requests import request_run
     from dx.shared.runs import Trigger
-    from dx.workers.plan import plan
+    from dx.workers.imports.plan import plan
 
     _configure(sshd, tmp_path, chunk_bytes=1 << 20, upsert=False)
     _seed({k: {"first_name": "Init", "points": 1, "birth_date": BIRTH} for k in ("a@x.it", "b@x.it")})
     sshd.put("upd/ops_race.csv", _csv(operations))
     run_id = request_run("upd-ops", Trigger.MANUAL, "pytest")
-    plan.fn(run_id)
+    plan(run_id)
     return run_id
 
 

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from croniter import croniter
 
-from dx.scheduler.cron import Schedule, console_rule, parse_cron
+from dx.shared.cron import Schedule, console_rule, parse_cron
 
 ROME, NEW_YORK = ZoneInfo("Europe/Rome"), ZoneInfo("America/New_York")
 pytestmark = pytest.mark.timeout(30)

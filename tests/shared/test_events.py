@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from dx.shared.events import EventType, generate_events
+from dx.devkit.events import EventType, generate_events
 
 KEYS = [f"c{i}@x.io" for i in range(500)]
 

@@ -8,7 +8,7 @@ import pytest
 from dx.shared.formats.csv import ROW
 from dx.shared.validate import KEY
 from dx.workers import staging
-from dx.workers.duplicates import CHUNK, repeated_keys
+from dx.workers.imports.duplicates import CHUNK, repeated_keys
 
 pytestmark = pytest.mark.usefixtures("staging_dir")
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from dx.shared.connections.local import LocalRemote
-from dx.workers import placement, staging
+from dx.workers import staging
+from dx.workers.exports import placement
 
 RUN = 7
 HEAD, TAIL = b"email,name\n", b""

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from dx.workers.export_query import render_path, to_char_format
+from dx.workers.exports.query import render_path, to_char_format
 
 
 def test_a_path_template_takes_the_date_in_the_modules_zone_the_run_and_the_module():

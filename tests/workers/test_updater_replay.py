@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from dx.shared.config import DatabaseCfg
 from dx.shared.formats.csv import ROW
 from dx.shared.validate import validate
-from dx.workers.updater import replay
+from dx.workers.imports.updater import replay
 from tests.updater_reference import COLUMNS, FIELDS, apply_sequentially, random_records
 
 DB = DatabaseCfg.model_validate({"id": "contacts", "tenant": "t", "primary_key": "email", "fields": FIELDS})

@@ -1,0 +1,587 @@
+"""Declarative configuration: the YAML of ``dx apply -f FILE``, validated.
+
+Every problem is collected and reported at once, each naming its path in the
+file (``modules[2].source.delimiter``). Secrets are ``${ENV_VAR}`` references,
+kept as references: their values are read only by the worker that needs them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from dx.shared.cron import Rule, Schedule, console_rule, parse_cron
+from dx.shared.errors import ConfigError
+
+#: Identifiers of tenants, connections, databases, modules.
+ID_PATTERN = r"^[a-z][a-z0-9_-]{0,39}$"
+#: Field names: they become quoted column names.
+FIELD_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+#: A secret reference: the whole value is ${NAME}.
+SECRET_PATTERN = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+#: The placeholders of a target path: {date:STRFTIME} (in the module's time zone), {run}, {module}.
+PATH_FIELD = re.compile(r"\{(date(?::[^{}]*)?|run|module)\}")
+#: Module kinds that write to the client's side.
+EXPORT_KINDS = ("displacer", "exporter")
+#: XML element and attribute names (namespace prefixes are not part of the name: elements match by local name).
+XML_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$"
+#: A table of the client's PostgreSQL: `name` or `schema.name`, each part quoted as written.
+TABLE_PATTERN = r'^[^."]{1,63}(\.[^."]{1,63})?$'
+#: Source options of a file (sftp, local) that a postgres source does not take.
+FILE_OPTIONS = ("format", "delimiter", "quote", "header", "columns", "encoding", "compression", "after",
+                "archive_dir", "settle_s", "record_element", "action_attribute")
+#: Source options of a postgres connection.
+QUERY_OPTIONS = ("table", "query", "watermark", "timeout_s")
+
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+FieldType = Literal["text", "int", "decimal", "bool", "date", "timestamp", "email"]
+ENCODINGS = {
+    "utf-8": "utf-8", "utf8": "utf-8", "utf-8-sig": "utf-8",
+    "latin-1": "latin-1", "latin1": "latin-1", "iso-8859-1": "latin-1",
+    "windows-1252": "cp1252", "cp1252": "cp1252",
+}
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _set(model: BaseModel, names: Iterable[str]) -> list[str]:
+    """The options among ``names`` set to other than their default (a stored config, dumped with
+    its defaults, reads back the same)."""
+    fields = type(model).model_fields
+    return [n for n in names if getattr(model, n) != fields[n].default]
+
+
+def _secret(value: str | None) -> str | None:
+    if value is not None and not SECRET_PATTERN.match(value):
+        raise ValueError("secrets must be ${ENV_VAR} references, never written in clear")
+    return value
+
+
+class TenantCfg(Strict):
+    id: Id
+    notify: list[str] = []
+
+
+class ConnectionCfg(Strict):
+    id: Id
+    tenant: Id
+    type: Literal["sftp", "local", "postgres"]
+    #: sftp, local: the folder every path is confined under.
+    root: str = ""
+    host: str | None = None
+    #: default 22 for sftp, 5432 for postgres.
+    port: int = Field(22, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    private_key: str | None = None
+    passphrase: str | None = None
+    host_key: str | None = None
+    #: seconds to connect (and, for sftp, to authenticate).
+    timeout_s: float = Field(15.0, gt=0)
+    #: postgres: the client's database and how to use TLS (libpq's sslmode).
+    dbname: str | None = None
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+
+    _check_secrets = field_validator("password", "private_key", "passphrase")(_secret)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _postgres_port(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("type") == "postgres" and "port" not in data:
+            return {**data, "port": 5432}
+        return data
+
+    @model_validator(mode="after")
+    def _postgres_needs(self) -> ConnectionCfg:
+        if self.type != "postgres":
+            if _set(self, ("dbname", "sslmode")):
+                raise ValueError("dbname and sslmode belong to a postgres connection")
+            return self
+        missing = [n for n in ("host", "dbname", "username", "password") if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"a postgres connection needs {', '.join(missing)} (password: a ${{ENV_VAR}} reference)")
+        wrong = _set(self, ("root", "private_key", "passphrase", "host_key"))
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)}: a postgres connection does not take these")
+        return self
+
+    @model_validator(mode="after")
+    def _sftp_needs(self) -> ConnectionCfg:
+        if self.type == "postgres":
+            return self  # checked by _postgres_needs
+        if self.type == "sftp":
+            missing = [n for n in ("host", "username", "host_key") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"an sftp connection needs {', '.join(missing)} "
+                                 "(host_key: the line `ssh-keyscan -p PORT HOST` prints, without the host)")
+            if self.password is None and self.private_key is None:
+                raise ValueError("an sftp connection needs password or private_key (a ${ENV_VAR} reference)")
+            if self.host_key is not None and len(self.host_key.split()) < 2:
+                raise ValueError("host_key must look like 'ssh-ed25519 AAAA...'")
+        if not self.root.startswith("/"):
+            raise ValueError("root must be an absolute path" if self.root else f"a {self.type} connection needs root")
+        return self
+
+
+class FieldCfg(Strict):
+    type: FieldType = "text"
+    required: bool = False
+    format: str | None = None
+    max_length: int | None = Field(None, ge=1)
+
+
+class DatabaseCfg(Strict):
+    id: Id
+    tenant: Id
+    primary_key: Annotated[str, Field(pattern=FIELD_PATTERN)]
+    fields: dict[Annotated[str, Field(pattern=FIELD_PATTERN)], FieldCfg]
+
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: ({"type": v} if isinstance(v, str) else v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _key_is_a_field(self) -> DatabaseCfg:
+        if self.primary_key not in self.fields:
+            raise ValueError(f"primary_key {self.primary_key!r} is not one of the fields")
+        return self
+
+
+def _encoding_name(value: str) -> str:
+    if value.lower() not in ENCODINGS:
+        raise ValueError(f"unsupported encoding {value!r}; use one of utf-8, latin-1, windows-1252")
+    return ENCODINGS[value.lower()]
+
+
+class SourceCfg(Strict):
+    connection: Id
+    #: a file source: the file, or a pattern in the file name (empty for a postgres source).
+    path: str = ""
+    format: Literal["csv", "xml"] = "csv"
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    quote: str = Field('"', min_length=1, max_length=1)
+    header: bool = True
+    columns: list[str] | None = None
+    encoding: str = "utf-8"
+    compression: Literal["auto", "none", "gzip", "zip"] = "auto"
+    after: Literal["archive", "delete", "keep"] = "archive"
+    archive_dir: str = "archive"
+    settle_s: float = Field(2.0, ge=0)
+    #: blank: an empty or all-space cell is empty; unquoted: only an unquoted empty cell is,
+    #: `""` is the empty string and text is kept as written (the files the Displacer writes).
+    nulls: Literal["blank", "unquoted"] = "blank"
+    #: xml: the element holding one record (matched by local name, any namespace).
+    record_element: Annotated[str, Field(pattern=XML_NAME_PATTERN)] = "RECORD"
+    #: xml: the record element's attribute holding the operation (default: the module's operation_field).
+    action_attribute: Annotated[str, Field(pattern=XML_NAME_PATTERN)] | None = None
+    #: postgres: a table (`name` or `schema.name`) or a read-only query, and an optional watermark column.
+    table: Annotated[str, Field(pattern=TABLE_PATTERN)] | None = None
+    query: str | None = Field(None, min_length=1)
+    watermark: Annotated[str, Field(min_length=1, max_length=63)] | None = None
+    #: postgres: the statement timeout of the query, in seconds.
+    timeout_s: float = Field(900.0, gt=0)
+
+    _check_encoding = field_validator("encoding")(_encoding_name)
+
+    @model_validator(mode="after")
+    def _columns_without_header(self) -> SourceCfg:
+        if not self.header and not self.columns:
+            raise ValueError("a source without header needs columns: [names in file order]")
+        return self
+
+    @model_validator(mode="after")
+    def _file_or_query(self) -> SourceCfg:
+        if self.is_query:
+            if self.table is not None and self.query is not None:
+                raise ValueError("give table or query, not both")
+            wrong = _set(self, ("path", *FILE_OPTIONS))
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)}: a table or query source does not take these")
+            return self
+        if not self.path:
+            raise ValueError("a source needs path (a file) or table/query (a postgres connection)")
+        wrong = _set(self, QUERY_OPTIONS)
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)}: only a table or query source (postgres connection) takes these")
+        return self
+
+    @model_validator(mode="after")
+    def _format_options(self) -> SourceCfg:
+        other = ("delimiter", "quote", "header", "columns", "encoding") if self.format == "xml" \
+            else ("record_element", "action_attribute")
+        wrong = _set(self, other)
+        if wrong:
+            detail = " (the XML declaration names the encoding)" if "encoding" in wrong else ""
+            raise ValueError(f"{', '.join(wrong)}: not an option of format {self.format}{detail}")
+        return self
+
+    @property
+    def is_query(self) -> bool:
+        """Whether this source is a table or query of the client's PostgreSQL."""
+        return self.table is not None or self.query is not None
+
+
+class TargetCfg(Strict):
+    """Where and how a Displacer or Exporter writes its file."""
+
+    connection: Id
+    path: str = Field(min_length=1)
+    format: Literal["csv", "xml"] = "csv"
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    encoding: str = "utf-8"
+    header: bool = True
+    compression: Literal["gzip", "none"] = "none"
+    manifest: bool = False
+    spreadsheet: bool = False
+    record_element: Annotated[str, Field(pattern=FIELD_PATTERN)] = "RECORD"
+
+    _check_encoding = field_validator("encoding")(_encoding_name)
+
+    @field_validator("path")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        rest = PATH_FIELD.sub("", value)
+        if "{" in rest or "}" in rest:
+            raise ValueError("a path may hold only {date:FORMAT}, {run} and {module} placeholders")
+        if value.endswith("/"):
+            raise ValueError("path must name a file, not a folder")
+        return value
+
+
+class FilterCfg(Strict):
+    """One condition of a Displacer's filter; the conditions of a list must all hold."""
+
+    field: Annotated[str, Field(pattern=FIELD_PATTERN)]
+    op: Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "null", "not_null"] = "eq"
+    value: Any = None
+
+    @model_validator(mode="after")
+    def _value_fits(self) -> FilterCfg:
+        if self.op in ("null", "not_null"):
+            if self.value is not None:
+                raise ValueError(f"op {self.op} takes no value")
+        elif self.op == "in":
+            if not isinstance(self.value, list) or not self.value:
+                raise ValueError("op in needs a non-empty list as value")
+        elif self.value is None or isinstance(self.value, list | dict):
+            raise ValueError(f"op {self.op} needs one value")
+        return self
+
+def _time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Rome") from None
+    return value
+
+
+#: An IANA time zone name, checked against the zone database.
+TimeZone = Annotated[str, AfterValidator(_time_zone)]
+
+
+def _cron(value: str) -> str:
+    parse_cron(value)
+    return value
+
+
+def _time_of_day(value: str) -> str:
+    console_rule([value])
+    return value
+
+
+def _month(value: int | str) -> int | str:
+    console_rule(["00:00"], months=[value])
+    return value
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class ScheduleCfg(Strict):
+    """When a module fires: cron expressions or the console form, in one time zone."""
+
+    cron: list[Annotated[str, AfterValidator(_cron)]] | None = None
+    times: list[Annotated[str, AfterValidator(_time_of_day)]] | None = None
+    weekdays: list[Weekday] = []
+    months: list[Annotated[int | str, AfterValidator(_month)]] = []
+    timezone: TimeZone = "UTC"
+    start: date | None = None
+    end: date | None = None
+    misfire_grace_s: float = Field(300.0, ge=0)
+    overlap: Literal["forbid", "queue", "allow"] = "forbid"
+    max_failures: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ScheduleCfg:
+        if (self.cron is None) == (self.times is None):
+            raise ValueError("give either cron: [expressions] or times: [\"HH:MM\"] (with weekdays, months)")
+        if self.cron is not None and (self.weekdays or self.months):
+            raise ValueError("weekdays and months go with times:, not with cron: (put them in the expression)")
+        if self.cron == [] or self.times == []:
+            raise ValueError("the schedule lists no cron expression or time")
+        if self.start and self.end and self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        compiled = self.compile()
+        if self.end is None and not compiled.rules_can_fire():
+            raise ValueError("this schedule never fires (no date matches its days and months)")
+        return self
+
+    def compile(self) -> Schedule:
+        """The schedule as fire-time rules (dx.shared.cron)."""
+        rules: tuple[Rule, ...]
+        if self.cron is not None:
+            rules = tuple(parse_cron(c) for c in self.cron)
+        else:
+            rules = (console_rule(self.times or [], self.weekdays, self.months),)
+        return Schedule(rules, ZoneInfo(self.timezone), self.start, self.end)
+
+
+class ModuleCfg(Strict):
+    id: Id
+    tenant: Id
+    kind: Literal["importer", "updater", "displacer", "exporter"]
+    database: Id
+    mode: Literal["overwrite", "append", "upsert"] | None = None
+    source: SourceCfg | None = None
+    max_error_ratio: float = Field(0.1, ge=0, le=1)
+    allow_empty: bool = False
+    #: updater: the source column holding each record's operation (I, U, D).
+    operation_field: str = Field("operation", min_length=1)
+    #: updater: what a U on a key that is not there does: fail, or insert the record.
+    update_missing: Literal["fail", "insert"] = "fail"
+    #: bytes of source per chunk for this module (an overwrite's: of parsed records; default: DX_CHUNK_BYTES).
+    chunk_bytes: int | None = Field(None, ge=1)
+    schedule: ScheduleCfg | None = None
+    notify: list[str] = []
+    #: true or false sets it; left out, a re-apply keeps what `dx pause`/`resume` or an auto-pause set.
+    paused: bool | None = None
+    timezone: TimeZone = "UTC"
+    target: TargetCfg | None = None
+    fields: list[Annotated[str, Field(pattern=FIELD_PATTERN)]] | None = None
+    filter: list[FilterCfg] | None = None
+    events: Literal["raw", "summary"] | None = None
+
+    @model_validator(mode="after")
+    def _export_needs(self) -> ModuleCfg:
+        exporting = self.kind in EXPORT_KINDS
+        if not exporting:
+            given = [n for n in ("target", "fields", "filter", "events") if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only a displacer or exporter takes these")
+            return self
+        if self.target is None:
+            raise ValueError(f"kind {self.kind} needs a target")
+        if self.source is not None or self.mode is not None:
+            raise ValueError(f"kind {self.kind} takes a target, not a source or mode")
+        if self.kind == "exporter" and (self.fields is not None or self.filter is not None):
+            raise ValueError("an exporter exports events: fields and filter belong to a displacer")
+        if self.kind == "displacer" and self.events is not None:
+            raise ValueError("events belongs to an exporter")
+        return self
+
+    @model_validator(mode="after")
+    def _source_fits_kind(self) -> ModuleCfg:
+        if self.source is None:
+            return self
+        if self.source.action_attribute is not None and self.kind != "updater":
+            raise ValueError("source.action_attribute: only an updater reads each record's operation")
+        if self.source.watermark is not None and self.mode == "overwrite":
+            raise ValueError("source.watermark: an overwrite replaces the database with the whole source; "
+                             "use upsert or append with a watermark")
+        return self
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> ModuleCfg:
+        if self.kind in EXPORT_KINDS:
+            return self  # checked by _export_needs
+        if self.kind == "importer" and self.mode is None:
+            raise ValueError("an importer needs mode: overwrite, append or upsert")
+        if self.kind == "updater" and self.mode is not None:
+            raise ValueError("an updater takes no mode: each record's operation field says what to do")
+        if self.source is None:
+            raise ValueError(f"an {self.kind} needs a source")
+        return self
+
+
+class Config(Strict):
+    tenants: list[TenantCfg] = []
+    connections: list[ConnectionCfg] = []
+    databases: list[DatabaseCfg] = []
+    modules: list[ModuleCfg] = []
+
+
+def _path(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+@dataclass(frozen=True)
+class Known:
+    """What is already applied: references may point at it."""
+
+    tenants: frozenset[str] = frozenset()
+    connections: tuple[tuple[str, str], ...] = ()  # (id, tenant)
+    connection_types: tuple[tuple[str, str], ...] = ()  # (id, type)
+    databases: frozenset[tuple[str, str]] = frozenset()  # (tenant, id)
+
+
+def _cross_checks(cfg: Config, known: Known) -> list[str]:
+    """References between sections: ids unique, tenants match, nothing dangling."""
+    problems: list[str] = []
+    tenants = known.tenants | {t.id for t in cfg.tenants}
+
+    def unique(section: str, ids: list[str]) -> None:
+        seen: set[str] = set()
+        for i, ident in enumerate(ids):
+            if ident in seen:
+                problems.append(f"{section}[{i}].id: {ident!r} is defined twice")
+            seen.add(ident)
+
+    unique("tenants", [t.id for t in cfg.tenants])
+    unique("connections", [c.id for c in cfg.connections])
+    unique("databases", [f"{d.tenant}/{d.id}" for d in cfg.databases])
+    unique("modules", [m.id for m in cfg.modules])
+    owners = [("connections", [c.tenant for c in cfg.connections]), ("databases", [d.tenant for d in cfg.databases]),
+              ("modules", [m.tenant for m in cfg.modules])]
+    for section, owner_ids in owners:
+        for i, owner in enumerate(owner_ids):
+            if owner not in tenants:
+                problems.append(f"{section}[{i}].tenant: unknown tenant {owner!r}")
+    connections = dict(known.connections) | {c.id: c.tenant for c in cfg.connections}
+    databases = known.databases | {(d.tenant, d.id) for d in cfg.databases}
+    for i, m in enumerate(cfg.modules):
+        if (m.tenant, m.database) not in databases:
+            problems.append(f"modules[{i}].database: no database {m.database!r} for tenant {m.tenant!r}")
+        for side, ref in (("source", m.source), ("target", m.target)):
+            if ref is None:
+                continue
+            conn_owner = connections.get(ref.connection)
+            if conn_owner is None:
+                problems.append(f"modules[{i}].{side}.connection: unknown connection {ref.connection!r}")
+            elif conn_owner != m.tenant:
+                problems.append(f"modules[{i}].{side}.connection: {ref.connection!r} belongs to "
+                                f"tenant {conn_owner!r}, not {m.tenant!r}")
+        problems += _field_checks(i, m, [d for d in cfg.databases if (d.tenant, d.id) == (m.tenant, m.database)])
+    types = dict(known.connection_types) | {c.id: c.type for c in cfg.connections}
+    problems += [p for i, m in enumerate(cfg.modules) for p in _source_kind_checks(i, m, types)]
+    return problems
+
+
+def _source_kind_checks(i: int, m: ModuleCfg, types: dict[str, str]) -> list[str]:
+    """A postgres connection reads a table or query; the other connections read files."""
+    if m.target is not None and types.get(m.target.connection) == "postgres":
+        return [f"modules[{i}].target.connection: {m.target.connection!r} is a postgres connection; "
+                "targets are files (sftp or local)"]
+    src = m.source
+    if src is None or src.connection not in types:
+        return []
+    if types[src.connection] == "postgres" and not src.is_query:
+        return [f"modules[{i}].source: connection {src.connection!r} is a postgres connection: "
+                "give table or query instead of path"]
+    if types[src.connection] != "postgres" and src.is_query:
+        return [f"modules[{i}].source: table and query need a postgres connection; "
+                f"{src.connection!r} is {types[src.connection]}"]
+    return []
+
+
+def _field_checks(i: int, m: ModuleCfg, dbs: list[DatabaseCfg]) -> list[str]:
+    """A displacer's fields and filter name fields of its database (when the file declares it)."""
+    if not dbs:
+        return []
+    names = dbs[0].fields
+    problems = [f"modules[{i}].fields[{j}]: {name!r} is not a field of database {m.database!r}"
+                for j, name in enumerate(m.fields or []) if name not in names]
+    problems += [f"modules[{i}].filter[{j}].field: {f.field!r} is not a field of database {m.database!r}"
+                 for j, f in enumerate(m.filter or []) if f.field not in names]
+    return problems
+
+
+#: Each section of a config file and the model of its items.
+SECTIONS: dict[str, type[Strict]] = {"tenants": TenantCfg, "connections": ConnectionCfg, "databases": DatabaseCfg,
+                                     "modules": ModuleCfg}
+
+
+def _partial_cross_checks(raw: dict[str, Any], known: Known) -> list[str]:
+    """The reference checks over the items that are valid on their own, so that one schema
+    mistake does not hide the other problems. An invalid item still counts as defined
+    (by its raw id): a reference to it is not reported as dangling."""
+    kept: dict[str, list[Any]] = {}
+    positions: dict[str, list[int]] = {}
+    ids: dict[str, list[dict[str, Any]]] = {}
+    for section, model in SECTIONS.items():
+        items = raw.get(section)
+        kept[section], positions[section], ids[section] = [], [], []
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            try:
+                kept[section].append(model.model_validate(item))
+                positions[section].append(i)
+            except ValidationError:
+                if isinstance(item, dict):
+                    ids[section].append({k: v for k, v in item.items() if isinstance(v, str)})
+    try:
+        partial = Config.model_validate({k: [m.model_dump(mode="json") for m in v] for k, v in kept.items()})
+    except ValidationError:
+        return []
+    known = Known(
+        tenants=known.tenants | {t["id"] for t in ids["tenants"] if "id" in t},
+        connections=known.connections + tuple((c["id"], c.get("tenant", "")) for c in ids["connections"] if "id" in c),
+        connection_types=known.connection_types + tuple(
+            (c["id"], c["type"]) for c in ids["connections"] if "id" in c and "type" in c),
+        databases=known.databases | {(d.get("tenant", ""), d["id"]) for d in ids["databases"] if "id" in d})
+
+    def renumber(problem: str) -> str:  # an index among the valid items → its index in the file
+        section, _, rest = problem.partition("[")
+        number, _, tail = rest.partition("]")
+        return f"{section}[{positions[section][int(number)]}]{tail}" if section in positions else problem
+
+    return [renumber(p) for p in _cross_checks(partial, known)]
+
+
+def parse_config(text: str, known: Known | None = None) -> Config:
+    """Parse and validate YAML text; ConfigError lists every problem with its path."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"]) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top level): expected a mapping with tenants, connections, databases, modules"])
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown key (check its spelling)"
+            problems.append(f"{_path(err['loc'])}: {message}")
+        raise ConfigError(problems + _partial_cross_checks(raw, known or Known())) from exc
+    problems = _cross_checks(cfg, known or Known())
+    if problems:
+        raise ConfigError(problems)
+    return cfg

@@ -1,0 +1,213 @@
+"""Runs: their statuses and counters, and the queries every part shares."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, TypedDict, cast
+
+import structlog
+from psycopg import sql
+from psycopg.types.json import Json
+
+from dx.shared.catalog import ModuleDef, load_module
+from dx.shared.db import Conn
+
+log = structlog.get_logger(__name__)
+
+#: The table of a run's failed operations (chunks COPY theirs into it).
+FAILED_TABLE = sql.Identifier("dx", "failed_operations")
+#: Counters of a run, in the order reports show them.
+COUNTERS = ("rows_read", "inserted", "updated", "deleted", "not_inserted", "not_updated",
+            "not_deleted", "rows_exported")
+
+
+class RunStatus(StrEnum):
+    """Where a run stands; the last five are terminal."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    ABORTED = "aborted"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+#: The statuses a run may move to from each status; the terminal ones move nowhere.
+TRANSITIONS: dict[RunStatus, tuple[RunStatus, ...]] = {
+    RunStatus.QUEUED: tuple(s for s in RunStatus if s is not RunStatus.QUEUED),
+    RunStatus.RUNNING: tuple(s for s in RunStatus if s.terminal),
+    **{s: () for s in RunStatus if s.terminal},
+}
+
+
+class Run(TypedDict):
+    """A row of ``dx.runs``: one execution of a module."""
+
+    id: int
+    tenant: str
+    module: str
+    trigger: str
+    requested_by: str | None
+    request_id: str | None
+    status: str
+    due_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    planned_at: datetime | None
+    finished_at: datetime | None
+    email_sent_at: datetime | None
+    #: the module's definition when the run was created (``definition()`` reads it)
+    definition: dict[str, Any] | None
+    source_path: str | None
+    source_bytes: int | None
+    source_mtime: int | None
+    source_columns: list[str] | None
+    source_watermark: str | None
+    n_chunks: int | None
+    #: 0 for a plan that splits by key; from 1, the attempt of a streaming plan
+    plan_attempt: int
+    chunk_bytes: int | None
+    plan_failed: int
+    rows_read: int
+    inserted: int
+    updated: int
+    deleted: int
+    not_inserted: int
+    not_updated: int
+    not_deleted: int
+    rows_exported: int
+    error_code: str | None
+    error_message: str | None
+
+
+class Trigger(StrEnum):
+    """What asked for a run."""
+
+    MANUAL = "manual"
+    SCHEDULE = "schedule"
+    AMQP = "amqp"
+    HTTP = "http"
+
+
+def create_run(conn: Conn, tenant: str, module: str, trigger: Trigger, requested_by: str | None,
+               due_at: datetime | None = None, request_id: str | None = None) -> int:
+    """Insert a queued run with a snapshot of its module's definition (``due_at``: the fire time of a
+    scheduled one; ``request_id``: the client's id of the request, unique per tenant); returns its id."""
+    row = conn.execute(
+        "INSERT INTO dx.runs (tenant, module, trigger, requested_by, due_at, request_id, definition)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        (tenant, module, trigger.value, requested_by, due_at, request_id,
+         Json(load_module(conn, module).snapshot()))).fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+def definition(conn: Conn, run: Run) -> ModuleDef:
+    """The module's definition as the run was created with it (a run made by a version without
+    snapshots reads the module as it is now)."""
+    if run["definition"] is None:
+        return load_module(conn, run["module"])
+    return ModuleDef.from_snapshot(run["definition"])
+
+
+def get_run(conn: Conn, run_id: int, *, for_update: bool = False) -> Run | None:
+    """One run row, optionally locked for the rest of the transaction."""
+    lock = " FOR UPDATE" if for_update else ""
+    return cast(Run | None, conn.execute(f"SELECT * FROM dx.runs WHERE id = %s{lock}", (run_id,)).fetchone())  # noqa: S608
+
+
+def start(conn: Conn, run_id: int) -> bool:
+    """Mark a queued (or already running) run running; False if it ended meanwhile."""
+    return conn.execute(
+        "UPDATE dx.runs SET status = %s, started_at = coalesce(started_at, now())"
+        " WHERE id = %s AND status = ANY(%s) RETURNING id",
+        (RunStatus.RUNNING.value, run_id, [RunStatus.QUEUED.value, RunStatus.RUNNING.value])).fetchone() is not None
+
+
+def active_run(conn: Conn, run_id: int, actor: str) -> Run | None:
+    """The run if it has not ended, with its tenant and module bound to the log context; else None."""
+    run = get_run(conn, run_id)
+    if run is None or RunStatus(run["status"]).terminal:
+        log.info(f"{actor}.skip", reason="run missing or finished")
+        return None
+    structlog.contextvars.bind_contextvars(tenant=run["tenant"], module=run["module"])
+    return run
+
+
+def chunks_done(conn: Conn, run_id: int) -> int:
+    """How many chunks of the run have committed their result."""
+    row = conn.execute("SELECT count(*) AS n FROM dx.chunk_results WHERE run_id = %s", (run_id,)).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def pending_chunk(conn: Conn, run_id: int, chunk_no: int, actor: str) -> Run | None:
+    """The run while its chunk ``chunk_no`` is still to be done (the run has not ended and the
+    chunk's result is not in: a redelivered chunk message then does nothing); else None."""
+    run = active_run(conn, run_id, actor)
+    if run is None:
+        return None
+    if conn.execute("SELECT 1 FROM dx.chunk_results WHERE run_id = %s AND chunk_no = %s",
+                    (run_id, chunk_no)).fetchone() is not None:
+        log.info(f"{actor}.skip", reason="chunk already done")
+        return None
+    return run
+
+
+def streamed(run: Run) -> bool:
+    """Whether the run's chunks were cut and sent by a streaming plan, an overwrite's or an append's
+    (it counts its attempts from 1): a key's records may then be in several chunks, which the reduce
+    settles."""
+    return bool(run["plan_attempt"])
+
+
+def claim_chunk(conn: Conn, run_id: int, chunk_no: int, rows_read: int, actor: str, duration_ms: int = 0,
+                attempt: int | None = None) -> bool:
+    """In the chunk's own transaction, before its work is written: lock the run against its end
+    (and against a new plan attempt) and claim the chunk's result row. False (nothing to write) if
+    the run ended meanwhile, if the message comes from an earlier ``attempt`` of a streaming plan,
+    or if a twin delivery claimed the chunk first (then this one waited for it and finds its row)."""
+    current = conn.execute("SELECT status, plan_attempt FROM dx.runs WHERE id = %s FOR SHARE",
+                           (run_id,)).fetchone()
+    if current is None or RunStatus(current["status"]).terminal:
+        log.info(f"{actor}.skip", reason="run missing or finished")
+        return False
+    if attempt is not None and attempt != current["plan_attempt"]:
+        log.info(f"{actor}.skip", reason="sent by an earlier attempt of the plan", attempt=attempt,
+                 current=current["plan_attempt"])
+        return False
+    if conn.execute("INSERT INTO dx.chunk_results (run_id, chunk_no, rows_read, duration_ms) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT DO NOTHING RETURNING chunk_no", (run_id, chunk_no, rows_read, duration_ms)
+                    ).fetchone() is None:
+        log.info(f"{actor}.skip", reason="done by a twin delivery")
+        return False
+    return True
+
+
+def error_counts(conn: Conn, run_id: int) -> list[dict[str, Any]]:
+    """(error_code, count) of the run's failed operations, most frequent first."""
+    return conn.execute(
+        "SELECT error_code, count(*) AS n FROM dx.failed_operations WHERE run_id = %s"
+        " GROUP BY error_code ORDER BY n DESC, error_code", (run_id,)).fetchall()
+
+
+def finish(conn: Conn, run_id: int, status: RunStatus, *, error_code: str | None = None,
+           error_message: str | None = None, counters: dict[str, int] | None = None) -> bool:
+    """Record the end of a run (in the caller's transaction); False, and nothing written, if the run
+    has ended already (a terminal status never changes)."""
+    assert status.terminal, status
+    sets = ["status = %s", "finished_at = now()", "error_code = %s", "error_message = %s",
+            "started_at = coalesce(started_at, now())"]
+    params: list[Any] = [status.value, error_code, error_message]
+    for name, value in (counters or {}).items():
+        sets.append(f"{name} = %s")
+        params.append(value)
+    sources = [s.value for s, targets in TRANSITIONS.items() if status in targets]
+    return conn.execute(f"UPDATE dx.runs SET {', '.join(sets)} WHERE id = %s AND status = ANY(%s)"  # noqa: S608
+                        " RETURNING id", [*params, run_id, sources]).fetchone() is not None

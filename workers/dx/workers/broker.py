@@ -1,0 +1,83 @@
+"""The workers' broker and the one place where actors are registered.
+
+``setup()`` makes the broker (RabbitMQ with publisher confirms, or in-process when DX_BROKER_URL is
+unset), adds the middleware and registers each stage's function under its name and options from
+``dx.shared.messages``. Only ``dx worker`` (and the command line's embedded worker) calls it: the
+actor modules register nothing when imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import GroupCallbacks
+from dramatiq.rate_limits.backends import RedisBackend, StubBackend
+
+from dx.shared import messages
+from dx.shared.errors import RunError
+from dx.shared.settings import Settings, get_settings
+from dx.workers.middleware import GiveBackMemory, LogContext
+
+_broker: dramatiq.Broker | None = None
+_broker_url: str | None = None
+
+
+def _actors() -> list[tuple[messages.Actor, Callable[..., Any], tuple[type[BaseException], ...]]]:
+    """Each actor's name and options, its function, and the errors it does not retry."""
+    from dx.workers import failures
+    from dx.workers.exports import chunk as export_chunk
+    from dx.workers.exports import plan as export_plan
+    from dx.workers.exports import reduce as export_reduce
+    from dx.workers.imports import chunk, plan, reduce
+
+    return [
+        (messages.PLAN, plan.plan, (RunError,)),
+        (messages.CHUNK, chunk.chunk, ()),
+        (messages.REDUCE, reduce.reduce, ()),
+        (messages.EXPORT_PLAN, export_plan.export_plan, (RunError,)),
+        (messages.EXPORT_CHUNK, export_chunk.export_chunk, ()),
+        (messages.EXPORT_REDUCE, export_reduce.export_reduce, ()),
+        (messages.RUN_CRASHED, failures.run_crashed, ()),
+    ]
+
+
+def setup(settings: Settings | None = None) -> dramatiq.Broker:
+    """Create the broker once per process (per broker URL) and register the actors on it."""
+    global _broker, _broker_url
+    settings = settings or get_settings()
+    if _broker is not None and _broker_url == settings.broker_url:
+        return _broker
+    if settings.broker_url:
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        broker: dramatiq.Broker = RabbitmqBroker(url=settings.broker_url, confirm_delivery=True)
+        backend = RedisBackend(url=settings.redis_url)
+    else:
+        broker = StubBroker()
+        backend = StubBackend()
+    broker.add_middleware(GroupCallbacks(backend))
+    broker.add_middleware(LogContext())
+    broker.add_middleware(GiveBackMemory())
+    dramatiq.set_broker(broker)
+    for spec, fn, throws in _actors():
+        dramatiq.actor(fn, broker=broker, throws=throws, **spec.options())
+    messages.use_broker(broker)
+    _broker, _broker_url = broker, settings.broker_url
+    return broker
+
+
+def start_worker(threads: int) -> dramatiq.Worker:
+    """Start consuming every stage's queue with ``threads`` worker threads."""
+    broker = setup()
+    # paramiko is slow to import (it imports invoke, and that unittest): paid here, not by a run
+    from dx.shared.connections import sftp  # noqa: F401
+
+    broker.emit_after("process_boot")  # starts the TimeLimit middleware's watcher, as dramatiq's CLI does
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+    # One message per thread: a large chunk must not wait behind another on a busy worker.
+    worker.queue_prefetch = threads
+    worker.start()
+    return worker

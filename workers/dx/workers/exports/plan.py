@@ -1,0 +1,128 @@
+"""Actor ``export_plan`` (queue ``dx.plan``): plan a Displacer or Exporter run.
+
+Consumes ``export_plan(run_id)`` (sent by ``request_run`` for the kinds
+``displacer`` and ``exporter``). Builds the run's export query, counts its
+rows (estimates them from a sample of a large table's rows), cuts the key
+range into chunks of about ``CHUNK_ROWS`` rows and records
+the plan in ``dx.exports`` (key bounds, target path rendered in the module's
+time zone, and for an Exporter the snapshot window from its watermark). Then
+sends a group of ``export_chunk`` messages whose completion callback is
+``export_reduce`` (or ``export_reduce`` alone when there is no row).
+
+Retries: 3, for transient failures; a RunError fails the run at once.
+Idempotent: a redelivered plan of a planned run re-sends the same group
+(chunks and reduce are idempotent); a terminal run is left alone. Two runs
+of one Exporter never overlap: the second is skipped while the first is in
+flight, so that a watermark is never read by two exports at once.
+
+Also holds the file's temporary name, which the run's chunks and reduce
+share (where each part goes in it: ``dx.workers.exports.placement``).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shutil
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import psycopg
+import structlog
+
+from dx.shared import db, messages
+from dx.shared.catalog import ModuleDef
+from dx.shared.db import Conn
+from dx.shared.errors import ErrorCode, RunError
+from dx.shared.runs import RunStatus
+from dx.workers import staging
+from dx.workers.exports.query import (
+    ExportQuery,
+    count_and_bounds,
+    displacer_query,
+    exporter_query,
+    render_path,
+)
+from dx.workers.failures import fail_run
+from dx.workers.planning import begin_planning
+
+log = structlog.get_logger(__name__)
+#: Rows per export chunk: 1,000,000 rows make 4 chunks written in parallel.
+CHUNK_ROWS = 250_000
+#: Upper bound on chunks per run.
+MAX_CHUNKS = 256
+
+
+def temp_name(path: str, run_id: int) -> str:
+    """The hidden name a file is uploaded under; sources never match it (leading dot)."""
+    folder, name = posixpath.split(path)
+    return posixpath.join(folder, f".{name}.part-{run_id}")
+
+
+def export_query(mdef: ModuleDef, export: dict) -> ExportQuery:
+    """The query of a planned export run (the same for its plan, chunks and retries)."""
+    if mdef.module.kind == "exporter":
+        return exporter_query(mdef, export["snapshot_from"], export["snapshot_to"])
+    return displacer_query(mdef)
+
+
+def export_plan(run_id: int) -> None:
+    """Plan an export run: count, split by key, send the chunk group."""
+    mdef = begin_planning(run_id, "export_plan", messages.EXPORT_CHUNK, messages.EXPORT_REDUCE)
+    if mdef is None:
+        return
+    try:
+        with db.transaction() as conn:
+            n_chunks = _plan(conn, run_id, mdef)
+    except RunError as exc:
+        log.warning("export_plan.failed", code=exc.code.value, error=exc.message)
+        fail_run(run_id, exc.code, exc.message)
+        return
+    except psycopg.errors.DataError as exc:  # a filter value that is not of its field's type
+        fail_run(run_id, ErrorCode.CONFIG_INVALID, f"the module's filter does not fit its database: {exc}")
+        return
+    except _Busy as exc:
+        fail_run(run_id, None, str(exc), status=RunStatus.SKIPPED)
+        return
+    messages.send_chunks(messages.EXPORT_CHUNK, messages.EXPORT_REDUCE, run_id, n_chunks)
+
+
+class _Busy(Exception):
+    """Another run of the same Exporter is in flight."""
+
+
+def _plan(conn: Conn, run_id: int, mdef: ModuleDef) -> int:
+    """Record the plan in the caller's transaction; returns the number of chunks."""
+    module, target = mdef.module, mdef.module.target
+    assert target is not None
+    snapshot_from = snapshot_to = None
+    if module.kind == "exporter":
+        conn.execute("SELECT 1 FROM dx.modules WHERE id = %s FOR UPDATE", (module.id,))  # one planner at a time
+        busy = conn.execute(
+            "SELECT e.run_id FROM dx.exports e JOIN dx.runs r ON r.id = e.run_id WHERE e.module = %s"
+            " AND e.run_id <> %s AND r.status IN ('queued', 'running') LIMIT 1", (module.id, run_id)).fetchone()
+        if busy:
+            raise _Busy(f"run {busy['run_id']} of this module is still exporting; this run was skipped")
+        mark = conn.execute("SELECT snapshot::text AS s FROM dx.export_watermarks WHERE module = %s",
+                            (module.id,)).fetchone()
+        snapshot_from = mark["s"] if mark else None
+        now_row = conn.execute("SELECT pg_current_snapshot()::text AS s").fetchone()
+        assert now_row is not None
+        snapshot_to = now_row["s"]
+    export = {"snapshot_from": snapshot_from, "snapshot_to": snapshot_to}
+    try:
+        query = export_query(mdef, export)
+    except ValueError as exc:  # a field format that cannot be exported
+        raise RunError(ErrorCode.CONFIG_INVALID, str(exc)) from None
+    conn.execute("SET LOCAL TIME ZONE 'UTC'")  # key bounds of timestamps are written and read in UTC
+    n_rows, bounds = count_and_bounds(conn, query, CHUNK_ROWS, MAX_CHUNKS)
+    path = render_path(target.path, datetime.now(ZoneInfo(module.timezone)), run_id, module.id)
+    conn.execute(
+        "INSERT INTO dx.exports (run_id, module, snapshot_from, snapshot_to, bounds, target_path)"
+        " VALUES (%s, %s, %s::pg_snapshot, %s::pg_snapshot, %s, %s)", (run_id, module.id, snapshot_from,
+                                                                      snapshot_to, bounds, path))
+    n_chunks = len(bounds) + 1 if n_rows else 0
+    conn.execute("UPDATE dx.runs SET n_chunks = %s, planned_at = clock_timestamp() WHERE id = %s", (n_chunks, run_id))
+    shutil.rmtree(staging.run_dir(run_id) / "export", ignore_errors=True)  # a retried plan starts afresh
+    log.info("export_plan.done", rows=n_rows, n_chunks=n_chunks, path=path)
+    return n_chunks
+

@@ -1,0 +1,95 @@
+"""Actor ``chunk`` (queue ``dx.chunk``): validate and apply one chunk.
+
+The Importer's chunks apply with ``importer.apply_chunk``, the Updater's
+with ``updater.apply_updates``.
+
+Consumes ``chunk(run_id, chunk_no)`` from the plan's group (the group's
+completion callback sends ``reduce``), or from a streaming plan (an
+overwrite's, ``chunk(run_id, chunk_no, attempt)``; an append's): there is no
+group then, and the last chunk to commit sends ``reduce``. Reads the chunk's file, validates it
+column-wise, and applies it in ONE transaction together with its
+``dx.chunk_results`` row and its failed operations (a streamed chunk also
+writes the keys it applied, for the reduce).
+
+Retries: 5 with backoff; then ``run_crashed`` fails the run.
+Idempotent: the result row is claimed first in the transaction, so a
+redelivered message (or one racing a twin) finds it and changes nothing; a
+worker killed mid-chunk leaves no trace and the chunk is applied again, whole.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import polars as pl
+import structlog
+
+from dx.shared import db, messages
+from dx.shared.catalog import ModuleDef
+from dx.shared.db import Conn
+from dx.shared.formats.csv import ROW
+from dx.shared.pgcopy import copy_frame
+from dx.shared.runs import FAILED_TABLE, chunks_done, claim_chunk, definition, pending_chunk, streamed
+from dx.shared.validate import find_column, validate
+from dx.workers import staging
+from dx.workers.imports.duplicates import keys_applied
+from dx.workers.imports.importer import apply_chunk, keep_blank_text, validate_records
+from dx.workers.imports.updater import apply_updates
+
+log = structlog.get_logger(__name__)
+
+
+def chunk(run_id: int, chunk_no: int, attempt: int | None = None) -> None:
+    """Validate and apply chunk ``chunk_no`` of run ``run_id``, once; ``attempt``: the streaming
+    plan's attempt that sent it (an earlier attempt's chunk applies nothing)."""
+    started = time.monotonic()
+    with db.connect() as conn:  # one session for the whole chunk: each new one costs PostgreSQL a process
+        run = pending_chunk(conn, run_id, chunk_no, "chunk")
+        if run is None:
+            return
+        mdef = definition(conn, run)
+        conn.commit()  # no snapshot held while the chunk is validated
+        if _apply(conn, run, mdef, chunk_no, attempt, started) and streamed(run):
+            _reduce_if_last(conn, run_id)  # a streamed run's chunks have no group barrier
+
+
+def _apply(conn: Conn, run: dict[str, Any], mdef: ModuleDef, chunk_no: int, attempt: int | None,
+           started: float) -> bool:
+    """Validate the chunk and apply it in one transaction; False if it was not this delivery's to apply."""
+    run_id = run["id"]
+    columns = list(run["source_columns"])
+    frame = staging.read_chunk(run_id, chunk_no, {ROW: pl.Int64(), **{c: pl.String() for c in columns}})
+    module = mdef.module
+    if module.kind == "updater":
+        validated = validate(frame, mdef.database, columns, dedupe=None, keep_blank_text=keep_blank_text(module),
+                             operation_column=find_column(columns, module.operation_field))
+        apply = apply_updates
+    else:
+        validated = validate_records(frame, mdef, columns)
+        apply = apply_chunk
+    with conn.transaction():
+        if not claim_chunk(conn, run_id, chunk_no, frame.height, "chunk", attempt=attempt):
+            return False
+        outcome = apply(conn, run, mdef, validated)
+        if streamed(run):  # the reduce settles keys across chunks
+            staging.write_keys(run_id, chunk_no, keys_applied(mdef, validated.good))
+        failed = outcome.failed.with_columns(pl.lit(run_id).alias("run_id"), pl.lit(chunk_no).alias("chunk_no"))
+        copy_frame(conn, FAILED_TABLE, failed)
+        counters = {k: int(v) for k, v in outcome.counters.items()}
+        duration_ms = int((time.monotonic() - started) * 1000)
+        sets = ", ".join(f"{k} = %s" for k in counters)
+        conn.execute(f"UPDATE dx.chunk_results SET {sets}, duration_ms = %s"  # noqa: S608
+                     " WHERE run_id = %s AND chunk_no = %s", [*counters.values(), duration_ms, run_id, chunk_no])
+    log.info("chunk.done", rows=frame.height, failed=failed.height, ms=duration_ms, **counters)
+    return True
+
+
+def _reduce_if_last(conn: Conn, run_id: int) -> None:
+    """A streamed run's last chunk sends reduce (there is no group barrier: the plan sent each chunk
+    alone, and sends reduce too when it ends, in case every chunk ended before it)."""
+    run = conn.execute("SELECT planned_at, n_chunks FROM dx.runs WHERE id = %s", (run_id,)).fetchone()
+    last = run is not None and run["planned_at"] is not None and chunks_done(conn, run_id) >= run["n_chunks"]
+    conn.commit()
+    if last:
+        messages.send(messages.REDUCE, run_id=run_id)

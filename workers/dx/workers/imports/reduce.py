@@ -1,0 +1,133 @@
+"""Actor ``reduce`` (queue ``dx.reduce``): merge chunk results, end the run.
+
+Consumes ``reduce(run_id)``, the completion callback of the plan's chunk
+group (or sent directly for an empty source; for a streaming plan, by the
+plan at its end and by the last chunk to commit). Checks that every chunk's
+result exists (it can be called early or twice: then it waits for the next
+call), sums the counters, settles a streamed run's keys that several chunks
+held (``dx.workers.imports.duplicates``), applies the overwrite
+guards and swap, records the file in the ledger and the run's end in ONE
+transaction; then disposes of the source file, sends the e-mail, drops the
+table an overwrite replaced (its files' unlinking is not waited for by the
+report, nor by readers of the contact table) and clears the staging folder.
+
+Retries: 5 with backoff; then ``run_crashed`` fails the run.
+Idempotent: a terminal run only gets its leftovers finished (file
+disposal, e-mail once, staging), never a second swap or count.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+import structlog
+from psycopg import sql
+
+from dx.shared import db
+from dx.shared.catalog import ModuleDef
+from dx.shared.connections import open_remote
+from dx.shared.db import Conn
+from dx.shared.runs import COUNTERS, RunStatus, chunks_done, definition, finish, get_run, streamed
+from dx.workers import staging
+from dx.workers.failures import drop_shadow, notify
+from dx.workers.imports.duplicates import build_key_while_checking, settle_append, settle_duplicates
+from dx.workers.imports.importer import drop_replaced, finish_overwrite
+from dx.workers.imports.source_query import adopt_watermark
+
+log = structlog.get_logger(__name__)
+
+
+def reduce(run_id: int) -> None:
+    """Finish run ``run_id`` once every chunk has committed."""
+    with db.transaction() as conn:
+        run = get_run(conn, run_id, for_update=True)
+        if run is None:
+            return
+        structlog.contextvars.bind_contextvars(tenant=run["tenant"], module=run["module"])
+        mdef = definition(conn, run)
+        if not RunStatus(run["status"]).terminal:
+            done = chunks_done(conn, run_id)
+            if run["planned_at"] is None or done < run["n_chunks"]:
+                log.info("reduce.waiting", chunks_done=done, n_chunks=run["n_chunks"])
+                return
+            _finish(conn, run, mdef)
+    _dispose_source(run_id, mdef)
+    notify(run_id)
+    if mdef.module.mode == "overwrite":
+        with db.transaction() as conn:
+            drop_replaced(conn, mdef, run_id)
+    staging.remove_run(run_id)
+
+
+def _finish(conn: Conn, run: dict[str, Any], mdef: ModuleDef) -> None:
+    """Sum, guard, swap, ledger and status, in the caller's transaction."""
+    run_id = run["id"]
+    sums = conn.execute(sql.SQL("SELECT {} FROM dx.chunk_results WHERE run_id = %s").format(sql.SQL(", ").join(
+        sql.SQL("coalesce(sum({c}), 0)::bigint AS {c}").format(c=sql.Identifier(c))
+        for c in COUNTERS if c != "rows_exported")), (run_id,)).fetchone()
+    assert sums is not None
+    counters = {k: int(v) for k, v in sums.items()}
+    counters["rows_read"] += run["plan_failed"]
+    # malformed lines: an importer's would have been inserts; an updater's operation is unknown
+    counters["not_inserted" if mdef.module.kind == "importer" else "not_updated"] += run["plan_failed"]
+    code = message = None
+    if mdef.module.mode == "overwrite":
+        key_built = False
+        if streamed(run):
+            key_built, repeated = build_key_while_checking(conn, run, mdef, counters["inserted"])
+            if repeated is not None:
+                removed = settle_duplicates(conn, run, mdef, repeated)
+                counters["inserted"] -= removed
+                counters["not_inserted"] += removed
+        code, message = finish_overwrite(conn, run, mdef, counters, key_built=key_built)
+        if code is not None:
+            drop_shadow(conn, mdef.database.tenant, mdef.database.id, run_id)
+    elif mdef.module.mode == "append" and streamed(run):
+        removed = settle_append(conn, run, mdef, counters["inserted"])
+        counters["inserted"] -= removed
+        counters["not_inserted"] += removed
+    failed = sum(counters[c] for c in ("not_inserted", "not_updated", "not_deleted"))
+    if code is not None:
+        status = RunStatus.FAILED
+    else:
+        status = RunStatus.COMPLETED_WITH_ERRORS if failed else RunStatus.COMPLETED
+        if mdef.module.source is not None and mdef.module.source.is_query:
+            adopt_watermark(conn, run_id, mdef)
+        else:
+            _record_in_ledger(conn, run)
+    finish(conn, run_id, status, error_code=code.value if code else None, error_message=message, counters=counters)
+    log.info("run.finished", status=status.value, **counters)
+
+
+def _record_in_ledger(conn: Conn, run: dict[str, Any]) -> None:
+    """Keep the imported file from being imported again."""
+    conn.execute(
+        "INSERT INTO dx.file_ledger (connection, path, size_bytes, mtime, run_id)"
+        " SELECT m.config->'source'->>'connection', r.source_path, r.source_bytes, %s, r.id"
+        " FROM dx.runs r JOIN dx.modules m ON m.id = r.module WHERE r.id = %s ON CONFLICT DO NOTHING",
+        (run["source_mtime"], run["id"]))
+
+
+def _dispose_source(run_id: int, mdef: ModuleDef) -> None:
+    """Archive or delete the imported file, if it is still the one imported."""
+    src = mdef.module.source
+    if src is None or mdef.connection is None or src.after == "keep":
+        return
+    with db.connect() as conn:
+        entry = conn.execute("SELECT path, size_bytes FROM dx.file_ledger WHERE run_id = %s", (run_id,)).fetchone()
+    if entry is None:
+        return
+    try:
+        with open_remote(mdef.connection) as remote:
+            info = remote.stat(entry["path"])
+            if info is None or info.size_bytes != entry["size_bytes"]:
+                return
+            if src.after == "delete":
+                remote.remove(entry["path"])
+            else:
+                folder, name = posixpath.split(entry["path"])
+                remote.move(entry["path"], posixpath.join(folder, src.archive_dir, f"{name}.run{run_id}"))
+        log.info("source.disposed", path=entry["path"], after=src.after)
+    except Exception as exc:  # the ledger already keeps the file from a second import
+        log.warning("source.dispose_failed", path=entry["path"], error=str(exc))
