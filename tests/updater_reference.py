@@ -1,6 +1,6 @@
 """A plain sequential Updater: the oracle the real one is compared with.
 
-It applies records one by one, in source order, with the rules of DESIGN §2
+It applies records one by one, in source order, with the documented rules of the Updater
 written as simply as possible, over the test database of the updater tests:
 ``email`` (key), ``first_name`` (text, required), ``points`` (int) and
 ``birth_date`` (not in the source files, so U keeps it and I leaves it empty).

@@ -1,4 +1,4 @@
-"""Fire times with the DST rules of DESIGN §5, on fixed instants (no clock, no I/O)."""
+"""Fire times with the DST rules of docs/scheduling.md, on fixed instants (no clock, no I/O)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_a_fixed_time_job_fires_once_on_a_dst_day(tz, day, wall, expected_utc):
 
 
 def test_croniter_alone_fires_the_fall_back_job_twice_which_is_why_the_rules_are_ours():
-    # Given croniter's own iteration over the Rome fall-back day (the pitfall of DESIGN §10)
+    # Given croniter's own iteration over the Rome fall-back day
     it = croniter("30 2 * * *", datetime(2026, 10, 25, 0, 0, tzinfo=ROME))
     first, second = it.get_next(datetime), it.get_next(datetime)
     ours = cron("30 2 * * *").next_fires(datetime(2026, 10, 25, 0, 0, tzinfo=ROME), 2)

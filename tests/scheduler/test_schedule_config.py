@@ -30,7 +30,7 @@ def problems(schedule: dict[str, Any]) -> list[str]:
 
 
 def test_the_design_example_and_the_console_form_parse():
-    # Given DESIGN §6's schedule, and the console's form
+    # Given the documented schedule form, and the console's form
     design = parse_config(with_schedule({"cron": ["0 2 * * *"], "timezone": "Europe/Rome", "start": "2026-12-01"}))
     console = parse_config(with_schedule({"times": ["02:30", "14:00"], "weekdays": ["mon", "fri"],
                                           "months": ["jan", 7], "overlap": "queue", "max_failures": 3}))

@@ -1,4 +1,4 @@
-"""Fire times of a schedule, with the DST rules of DESIGN §5. Pure: no I/O, no clock.
+"""Fire times of a schedule, with the DST rules of docs/scheduling.md. Pure: no I/O, no clock.
 
 A schedule is a set of rules (one per cron expression, or one for the console
 form: times of day, weekdays, months) in one IANA time zone, limited to local
@@ -15,7 +15,7 @@ local wall-clock times and mapped to instants like this:
 
 Several rules (or a gap moving two wall times onto one instant) fire once per
 instant. croniter only parses here: its own iteration fires a daily 02:30
-job twice on a fall-back day (DESIGN §10).
+job twice on a fall-back day.
 """
 
 from __future__ import annotations

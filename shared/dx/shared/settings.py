@@ -1,6 +1,6 @@
 """One typed, read-only settings object, built once from the DX_* environment.
 
-Every variable that is unset falls back to an embedded default (DESIGN §6),
+Every variable that is unset falls back to an embedded default,
 so that ``dx demo`` runs on a bare laptop: an embedded PostgreSQL
 (``pgserver``) under ``DX_HOME``, an in-process broker and worker, a local
 staging folder and ``.eml`` files instead of SMTP. Every problem is reported

@@ -63,7 +63,7 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
     broker.add_middleware(GiveBackMemory())
     dramatiq.set_broker(broker)
     for spec, fn, throws in _actors():
-        dramatiq.actor(fn, broker=broker, throws=throws, **spec.options())
+        dramatiq.actor(broker=broker, throws=throws, **spec.options())(fn)
     messages.use_broker(broker)
     _broker, _broker_url = broker, settings.broker_url
     return broker

@@ -1,5 +1,5 @@
 -- The scheduler: fire claims, the leader lease, per-module schedule state and
--- the run outbox (DESIGN §4-5, §10).
+-- the run outbox.
 
 -- One row per (module, due time) ever handled: the primary key is what makes
 -- each due time fire once, whatever the number of scheduler replicas.
