@@ -1,5 +1,5 @@
 """A worker gives back what a task freed, pyarrow's allocator by the GiveBackMemory middleware after each
-message. (Polars' allocator, set in ``dx/__init__.py``, kept memory only under the workers' real load:
+message. (Polars' allocator, set in ``dx/workers/__init__.py``, kept memory only under the workers' real load:
 no small allocation pattern here reproduced it; the bench's memory scenario measures it.)"""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 #: processing ends, then idles; prints its resident MB at start, at the top and after idling.
 SCRIPT = """
 import time
-import dx
+import dx.workers
 import numpy as np, polars as pl, pyarrow as pa
 from dx.workers.middleware import GiveBackMemory
 

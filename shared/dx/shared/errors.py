@@ -160,7 +160,7 @@ def render_error_codes_markdown() -> str:
     lines = [
         "# Error codes",
         "",
-        "Generated from `dx/shared/errors.py` by `dx docs`; do not edit by hand.",
+        "Generated from `shared/dx/shared/errors.py` by `dx docs`; do not edit by hand.",
         "",
     ]
     titles = {

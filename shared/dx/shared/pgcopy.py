@@ -25,8 +25,8 @@ from psycopg import sql
 from dx.shared.db import Conn
 from dx.shared.textbytes import TextBytes
 
-#: Rows per slice of a COPY: PostgreSQL stores one slice while the next is encoded (16k rows: a worker's
-#: peak at 10M rows 495-522 MB with 50k, 388-448 MB with 16k, at the same speed).
+#: Rows per slice of a COPY: PostgreSQL stores one slice while the next is encoded; smaller slices
+#: lower a worker's peak memory at the same speed.
 COPY_SLICE_ROWS = 16_384
 #: The Polars type each PostgreSQL column type is sent as (numeric: see ``numeric_wire``).
 ARROW_TYPES: dict[str, pl.DataType] = {

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 from dx.shared.errors import ConfigError
 
 N = TypeVar("N", int, float)
-#: Bytes of source per chunk: a 1M-row contact file (~130 MB) makes 8 chunks; a worker then
-#: stays under 500 MB even at 10M rows (32 MB chunks took it to 540 MB; bench/RESULTS.md).
+#: Bytes of source per chunk: enough chunks to keep every worker busy, small enough that a
+#: worker's memory stays flat in the file's size (see docs/performance.md).
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
 
 

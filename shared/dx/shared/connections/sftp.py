@@ -2,8 +2,8 @@
 
 An unknown or changed host key is a run-level error, never accepted. The
 password or private key is read from its ${ENV_VAR} reference at connect
-time and never logged. Downloads keep many read requests in flight (25x faster
-than plain reads); reads and writes are requested as large as the server
+time and never logged. Downloads keep many read requests in flight (plain
+reads wait for each reply); reads and writes are requested as large as the server
 announces it serves (limits@openssh.com); an export's chunks write their parts
 into the file, each at its offset.
 """
@@ -53,15 +53,14 @@ from dx.shared.errors import ErrorCode, RunError
 #: Key classes tried, in order, for a private key given as text.
 KEY_CLASSES: tuple[type[paramiko.PKey], ...] = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
 #: AES-GCM first: it authenticates as it decrypts, where CTR needs a separate HMAC that paramiko
-#: computes in Python per packet (a 110 MB transfer takes about 20% less time).
+#: computes in Python per packet.
 GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 #: OpenSSH's (8.7+) extension announcing the server's largest packet, read and write, and open handles.
 LIMITS = "limits@openssh.com"
 #: Read and write request size of a server that announces no limit: paramiko's own, which every server serves.
 REQUEST_BYTES = 32 * 1024
-#: Largest request: OpenSSH announces 255 KiB. Fewer, larger requests are fewer packets for paramiko
-#: to handle in Python: 127 MB fetched with 0.8-1.0 s of CPU instead of 1.3-1.4 s; 40 MB uploaded in
-#: 0.10-0.12 s instead of 0.20-0.36 s.
+#: Largest request: OpenSSH announces 255 KiB; fewer, larger requests are fewer packets for paramiko
+#: to handle in Python.
 MAX_REQUEST_BYTES = 256 * 1024
 #: How long a worker keeps an idle session for its next task on the same connection.
 IDLE_S = 60.0
@@ -71,9 +70,8 @@ READS_IN_FLIGHT = 64
 
 def _no_delay_socket(cfg: ConnectionCfg) -> socket.socket:
     """A TCP connection to the server that sends each SSH packet at once (TCP_NODELAY), from the
-    handshake on: Nagle's algorithm held back a download's small read requests (127 MB in 1.2-1.4 s
-    instead of 0.35 s), and the handshake's own messages (a handshake with OpenSSH on loopback took
-    62-68 ms instead of 21-23 ms)."""
+    handshake on: Nagle's algorithm holds back a download's small read requests and the
+    handshake's own messages."""
     assert cfg.host
     sock = socket.create_connection((cfg.host, cfg.port), timeout=cfg.timeout_s)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -94,7 +92,7 @@ def _read_pipelined(sftp: paramiko.SFTPClient, handle: object, size: int, reques
     """The file's first ``size`` bytes into ``out``, in order, with READS_IN_FLIGHT read requests
     outstanding, every one sent and answered in this thread. paramiko's prefetch sends its requests
     from a thread of its own while the reader spins, holding a lock, until the sender has noted the
-    request a reply answers: on a busy machine that starved the sender for 10-20 s (1 download in 12)."""
+    request a reply answers, which on a busy machine starves the sender."""
     replies, pending = _Replies(), deque[tuple[int, int, int]]()  # (request, offset, length), in file order
     offset = 0
     while offset < size or pending:
@@ -125,7 +123,7 @@ class _BytesPipe(BufferedPipe):
     """paramiko's buffer of a channel's incoming data, held in a ``bytearray`` instead of an ``array``:
     an ``array`` moves the rest of its bytes each time a read takes some from its front (each SFTP
     reply is read as its length, then its body, while up to 2 MB wait behind them), a ``bytearray``
-    does not. Downloading 127 MB took 0.40-0.54 s of CPU instead of 0.51-0.64 s."""
+    does not."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -354,9 +352,8 @@ class SftpRemote:
 
 class SessionPool:
     """Idle sessions of a worker process, by connection, for the next task that needs the same one.
-    A handshake with OpenSSH costs 0.1-0.15 s of wall time (mostly the server's), paid by every
-    chunk of an export and by each plan and reduce: a kept session answering a round trip is taken
-    instead. A session is used by one task at a time; one idle longer than IDLE_S is closed."""
+    A handshake would otherwise be paid by every chunk of an export and by each plan and reduce: a
+    kept session answering a round trip is taken instead. A session is used by one task at a time; one idle longer than IDLE_S is closed."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -48,8 +48,7 @@ def open_source(path: Path, mdef: ModuleDef, opener: csv.Opener | None = None) -
 def read_ahead(items: Iterator[T]) -> Iterator[T]:
     """``items`` made by a thread of their own, up to READ_AHEAD ahead of the caller: in the plan,
     the source's next batch is parsed while this one is partitioned and written (both release the
-    GIL), which takes the parse, partition and write of 1M rows from 0.75-0.88 s to 0.60-0.77 s,
-    for about 50 MB more at a worker's peak. The caller gets the thread's exception; a caller
+    GIL), for a little more memory at a worker's peak. The caller gets the thread's exception; a caller
     that stops early stops the thread."""
     ready: queue.Queue[tuple[bool, Any]] = queue.Queue(READ_AHEAD)
     stop = threading.Event()
