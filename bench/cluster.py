@@ -2,12 +2,14 @@
 
 Everything the scenarios share: the SFTP server holding the sources, the
 ``bench`` tenant with its modules, the worker processes (their peak memory
-read from the kernel), and one timed dx run from request to report.
+read from the kernel), and one timed ``dx run MODULE --wait`` process.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sysconfig
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -25,8 +27,10 @@ from dx.devkit.sshd import Sftp, running_sshd
 
 #: The tenant of every benchmark module.
 TENANT = "bench"
-#: Poll interval of a timed run (small next to the 1.5 s target of a small run).
+#: Poll interval for a run's report once ``dx run --wait`` has exited.
 POLL_S = 0.02
+#: This virtualenv's ``dx`` console script: every timed run is ``dx run MODULE --wait``, as a user runs it.
+DX = Path(sysconfig.get_path("scripts")) / "dx"
 
 
 def config(sftp: Sftp, modules: list[dict[str, Any]]) -> str:
@@ -98,37 +102,53 @@ class Cluster:
         return cached
 
     def dx_run(self, scenario: str, module: str, rows: int, note: str = "") -> tuple[Sample, dict[str, Any]]:
-        """Request a run as ``dx run`` does; time it to the report (e-mail written); peak RSS per worker."""
-        from dx.scheduler.requests import request_run
-        from dx.shared.runs import Trigger
-
+        """Run ``dx run MODULE --wait`` as a user does, timed from spawn to exit (``process_s``); the run's
+        own time (``wall_s``) is its row's request to report: created_at to email_sent_at. ``finished_at``
+        is not the end: it is the now() of the reduce's transaction, i.e. when the reduce began. The row
+        gains lead_s, spawn to created_at, and tail_s, email_sent_at to the process's exit."""
         pids = [p.pid for p in self.workers.procs]
         for pid in pids:
             reset_peak(pid)
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
+        log = self.out_dir / "dx-run.log"
+        with psycopg.connect(self.database_url, autocommit=True) as conn, open(log, "ab") as out:
+            last = conn.execute("SELECT coalesce(max(id), 0) FROM dx.runs").fetchone()
             busy = machine_busy_s()
-            started = time.monotonic()
-            run_id = request_run(module, Trigger.MANUAL, "bench")
-            while True:
+            spawned, started = time.time(), time.monotonic()  # time(): PostgreSQL's clock, on this machine
+            proc = subprocess.run([str(DX), "run", module, "--wait", "--requested-by", "bench"],
+                                  env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, timeout=3600)
+            process_s, exited = time.monotonic() - started, time.time()
+            ids = conn.execute("SELECT id FROM dx.runs WHERE module = %s AND id > %s",
+                               (module, last[0] if last else 0)).fetchall()
+            if len(ids) != 1:
+                raise RuntimeError(f"`dx run {module} --wait` exited with {proc.returncode} and made "
+                                   f"{len(ids)} runs; see {log}")
+            run_id = ids[0][0]
+            while True:  # the process waits for the run's end; its report follows
                 row = conn.execute("SELECT email_sent_at IS NOT NULL FROM dx.runs WHERE id = %s", (run_id,)).fetchone()
                 if row and row[0]:
                     break
                 if time.monotonic() - started > 3600:
-                    raise RuntimeError(f"run {run_id} did not end within an hour")
+                    raise RuntimeError(f"run {run_id} sent no report within an hour")
                 time.sleep(POLL_S)
-            wall_s = time.monotonic() - started
             busy = machine_busy_s() - busy
             cur = conn.cursor(row_factory=psycopg.rows.dict_row)
             run = cur.execute(
-                "SELECT *, extract(epoch FROM started_at - created_at) AS queued_s,"
+                "SELECT *, extract(epoch FROM email_sent_at - created_at)::float8 AS own_s,"
+                " extract(epoch FROM created_at)::float8 AS created_epoch,"
+                " extract(epoch FROM email_sent_at)::float8 AS reported_epoch,"
+                " extract(epoch FROM started_at - created_at) AS queued_s,"
                 " extract(epoch FROM planned_at - started_at) AS plan_s,"
                 " extract(epoch FROM finished_at - planned_at) AS chunks_s,"  # finished_at: reduce's start (now())
                 " extract(epoch FROM email_sent_at - finished_at) AS reduce_s FROM dx.runs WHERE id = %s",
                 (run_id,)).fetchone()
         assert run is not None
+        run["lead_s"], run["tail_s"] = run["created_epoch"] - spawned, exited - run["reported_epoch"]
         if run["status"] not in ("completed", "completed_with_errors"):
             raise RuntimeError(f"run {run_id} of {module} ended {run['status']}: {run['error_message']}")
-        sample = Sample(scenario, f"dx ({len(pids)} workers)", rows, wall_s, [peak_mb(p) for p in pids], note, busy)
+        peaks = [peak_mb(p) for p in pids]
+        tool = f"dx ({len(pids)} workers)"
+        sample = Sample(scenario, tool, rows, run["own_s"], peaks, note, busy, process_s)
         return sample, run
 
 

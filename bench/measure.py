@@ -34,11 +34,16 @@ class Sample:
     peak_mb: list[float] = field(default_factory=list)  # per process
     note: str = ""
     busy_s: float | None = None  # core-seconds the whole machine was busy during the run
-
+    process_s: float | None = None  # dx: the ``dx run --wait`` process, spawn to exit (wall_s: the run's own)
 
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def overhead_s(self) -> float | None:
+        """What the ``dx run --wait`` process took beyond the run's own time."""
+        return None if self.process_s is None else self.process_s - self.wall_s
 
 
 def machine_busy_s() -> float:

@@ -24,8 +24,8 @@ RATE_HZ = 100
 #: A frame in py-spy's raw output: "function (path/file.py:line)".
 FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^():]+)(?::\d+)?\)$")
 #: The actors by the file that holds them, and paramiko's transport thread (it decrypts SFTP downloads).
-STAGES = {"dx/workers/plan.py": "plan", "dx/workers/chunk.py": "chunk", "dx/workers/reduce.py": "reduce",
-          "paramiko/transport.py": "sftp transport thread"}
+STAGES = {"dx/workers/imports/plan.py": "plan", "dx/workers/imports/chunk.py": "chunk",
+          "dx/workers/imports/reduce.py": "reduce", "paramiko/transport.py": "sftp transport thread"}
 
 
 @contextmanager
@@ -75,7 +75,7 @@ def summarise(files: list[Path], top: int = 12) -> str:
                 continue
             count = int(n)
             per_stage[stage] += count
-            for name in {f"{fn} ({file})" for fn, file in frames if file.startswith("dx/")}:
+            for name in {f"{fn} ({file})" for fn, file in frames if file.startswith("dx/") or "/dx/" in file}:
                 inclusive[f"{stage}: {name}"] += count
             fn, file = frames[-1]
             leaf[f"{stage}: {fn} ({file})"] += count
