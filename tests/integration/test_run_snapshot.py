@@ -8,7 +8,8 @@ from dx.cli import wait_for
 from dx.devkit.generate import contacts
 from dx.scheduler.requests import request_run
 from dx.shared import db
-from dx.shared.runs import Trigger
+from dx.shared.catalog import load_module
+from dx.shared.runs import Trigger, definition, get_run
 from tests.integration.helpers import apply, config, failures, run, table
 
 OLD_FIELDS = {"email": {"type": "email", "required": True}, "first_name": "text", "points": "int",
@@ -49,6 +50,12 @@ def test_an_apply_during_a_run_leaves_the_run_as_the_old_definition_makes_it(
     # When: a run is requested (no worker is running: it waits, queued), then the fields and chunk size
     # change under it, then its plan, chunks and reduce run
     pinned = request_run("pinned-import", Trigger.MANUAL, "pytest")
+    with db.connect() as conn:  # the snapshot is the module as `dx apply` left it, fields in table order
+        snapshot, live = definition(conn, get_run(conn, pinned)), load_module(conn, "pinned-import")
+        columns = [r["column_name"] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'tenant_pinned'"
+            " AND table_name = 'contacts' ORDER BY ordinal_position")]
+    assert snapshot == live and list(snapshot.database.fields) == columns
     apply(_config("pinned", sshd, NEW_FIELDS, NEW_CHUNK_BYTES), tmp_path)
     workers.start(2)
     wait_for(pinned, 120)

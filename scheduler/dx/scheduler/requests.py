@@ -60,7 +60,7 @@ def dispatch(run_ids: list[int] | None = None) -> list[int]:
                     {"ids": run_ids, "active": list(ACTIVE)}).fetchone()
                 if row is None:
                     return sent
-                messages.send(messages.plan_of(row["kind"]), run_id=row["run_id"])
+                messages.send(messages.PLAN_OF[row["kind"]], run_id=row["run_id"])
                 conn.execute("DELETE FROM dx.run_outbox WHERE run_id = %s", (row["run_id"],))
             sent.append(int(row["run_id"]))
 

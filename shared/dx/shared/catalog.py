@@ -42,15 +42,9 @@ class ModuleDef:
     connection: ConnectionCfg | None
     notify: tuple[str, ...]
 
-    def snapshot(self) -> dict[str, Any]:
-        """The definition as JSON, as a run keeps it (``from_snapshot`` reads it back)."""
-        return {"module": self.module.model_dump(mode="json"), "database": self.database.model_dump(mode="json"),
-                "connection": self.connection.model_dump(mode="json") if self.connection else None,
-                "notify": list(self.notify)}
-
     @classmethod
     def from_snapshot(cls, doc: dict[str, Any]) -> ModuleDef:
-        """The definition a run was created with."""
+        """The definition a run was created with (``dx.shared.runs.SNAPSHOT``)."""
         connection = doc["connection"]
         return cls(ModuleCfg.model_validate(doc["module"]), DatabaseCfg.model_validate(doc["database"]),
                    ConnectionCfg.model_validate(connection) if connection else None, tuple(doc["notify"]))

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dramatiq
-
-from dx.shared.config import EXPORT_KINDS
 from dx.shared.errors import DxError
 from dx.shared.settings import get_settings
+
+if TYPE_CHECKING:  # dramatiq is imported when a message is first sent: a run is created without it
+    import dramatiq
 
 #: One queue per stage, so that queue depth shows where work waits.
 PLAN_QUEUE, CHUNK_QUEUE, REDUCE_QUEUE = "dx.plan", "dx.chunk", "dx.reduce"
@@ -53,9 +53,8 @@ RUN_CRASHED = Actor("run_crashed", REDUCE_QUEUE, 3, 1000, 10_000, 10 * _MIN_S)
 ACTORS = (PLAN, CHUNK, REDUCE, EXPORT_PLAN, EXPORT_CHUNK, EXPORT_REDUCE, RUN_CRASHED)
 
 
-def plan_of(kind: str) -> Actor:
-    """The plan actor of a module kind."""
-    return EXPORT_PLAN if kind in EXPORT_KINDS else PLAN
+#: The plan actor of each module kind.
+PLAN_OF = {"importer": PLAN, "updater": PLAN, "displacer": EXPORT_PLAN, "exporter": EXPORT_PLAN}
 
 
 _lock = threading.Lock()
@@ -89,6 +88,8 @@ def broker() -> dramatiq.Broker:
 
 def message(actor: Actor, **kwargs: Any) -> dramatiq.Message[Any]:
     """A message for ``actor`` with keyword arguments; exhausted retries go to ``run_crashed``."""
+    import dramatiq
+
     return dramatiq.Message(queue_name=actor.queue, actor_name=actor.name, args=(), kwargs=kwargs,
                             options={"on_retry_exhausted": RUN_CRASHED.name})
 
@@ -104,6 +105,8 @@ def send_chunks(chunk: Actor, reduce: Actor, run_id: int, n_chunks: int) -> None
     if n_chunks == 0:
         send(reduce, run_id=run_id)
         return
+    import dramatiq
+
     group = dramatiq.group([message(chunk, run_id=run_id, chunk_no=i) for i in range(n_chunks)], broker=broker())
     group.add_completion_callback(message(reduce, run_id=run_id))
     group.run()

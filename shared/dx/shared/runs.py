@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import structlog
 from psycopg import sql
-from psycopg.types.json import Json
 
-from dx.shared.catalog import ModuleDef, load_module
 from dx.shared.db import Conn
+
+if TYPE_CHECKING:
+    from dx.shared.catalog import ModuleDef
 
 log = structlog.get_logger(__name__)
 
@@ -100,18 +101,39 @@ def create_run(conn: Conn, tenant: str, module: str, trigger: Trigger, requested
                due_at: datetime | None = None, request_id: str | None = None) -> int:
     """Insert a queued run with a snapshot of its module's definition (``due_at``: the fire time of a
     scheduled one; ``request_id``: the client's id of the request, unique per tenant); returns its id."""
-    row = conn.execute(
-        "INSERT INTO dx.runs (tenant, module, trigger, requested_by, due_at, request_id, definition)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-        (tenant, module, trigger.value, requested_by, due_at, request_id,
-         Json(load_module(conn, module).snapshot()))).fetchone()
+    insert = f"""INSERT INTO dx.runs (tenant, module, trigger, requested_by, due_at, request_id, definition)
+        SELECT %s, %s, %s, %s, %s, %s, ({SNAPSHOT}) FROM dx.modules m WHERE m.id = %s RETURNING id"""  # noqa: S608
+    row = conn.execute(insert, (tenant, module, trigger.value, requested_by, due_at, request_id, module)).fetchone()
     assert row is not None
     return int(row["id"])
+
+
+#: The definition of module ``m`` as a run keeps it, made in the database from what `dx apply` stored:
+#: the module, its database with the fields in the table's column order (the configured order; jsonb
+#: keeps its own), the connection it names, and the recipients (the tenant's, then the module's).
+SNAPSHOT = """SELECT json_build_object(
+  'module', m.config,
+  'database', json_build_object('id', d.id, 'tenant', d.tenant, 'primary_key', d.primary_key,
+    'fields', (SELECT json_object_agg(f.key, f.value ORDER BY a.attnum NULLS LAST, f.key)
+               FROM jsonb_each(d.fields) f LEFT JOIN pg_attribute a ON a.attname = f.key
+                 AND a.attrelid = to_regclass(format('%%I.%%I', 'tenant_' || d.tenant, d.id))
+                 AND a.attnum > 0 AND NOT a.attisdropped)),
+  'connection', c.config,
+  'notify', (SELECT coalesce(json_agg(r.address ORDER BY r.first), '[]') FROM (
+               SELECT address, min(n) AS first FROM unnest(t.notify || ARRAY(
+                 SELECT jsonb_array_elements_text(coalesce(m.config->'notify', '[]')))) WITH ORDINALITY AS u(address, n)
+               GROUP BY address) r))
+FROM dx.databases d JOIN dx.tenants t ON t.id = d.tenant
+LEFT JOIN dx.connections c ON c.tenant = m.tenant
+  AND c.id = coalesce(m.config->'source'->>'connection', m.config->'target'->>'connection')
+WHERE d.tenant = m.tenant AND d.id = m.database"""
 
 
 def definition(conn: Conn, run: Run) -> ModuleDef:
     """The module's definition as the run was created with it (a run made by a version without
     snapshots reads the module as it is now)."""
+    from dx.shared.catalog import ModuleDef, load_module  # pydantic: not on the path that creates a run
+
     if run["definition"] is None:
         return load_module(conn, run["module"])
     return ModuleDef.from_snapshot(run["definition"])
@@ -202,8 +224,9 @@ def finish(conn: Conn, run_id: int, status: RunStatus, *, error_code: str | None
     """Record the end of a run (in the caller's transaction); False, and nothing written, if the run
     has ended already (a terminal status never changes)."""
     assert status.terminal, status
-    sets = ["status = %s", "finished_at = now()", "error_code = %s", "error_message = %s",
-            "started_at = coalesce(started_at, now())"]
+    # the clock, not the transaction's start: a reduce ends its run after the swap, in the same transaction
+    sets = ["status = %s", "finished_at = clock_timestamp()", "error_code = %s", "error_message = %s",
+            "started_at = coalesce(started_at, clock_timestamp())"]
     params: list[Any] = [status.value, error_code, error_message]
     for name, value in (counters or {}).items():
         sets.append(f"{name} = %s")
