@@ -2,25 +2,34 @@
 
 Generates a contact file with a few broken records in a local client folder,
 applies a configuration for it, runs an overwrite import and prints the run
-and the first lines of its failed-operations report.
+and the first lines of its failed-operations report. The command line passes
+in how to run a module (its ``dx run --wait``): the demo never imports it.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from typing import Protocol
 
 import yaml
 
 from dx.devkit.generate import FIELDS, contacts, write_csv
 from dx.shared import db
-from dx.shared.catalog import apply_config, known
+from dx.shared.catalog import apply_config, count_contacts, known
 from dx.shared.config import parse_config
 from dx.shared.report import write_report
+from dx.shared.runs import list_runs
 from dx.shared.settings import get_settings
 
 #: How many lines of the failed-operations report the demo prints.
 REPORT_LINES = 6
+
+
+class RunModule(Protocol):
+    """Runs a module to its end and returns the CLI exit code of the run (``dx.cli.run_module``)."""
+
+    def __call__(self, module: str, *, wait: bool, requested_by: str | None) -> int: ...
 
 
 def demo_config(root: str) -> str:
@@ -36,10 +45,8 @@ def demo_config(root: str) -> str:
     }, sort_keys=False)
 
 
-def run_demo(rows: int) -> int:
-    """Run the demo; returns the CLI exit code of the import."""
-    from dx.cli import run_module
-
+def run_demo(rows: int, run_module: RunModule) -> int:
+    """Run the demo, its import by ``run_module``; returns the CLI exit code of the import."""
     settings = get_settings()
     root = settings.home / "demo"
     existing = len(list((root / "in").glob("contacts_*.csv")))
@@ -52,14 +59,12 @@ def run_demo(rows: int) -> int:
     print("3. running demo-import on the embedded broker and PostgreSQL ...")
     code = run_module("demo-import", wait=True, requested_by="dx demo")
     with db.connect() as conn:
-        last = conn.execute("SELECT id, status FROM dx.runs WHERE module = 'demo-import' ORDER BY id DESC LIMIT 1")
-        row = last.fetchone()
-        assert row is not None
-        run_id, status = row["id"], row["status"]
+        last = list_runs(conn, "demo-import", 1)
+        assert last
+        run_id, status = last[0]["id"], last[0]["status"]
         out = io.StringIO()
         write_report(conn, run_id, out)
-        counted = conn.execute('SELECT count(*) AS n FROM "tenant_demo"."newsletter"').fetchone()
-        count = counted["n"] if counted else 0
+        count = count_contacts(conn, "demo", "newsletter")
     print(f"4. tenant_demo.newsletter now holds {count:,} contacts; failed-operations report (first lines):")
     for line in out.getvalue().splitlines()[:REPORT_LINES]:
         print("   " + line)

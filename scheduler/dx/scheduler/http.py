@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import dramatiq.errors
 import pika.exceptions
@@ -51,7 +51,7 @@ from dx.shared.catalog import module_rows
 from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode, RetriableError
 from dx.shared.report import report_text
-from dx.shared.runs import RunStatus, Trigger, chunks_done, error_counts, get_run
+from dx.shared.runs import Run, RunStatus, Trigger, chunks_done, error_counts, get_run
 from dx.shared.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
@@ -119,7 +119,7 @@ Tenant = Annotated[Principal, Depends(principal)]
 ModuleId = Annotated[str, Path(min_length=1, max_length=200)]
 
 
-def _run_out(run: dict[str, Any]) -> RunOut:
+def _run_out(run: Run) -> RunOut:
     return RunOut.model_validate(run)
 
 
@@ -139,7 +139,7 @@ def _own_module(conn: Conn, who: Principal, module_id: str) -> dict[str, Any]:
     return rows[0]
 
 
-def _own_run(conn: Conn, who: Principal, run_id: int) -> dict[str, Any]:
+def _own_run(conn: Conn, who: Principal, run_id: int) -> Run:
     run = get_run(conn, run_id)
     if run is None or run["tenant"] != who.tenant:
         raise _not_found("run", run_id)
@@ -229,7 +229,7 @@ def list_runs(conn: Connection, who: Tenant,
          "trigger": trigger and trigger.value, "since": since, "before": before, "limit": limit + 1}).fetchall()
     more = len(rows) > limit
     page = rows[:limit]
-    return RunList(runs=[_run_out(r) for r in page], next_before=page[-1]["id"] if more else None)
+    return RunList(runs=[_run_out(cast(Run, r)) for r in page], next_before=page[-1]["id"] if more else None)
 
 
 @api.get("/runs/{run_id}", response_model=RunDetail, summary="one run with its error counts")

@@ -185,3 +185,26 @@ def module_rows(conn: Conn, tenant: str | None = None, module: str | None = None
         " WHERE module = m.id ORDER BY id DESC LIMIT 1) r ON true"
         " WHERE (%(tenant)s::text IS NULL OR m.tenant = %(tenant)s) AND (%(module)s::text IS NULL OR m.id = %(module)s)"
         " ORDER BY m.tenant, m.id", {"tenant": tenant, "module": module}).fetchall()
+
+
+def module_state(conn: Conn, module_id: str) -> dict[str, Any] | None:
+    """The module's stored ``config`` and its ``paused`` flag; None if there is no such module."""
+    return conn.execute("SELECT config, paused FROM dx.modules WHERE id = %s", (module_id,)).fetchone()
+
+
+def tenant_exists(conn: Conn, tenant: str) -> bool:
+    """Whether a configuration has made the tenant."""
+    return conn.execute("SELECT 1 FROM dx.tenants WHERE id = %s", (tenant,)).fetchone() is not None
+
+
+def primary_key(conn: Conn, tenant: str, database: str) -> str | None:
+    """The key field of a tenant's database; None if there is no such database."""
+    row = conn.execute("SELECT primary_key FROM dx.databases WHERE tenant = %s AND id = %s",
+                       (tenant, database)).fetchone()
+    return None if row is None else str(row["primary_key"])
+
+
+def count_contacts(conn: Conn, tenant: str, database: str) -> int:
+    """How many contacts the table of a tenant's database holds."""
+    row = conn.execute(sql.SQL("SELECT count(*) AS n FROM {}").format(table_ident(tenant, database))).fetchone()
+    return int(row["n"]) if row else 0

@@ -12,14 +12,14 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from dx.shared.errors import ErrorCode
-from dx.shared.runs import COUNTERS
+from dx.shared.runs import COUNTERS, Run
 from dx.shared.settings import Settings
 
 #: Meaning of each error code, for the e-mail's table.
 MEANINGS = {c.value: c.meaning for c in ErrorCode}
 
 
-def compose(settings: Settings, run: dict[str, Any], errors: list[dict[str, Any]],
+def compose(settings: Settings, run: Run, errors: list[dict[str, Any]],
             recipients: list[str]) -> EmailMessage:
     """The report e-mail of a finished run."""
     status = run["status"]
@@ -28,8 +28,8 @@ def compose(settings: Settings, run: dict[str, Any], errors: list[dict[str, Any]
     msg["From"] = settings.mail_from
     msg["To"] = ", ".join(recipients)
     duration = ""
-    if run.get("started_at") and run.get("finished_at"):
-        duration = f"{(run['finished_at'] - run['started_at']).total_seconds():.1f} s"
+    if (started := run["started_at"]) and (finished := run["finished_at"]):
+        duration = f"{(finished - started).total_seconds():.1f} s"
     lines = [
         f"Module:   {run['module']} (tenant {run['tenant']})",
         f"Run:      {run['id']}, triggered by {run['trigger']}" + (f" ({run['requested_by']})" if run.get("requested_by") else ""),

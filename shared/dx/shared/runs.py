@@ -234,3 +234,13 @@ def finish(conn: Conn, run_id: int, status: RunStatus, *, error_code: str | None
     sources = [s.value for s, targets in TRANSITIONS.items() if status in targets]
     return conn.execute(f"UPDATE dx.runs SET {', '.join(sets)} WHERE id = %s AND status = ANY(%s)"  # noqa: S608
                         " RETURNING id", [*params, run_id, sources]).fetchone() is not None
+
+
+def list_runs(conn: Conn, module: str | None, limit: int) -> list[Run]:
+    """The last ``limit`` runs, of one module or of all (``module`` None), newest first."""
+    if module is None:
+        rows = conn.execute("SELECT * FROM dx.runs ORDER BY id DESC LIMIT %s", (limit,)).fetchall()
+    else:
+        rows = conn.execute("SELECT * FROM dx.runs WHERE module = %s ORDER BY id DESC LIMIT %s",
+                            (module, limit)).fetchall()
+    return cast(list[Run], rows)

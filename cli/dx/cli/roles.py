@@ -1,0 +1,115 @@
+"""``dx worker``, ``dx scheduler`` and ``dx serve``: the long-running roles, stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from dx.cli.command import EXIT_OK, EXIT_USAGE, Command
+from dx.shared import db
+from dx.shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import dramatiq
+
+#: Worker threads of the worker a command starts in its own process on the embedded broker.
+EMBEDDED_THREADS = 2
+
+
+@contextmanager
+def embedded_worker(settings: Settings) -> Iterator[dramatiq.Worker | None]:
+    """With the embedded broker (DX_BROKER_URL unset), a worker in this process for the block, which
+    works on the runs the block requests or fires; else None, and the workers are elsewhere. Only
+    here does a command other than `dx worker` import the workers."""
+    if not settings.embedded_broker:
+        yield None
+        return
+    from dx.workers.broker import start_worker
+
+    worker = start_worker(EMBEDDED_THREADS)
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event that SIGTERM (Kubernetes stopping the pod) or SIGINT sets."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _event(name: str, **fields: object) -> None:
+    print(json.dumps({"event": name, **fields}), file=sys.stderr, flush=True)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if settings.embedded_broker:
+        print("dx worker: DX_BROKER_URL is unset; with the embedded broker the worker runs inside "
+              "`dx run` and `dx demo`. Set DX_BROKER_URL=amqp://... to run a separate worker.", file=sys.stderr)
+        return EXIT_USAGE
+    from dx.workers.broker import start_worker
+
+    db.migrate()
+    stop = _stop_on_signals()
+    worker = start_worker(args.threads or settings.worker_threads)
+    _event("worker.started", threads=worker.worker_threads)
+    stop.wait()
+    worker.stop()  # finishes the messages in hand, returns the prefetched ones
+    return EXIT_OK
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from dx.scheduler.amqp import RequestConsumer
+    from dx.scheduler.loop import Scheduler
+
+    settings = get_settings()
+    db.migrate()
+    stop = _stop_on_signals()
+    with embedded_worker(settings) as worker:
+        consumer = None
+        if worker is not None:  # the runs it fires are worked on in this process
+            _event("scheduler.embedded", note="DX_BROKER_URL is unset: no dx.requests consumer; "
+                   "fired runs are worked on in this process")
+        else:
+            assert settings.broker_url is not None
+            consumer = RequestConsumer(settings.broker_url, stop)
+            consumer.start()
+        Scheduler(settings).run(stop)
+        if consumer is not None:
+            consumer.join(10)
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dx.scheduler.http import serve
+
+    with embedded_worker(get_settings()):  # the runs the API requests are worked on in this process
+        return serve(args.host, args.port)
+
+
+def _worker_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None)
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8080)
+
+
+COMMANDS = (
+    Command("scheduler", cmd_scheduler,
+            "fire schedules and consume dx.requests until SIGTERM (run 1+ replicas)", role=True),
+    Command("serve", cmd_serve, "serve the HTTP API, the web console and /metrics until SIGTERM", _serve_arguments,
+            role=True),
+    Command("worker", cmd_worker, "consume jobs from RabbitMQ until SIGTERM", _worker_arguments, role=True),
+)

@@ -1,0 +1,186 @@
+"""``dx run``, ``dx runs``, ``dx show`` and ``dx report``: runs, followed with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from dx.cli.command import EXIT_FAILED, EXIT_OK, Command, out, usage_error
+from dx.shared import db
+from dx.shared.errors import DxError
+from dx.shared.runs import COUNTERS, Run, RunStatus, Trigger, chunks_done, error_counts, get_run, list_runs
+from dx.shared.settings import get_settings
+
+#: Seconds between two looks at a run being waited for.
+POLL_S = 0.2
+#: Width of the progress bar, in characters.
+BAR_WIDTH = 30
+
+
+class Progress:
+    """A run's progress on stderr: one line redrawn on a terminal, each change on its own line otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = ""
+
+    def draw(self, run: Run, done: int) -> None:
+        n = run["n_chunks"]
+        if n:
+            filled = int(BAR_WIDTH * done / n)
+            line = (f"run {run['id']} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{n} chunks  "
+                    f"{run['status']}")
+        else:
+            line = f"run {run['id']} {run['status']}" + (" (planning)" if run["status"] == "running" else "")
+        if self.tty:
+            sys.stderr.write("\r" + line.ljust(78))
+            sys.stderr.flush()
+        elif line != self.last:
+            print(line, file=sys.stderr, flush=True)
+        self.last = line
+
+    def end(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def wait_for(run_id: int, timeout_s: float | None = None) -> Run:
+    """Poll the run until it ends, drawing a progress bar on stderr."""
+    progress = Progress()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with db.connect(autocommit=True) as conn:
+        while True:
+            run = get_run(conn, run_id)
+            assert run is not None
+            progress.draw(run, chunks_done(conn, run_id))
+            if RunStatus(run["status"]).terminal:
+                progress.end()
+                return run
+            if deadline is not None and time.monotonic() > deadline:
+                raise DxError(f"run {run_id} did not end within {timeout_s} s; it goes on: dx show {run_id}")
+            time.sleep(POLL_S)
+
+
+def exit_code(run: Run) -> int:
+    """The exit code of a command that waited for the run: 0 only if it completed (or was skipped)."""
+    return EXIT_OK if run["status"] in (RunStatus.COMPLETED.value, RunStatus.SKIPPED.value) else EXIT_FAILED
+
+
+def run_module(module: str, *, wait: bool, requested_by: str | None, timeout_s: float | None = None) -> int:
+    """Request a run; with the embedded broker the work happens in this process."""
+    from dx.cli.roles import embedded_worker
+    from dx.scheduler.requests import request_run
+
+    with embedded_worker(get_settings()) as worker:
+        run_id = request_run(module, Trigger.MANUAL, requested_by)
+        if not wait and worker is None:
+            out(f"run {run_id} queued; follow it with: dx show {run_id}")
+            return EXIT_OK
+        run = wait_for(run_id, timeout_s)
+    print_run(run, brief=True)
+    return exit_code(run)
+
+
+def print_run(run: Run, brief: bool = False) -> None:
+    """A run's status, counters and error counts (with its trigger and source unless ``brief``)."""
+    with db.connect() as conn:
+        errors = error_counts(conn, run["id"])
+    duration = ""
+    if run["started_at"] and run["finished_at"]:
+        duration = f" in {(run['finished_at'] - run['started_at']).total_seconds():.2f} s"
+    out(f"run {run['id']} of {run['module']} (tenant {run['tenant']}): {run['status']}{duration}")
+    if run["error_code"] or run["error_message"]:
+        out(f"  {run['error_code'] or 'note'}: {run['error_message']}")
+    if not brief:
+        out(f"  trigger {run['trigger']}" + (f" by {run['requested_by']}" if run["requested_by"] else "")
+            + f", source {run['source_path'] or '-'}, chunks {run['n_chunks'] if run['n_chunks'] is not None else '-'}")
+    counters: Mapping[str, Any] = run
+    out("  " + "  ".join(f"{c}={counters[c]:,}" for c in COUNTERS if counters[c] or c == "rows_read"))
+    for e in errors:
+        out(f"  {e['error_code']:<24} {e['n']:>10,}")
+    if errors:
+        out(f"  failed operations: dx report {run['id']} -o failures.csv")
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return run_module(args.module, wait=args.wait, requested_by=args.requested_by, timeout_s=args.timeout)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    with db.connect() as conn:
+        rows = list_runs(conn, args.module or None, args.limit)
+    out(f"{'run':>6} {'module':<28} {'status':<22} {'read':>10} {'failed':>8} {'started':<20}")
+    for r in rows:
+        failed = r["not_inserted"] + r["not_updated"] + r["not_deleted"]
+        started = r["started_at"].strftime("%Y-%m-%d %H:%M:%S") if r["started_at"] else "-"
+        out(f"{r['id']:>6} {r['module']:<28} {r['status']:<22} {r['rows_read']:>10,} {failed:>8,} {started:<20}")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with db.connect() as conn:
+        run = get_run(conn, args.run)
+        if run is None:
+            return usage_error(f"no run {args.run}; `dx runs` lists them")
+        if args.json:
+            doc = {k: _jsonable(v) for k, v in run.items()}
+            doc["errors"] = {e["error_code"]: e["n"] for e in error_counts(conn, args.run)}
+            doc["chunks_done"] = chunks_done(conn, args.run)
+            out(json.dumps(doc, indent=2))
+            return EXIT_OK
+    print_run(run)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from dx.shared.report import write_report
+
+    with db.connect() as conn:
+        if get_run(conn, args.run) is None:
+            return usage_error(f"no run {args.run}; `dx runs` lists them")
+        if args.output and args.output != "-":
+            with open(args.output, "w", encoding="utf-8", newline="") as fh:
+                n = write_report(conn, args.run, fh)
+            print(f"{n} failed operations written to {args.output}", file=sys.stderr)
+        else:
+            write_report(conn, args.run, sys.stdout)
+    return EXIT_OK
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("module")
+    p.add_argument("--wait", action="store_true", help="wait for the end, with a progress bar")
+    p.add_argument("--requested-by", default=None)
+    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up waiting after N seconds")
+
+
+def _runs_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--module")
+    p.add_argument("--limit", type=int, default=20)
+
+
+def _show_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=int)
+    p.add_argument("--json", action="store_true")
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=int)
+    p.add_argument("-o", "--output", default="-")
+
+
+COMMANDS = (
+    Command("run", cmd_run, "run a module now", _run_arguments, needs_schema=True),
+    Command("runs", cmd_runs, "list runs, newest first", _runs_arguments, needs_schema=True),
+    Command("show", cmd_show, "show one run", _show_arguments, needs_schema=True),
+    Command("report", cmd_report, "the failed operations of a run, as CSV", _report_arguments, needs_schema=True),
+)
