@@ -453,3 +453,29 @@ def test_a_stored_source_reads_back_the_same():
     # When validated again (every default now explicit) / Then nothing is refused
     assert type(cfg.modules[0]).model_validate(stored) == cfg.modules[0]
     assert type(cfg.connections[2]).model_validate(cfg.connections[2].model_dump()) == cfg.connections[2]
+
+
+def _field(name: str, spec: dict[str, Any]) -> Callable[[dict[str, Any]], object]:
+    return lambda raw: raw["databases"][0]["fields"].__setitem__(name, spec)
+
+
+def test_a_date_field_takes_a_list_of_formats_and_a_bool_its_own_words():
+    # Given a date field with two formats and a bool field with the client's words
+    text = config_with(_field("born", {"type": "date", "format": ["%d/%m/%Y", "%Y-%m-%d"]}),
+                       _field("vip", {"type": "bool", "true_values": ["si"], "false_values": ["no"]}))
+    # When parsed / Then both are kept; the first format is the one an export writes
+    fields = parse_config(text).databases[0].fields
+    assert (fields["born"].formats, fields["born"].output_format) == (["%d/%m/%Y", "%Y-%m-%d"], "%d/%m/%Y")
+    assert (fields["vip"].true_values, fields["vip"].false_values) == (["si"], ["no"])
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ({"type": "text", "format": "%d/%m/%Y"}, "only a date or timestamp field takes one"),
+    ({"type": "date", "format": []}, "give at least one format"),
+    ({"type": "int", "true_values": ["si"]}, "only a bool field takes them"),
+    ({"type": "bool", "true_values": ["Si", "1"], "false_values": [" si ", "0"]}, "a word must mean one thing"),
+])
+def test_value_options_that_do_not_fit_the_field_are_refused_with_its_path(spec, says):
+    # Given a field whose options do not fit its type / When parsed / Then refused, naming the field
+    problems = problems_of(config_with(_field("odd", spec)))
+    assert any(p.startswith("databases[0].fields.odd") and says in p for p in problems), problems

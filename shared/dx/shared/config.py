@@ -145,8 +145,37 @@ class ConnectionCfg(Strict):
 class FieldCfg(Strict):
     type: FieldType = "text"
     required: bool = False
-    format: str | None = None
+    #: date and timestamp: the strftime format of the values, or a list of the formats accepted (a
+    #: value is read with the first that fits; an export writes the first).
+    format: str | list[Annotated[str, Field(min_length=1)]] | None = None
     max_length: int | None = Field(None, ge=1)
+    #: bool: the words read as true and as false, each list replacing the defaults of its side
+    #: (compared without case and surrounding spaces).
+    true_values: list[Annotated[str, Field(min_length=1)]] | None = None
+    false_values: list[Annotated[str, Field(min_length=1)]] | None = None
+
+    @property
+    def formats(self) -> list[str]:
+        """The accepted formats, in the order they are tried (none: the type's default forms)."""
+        return [self.format] if isinstance(self.format, str) else list(self.format or [])
+
+    @property
+    def output_format(self) -> str | None:
+        """The format an export writes values in."""
+        return self.formats[0] if self.formats else None
+
+    @model_validator(mode="after")
+    def _options_fit_type(self) -> FieldCfg:
+        if self.format is not None and self.type not in ("date", "timestamp"):
+            raise ValueError(f"format: only a date or timestamp field takes one, not a {self.type} field")
+        if isinstance(self.format, list) and not self.format:
+            raise ValueError("format: give at least one format, or leave it out")
+        if (self.true_values is not None or self.false_values is not None) and self.type != "bool":
+            raise ValueError(f"true_values, false_values: only a bool field takes them, not a {self.type} field")
+        if both := {w.strip().lower() for w in self.true_values or []} & \
+                {w.strip().lower() for w in self.false_values or []}:
+            raise ValueError(f"true_values and false_values share {sorted(both)}: a word must mean one thing")
+        return self
 
 
 class DatabaseCfg(Strict):

@@ -1,7 +1,8 @@
 """The failed-operations report: CSV of every rejected record.
 
 Columns: row_number, key, operation, error_code, error_message, then the
-record's own fields as received. Cells a spreadsheet would run as a formula
+record's own fields as received (a source column named like one of the first
+five is headed ``source.NAME``, so that no name appears twice). Cells a spreadsheet would run as a formula
 (starting with = + - @, tab or carriage return) are prefixed with a quote.
 """
 
@@ -50,7 +51,7 @@ def report_rows(conn: Conn, run_id: int) -> Iterator[list[str]]:
     """The report's header, then one neutralised row per failed operation (streamed)."""
     run = conn.execute("SELECT source_columns FROM dx.runs WHERE id = %s", (run_id,)).fetchone()
     columns = list((run or {}).get("source_columns") or [])
-    yield FIXED_COLUMNS + columns
+    yield FIXED_COLUMNS + [f"source.{c}" if c in FIXED_COLUMNS else c for c in columns]
     for row in _rows(conn, run_id):
         record = row["record"] or {}
         if isinstance(record, str):

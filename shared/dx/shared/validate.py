@@ -105,14 +105,12 @@ def _parse(raw: pl.Expr, f: FieldCfg, *, trimmed: bool) -> pl.Expr:
         case "decimal":
             return pl.when(s.str.contains(DECIMAL_RE)).then(s)
         case "bool":  # one lookup of the word, cheaper than two is_in
-            return s.str.to_lowercase().replace_strict(BOOL_WORDS, default=None, return_dtype=pl.Boolean)
+            return s.str.to_lowercase().replace_strict(bool_words(f), default=None, return_dtype=pl.Boolean)
         case "date":
-            return s.str.to_date(f.format or "%Y-%m-%d", strict=False)
+            return pl.coalesce([s.str.to_date(fmt, strict=False) for fmt in f.formats or ["%Y-%m-%d"]])
         case "timestamp":
-            if f.format and "%z" in f.format:
-                return s.str.to_datetime(f.format, strict=False, time_zone="UTC")
-            if f.format:
-                return s.str.to_datetime(f.format, strict=False, time_unit="us").dt.replace_time_zone("UTC")
+            if f.formats:
+                return pl.coalesce([_timestamp(s, fmt) for fmt in f.formats])
             # the default forms: the common one (date and time to the second, a space between) with a
             # fixed format, Polars' fast path; ``validate`` reads the others (``_timestamp_forms``) in a
             # second pass, only where a chunk has some (all forms at once cost several times more)
@@ -121,6 +119,20 @@ def _parse(raw: pl.Expr, f: FieldCfg, *, trimmed: bool) -> pl.Expr:
             return _email(s.str.to_lowercase())
         case _:
             return raw
+
+
+def bool_words(f: FieldCfg) -> dict[str, bool]:
+    """Lower-case word -> value of a bool field: its own true_values and false_values, else the defaults."""
+    true = [w.strip().lower() for w in f.true_values] if f.true_values is not None else TRUE_WORDS
+    false = [w.strip().lower() for w in f.false_values] if f.false_values is not None else FALSE_WORDS
+    return {**dict.fromkeys(true, True), **dict.fromkeys(false, False)}
+
+
+def _timestamp(s: pl.Expr, fmt: str) -> pl.Expr:
+    """A timestamp in one strftime format, in UTC (a format with %z gives its own offset)."""
+    if "%z" in fmt:
+        return s.str.to_datetime(fmt, strict=False, time_zone="UTC")
+    return s.str.to_datetime(fmt, strict=False, time_unit="us").dt.replace_time_zone("UTC")
 
 
 def _timestamp_forms(s: pl.Expr) -> pl.Expr:
@@ -215,7 +227,7 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
             checks.append((applies & raw[name].is_null(), ErrorCode.REQUIRED_FIELD_MISSING,
                            pl.lit(f"{name}: required, but empty")))
         if f.type != "text":
-            fmt = f" (format {f.format})" if f.format else ""
+            fmt = f" (format {' or '.join(f.formats)})" if f.formats else ""
             checks.append((applies & raw[name].is_not_null() & value.is_null(), ErrorCode.INVALID_VALUE,
                            pl.format(f'{name}: "{{}}" is not a valid {f.type}{fmt}', _quoted(raw[name]))))
         if f.max_length:
@@ -228,7 +240,7 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
     key = key_expr(mapping[pk], db.fields[pk], trimmed=mapping[pk] in trimmed)
     frame = chunk.with_columns(key.alias(KEY)).with_columns(*ops, *typed.values())
     for name in typed:  # timestamps in a default form other than the common one, if the chunk has any
-        if db.fields[name].type == "timestamp" and not db.fields[name].format:
+        if db.fields[name].type == "timestamp" and not db.fields[name].formats:
             other = raw[name].is_not_null() & pl.col(_typed(name)).is_null()
             if frame.select(other.any()).item():
                 frame = frame.with_columns(pl.when(other).then(_timestamp_forms(raw[name].str.strip_chars()))
