@@ -134,7 +134,7 @@ def test_an_upload_broken_off_leaves_no_file_and_the_next_run_delivers_everythin
     staging.placements_void(first).touch()
 
     # When sshd is stopped while the file is being uploaded, then started again
-    reducer = threading.Thread(target=export_reduce.fn, args=(first,))
+    reducer = threading.Thread(target=export_reduce, args=(first,))
     reducer.start()
     try:
         deadline = time.monotonic() + 60

@@ -14,6 +14,7 @@ from typing import Any
 
 import pika
 import pytest
+from psycopg.types.json import Json
 
 from dx.cli import wait_for
 from dx.scheduler.requests import request_run
@@ -92,14 +93,16 @@ def test_streamed_overwrite_judges_duplicates_as_one_chunk_holding_them_would(
     assert streamed["inserted"] + streamed["not_inserted"] == streamed["rows_read"] == 600
 
 
-def _planned_again_and_worked(run_id: int, changed: str, tmp_path: Any, workers: Any, broker_url: str) -> dict[str, Any]:
-    """Plan ``run_id`` again, as after a crash before its plan's end, under the ``changed`` config; then
-    workers consume every message, the first attempt's too. The ended run."""
+def _planned_again_and_worked(run_id: int, chunk_bytes: int, workers: Any, broker_url: str) -> dict[str, Any]:
+    """Plan ``run_id`` again, as after a crash before its plan's end, seeing ``chunk_bytes`` (as a worker
+    whose DX_CHUNK_BYTES differs would: the run's definition is pinned, the workers' settings are not);
+    then workers consume every message, the first attempt's too. The ended run."""
     from dx.workers.imports.plan import plan
 
     with db.transaction() as conn:
-        conn.execute("UPDATE dx.runs SET planned_at = NULL WHERE id = %s", (run_id,))
-    apply(changed, tmp_path)
+        snapshot = conn.execute("SELECT definition FROM dx.runs WHERE id = %s", (run_id,)).fetchone()["definition"]
+        snapshot["module"]["chunk_bytes"] = chunk_bytes
+        conn.execute("UPDATE dx.runs SET planned_at = NULL, definition = %s WHERE id = %s", (Json(snapshot), run_id))
     plan(run_id)
     workers.start(2)
     result = wait_for(run_id, 120)
@@ -126,7 +129,7 @@ def test_a_retried_plan_applies_only_its_own_chunks(cluster_env, sshd, smtp, wor
         first = conn.execute("SELECT n_chunks FROM dx.runs WHERE id = %s", (run_id,)).fetchone()["n_chunks"]
 
     # When: it is planned again with chunks of about 5 KB, and workers consume every message
-    result = _planned_again_and_worked(run_id, module(5000), tmp_path, workers, cluster_env["DX_BROKER_URL"])
+    result = _planned_again_and_worked(run_id, 5000, workers, cluster_env["DX_BROKER_URL"])
 
     # Then: the run holds the second attempt's chunks only, and its counters add up
     with db.connect() as conn:
@@ -333,7 +336,7 @@ def test_a_retried_append_plan_cuts_the_same_chunks_and_applies_each_once(cluste
     run_id, first = _streamed_by_hand(f"{tenant}-streamed", cluster_env["DX_BROKER_URL"], lambda n: (0, 2, n - 1))
 
     # When: it is planned again with chunk_bytes changed, and workers consume every message
-    result = _planned_again_and_worked(run_id, module(5000), tmp_path, workers, cluster_env["DX_BROKER_URL"])
+    result = _planned_again_and_worked(run_id, 5000, workers, cluster_env["DX_BROKER_URL"])
     kept = table(tenant)
     seed(tenant, [("user5@x.it", "Old", 1)])
     whole = run(f"{tenant}-whole")

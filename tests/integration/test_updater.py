@@ -180,7 +180,7 @@ def test_a_concurrent_writer_makes_a_replayed_chunk_retry_not_miscount(cluster_e
     # (the connection closes before the pool waits: a failed wait below releases the row, not hangs)
     with ThreadPoolExecutor(1) as pool, db.connect() as other:
         other.execute(f'DELETE FROM "tenant_{TENANT}".contacts WHERE email = %s', ("b@x.it",))  # noqa: S608
-        applied = pool.submit(chunk.fn, run_id, 0)
+        applied = pool.submit(chunk, run_id, 0)
         _wait_for_lock_wait("MERGE")
         other.commit()
         # Then: the chunk notices that it touched fewer rows than it planned, and rolls back
@@ -208,7 +208,7 @@ def test_a_concurrent_delete_makes_a_single_update_key_not_found_at_once(cluster
     # (the connection closes before the pool waits: a failed wait below releases the row, not hangs)
     with ThreadPoolExecutor(1) as pool, db.connect() as other:
         other.execute(f'DELETE FROM "tenant_{TENANT}".contacts WHERE email = %s', ("b@x.it",))  # noqa: S608
-        applied = pool.submit(chunk.fn, run_id, 0)
+        applied = pool.submit(chunk, run_id, 0)
         _wait_for_lock_wait("WITH d AS")
         other.commit()
         applied.result(30)

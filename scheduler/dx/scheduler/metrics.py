@@ -23,9 +23,9 @@ from prometheus_client.registry import Collector
 from dx.scheduler.amqp import DEAD_QUEUE, REQUESTS_QUEUE
 from dx.shared import db
 from dx.shared.errors import RetriableError
+from dx.shared.messages import QUEUES
 from dx.shared.runs import RunStatus
 from dx.shared.settings import Settings
-from dx.shared.messages import QUEUES
 
 log = structlog.get_logger(__name__)
 #: The exposition format Prometheus asks for by default.

@@ -27,7 +27,7 @@ _broker_url: str | None = None
 
 def _actors() -> list[tuple[messages.Actor, Callable[..., Any], tuple[type[BaseException], ...]]]:
     """Each actor's name and options, its function, and the errors it does not retry."""
-    from dx.workers import failures
+    from dx.workers import crashed
     from dx.workers.exports import chunk as export_chunk
     from dx.workers.exports import plan as export_plan
     from dx.workers.exports import reduce as export_reduce
@@ -40,7 +40,7 @@ def _actors() -> list[tuple[messages.Actor, Callable[..., Any], tuple[type[BaseE
         (messages.EXPORT_PLAN, export_plan.export_plan, (RunError,)),
         (messages.EXPORT_CHUNK, export_chunk.export_chunk, ()),
         (messages.EXPORT_REDUCE, export_reduce.export_reduce, ()),
-        (messages.RUN_CRASHED, failures.run_crashed, ()),
+        (messages.RUN_CRASHED, crashed.run_crashed, ()),
     ]
 
 

@@ -3,7 +3,7 @@
 LogContext binds run and chunk of the message being processed to the logs
 (the actors bind tenant and module themselves once they have loaded the run).
 GiveBackMemory returns to the system what pyarrow's allocator kept after a
-message (see ``dx/__init__.py`` for Polars').
+message (see ``dx/workers/__init__.py`` for Polars').
 """
 
 from __future__ import annotations

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import structlog
 
-from dx.shared import db, messages
+from dx.shared import db, messages, runs
 from dx.shared.catalog import ModuleDef
-from dx.shared import runs
 from dx.shared.runs import active_run, definition
 
 log = structlog.get_logger(__name__)
@@ -23,6 +22,7 @@ def begin_planning(run_id: int, actor: str, chunk: messages.Actor, reduce: messa
         if run is None:
             return None
         if run["planned_at"] is not None:
+            assert run["n_chunks"] is not None  # recorded with planned_at
             log.info(f"{actor}.resend", n_chunks=run["n_chunks"])
             messages.send_chunks(chunk, reduce, run_id, run["n_chunks"])
             return None

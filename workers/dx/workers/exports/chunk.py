@@ -42,8 +42,9 @@ from dx.shared.errors import ErrorCode, RunError
 from dx.shared.formats.export import head_and_tail
 from dx.shared.runs import claim_chunk, definition, pending_chunk
 from dx.workers import staging
+from dx.workers.exports.kinds import export_kind
 from dx.workers.exports.placement import note_placed, part_offset, placeable
-from dx.workers.exports.plan import export_query, temp_name
+from dx.workers.exports.plan import temp_name
 from dx.workers.exports.query import copy_statement
 from dx.workers.failures import fail_run
 
@@ -77,7 +78,7 @@ def export_chunk(run_id: int, chunk_no: int) -> None:
                               " WHERE run_id = %s", (run_id,)).fetchone()
         assert export is not None and mdef.module.target is not None
         target = mdef.module.target
-        query = export_query(mdef, export)
+        query = export_kind(mdef).query(export)
         statement = psycopg.ClientCursor(conn).mogrify(*copy_statement(query, target, export["bounds"], chunk_no))
     part = staging.export_part(run_id, chunk_no)
     tmp = staging.being_written(part)

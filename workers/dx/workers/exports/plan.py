@@ -5,7 +5,8 @@ Consumes ``export_plan(run_id)`` (sent by ``request_run`` for the kinds
 rows (estimates them from a sample of a large table's rows), cuts the key
 range into chunks of about ``CHUNK_ROWS`` rows and records
 the plan in ``dx.exports`` (key bounds, target path rendered in the module's
-time zone, and for an Exporter the snapshot window from its watermark). Then
+time zone, and the kind's snapshot window: an Exporter's from its
+watermark, see ``dx.workers.exports.kinds``). Then
 sends a group of ``export_chunk`` messages whose completion callback is
 ``export_reduce`` (or ``export_reduce`` alone when there is no row).
 
@@ -35,13 +36,8 @@ from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode, RunError
 from dx.shared.runs import RunStatus
 from dx.workers import staging
-from dx.workers.exports.query import (
-    ExportQuery,
-    count_and_bounds,
-    displacer_query,
-    exporter_query,
-    render_path,
-)
+from dx.workers.exports.kinds import export_kind
+from dx.workers.exports.query import Busy, count_and_bounds, render_path
 from dx.workers.failures import fail_run
 from dx.workers.planning import begin_planning
 
@@ -56,13 +52,6 @@ def temp_name(path: str, run_id: int) -> str:
     """The hidden name a file is uploaded under; sources never match it (leading dot)."""
     folder, name = posixpath.split(path)
     return posixpath.join(folder, f".{name}.part-{run_id}")
-
-
-def export_query(mdef: ModuleDef, export: dict) -> ExportQuery:
-    """The query of a planned export run (the same for its plan, chunks and retries)."""
-    if mdef.module.kind == "exporter":
-        return exporter_query(mdef, export["snapshot_from"], export["snapshot_to"])
-    return displacer_query(mdef)
 
 
 def export_plan(run_id: int) -> None:
@@ -80,37 +69,20 @@ def export_plan(run_id: int) -> None:
     except psycopg.errors.DataError as exc:  # a filter value that is not of its field's type
         fail_run(run_id, ErrorCode.CONFIG_INVALID, f"the module's filter does not fit its database: {exc}")
         return
-    except _Busy as exc:
+    except Busy as exc:
         fail_run(run_id, None, str(exc), status=RunStatus.SKIPPED)
         return
     messages.send_chunks(messages.EXPORT_CHUNK, messages.EXPORT_REDUCE, run_id, n_chunks)
 
 
-class _Busy(Exception):
-    """Another run of the same Exporter is in flight."""
-
-
 def _plan(conn: Conn, run_id: int, mdef: ModuleDef) -> int:
     """Record the plan in the caller's transaction; returns the number of chunks."""
-    module, target = mdef.module, mdef.module.target
+    module, target, kind = mdef.module, mdef.module.target, export_kind(mdef)
     assert target is not None
-    snapshot_from = snapshot_to = None
-    if module.kind == "exporter":
-        conn.execute("SELECT 1 FROM dx.modules WHERE id = %s FOR UPDATE", (module.id,))  # one planner at a time
-        busy = conn.execute(
-            "SELECT e.run_id FROM dx.exports e JOIN dx.runs r ON r.id = e.run_id WHERE e.module = %s"
-            " AND e.run_id <> %s AND r.status IN ('queued', 'running') LIMIT 1", (module.id, run_id)).fetchone()
-        if busy:
-            raise _Busy(f"run {busy['run_id']} of this module is still exporting; this run was skipped")
-        mark = conn.execute("SELECT snapshot::text AS s FROM dx.export_watermarks WHERE module = %s",
-                            (module.id,)).fetchone()
-        snapshot_from = mark["s"] if mark else None
-        now_row = conn.execute("SELECT pg_current_snapshot()::text AS s").fetchone()
-        assert now_row is not None
-        snapshot_to = now_row["s"]
+    snapshot_from, snapshot_to = kind.window(conn, run_id)
     export = {"snapshot_from": snapshot_from, "snapshot_to": snapshot_to}
     try:
-        query = export_query(mdef, export)
+        query = kind.query(export)
     except ValueError as exc:  # a field format that cannot be exported
         raise RunError(ErrorCode.CONFIG_INVALID, str(exc)) from None
     conn.execute("SET LOCAL TIME ZONE 'UTC'")  # key bounds of timestamps are written and read in UTC

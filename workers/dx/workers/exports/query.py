@@ -24,6 +24,8 @@ the run with snapshot ``from`` exports the events visible in ``to`` and not
 in ``from``: an event committed at the boundary (in flight in ``from``) goes
 to the next run, once. The filter names the snapshots explicitly, so every
 chunk (in its own transaction, at its own time) selects the same rows.
+The plan takes the window (``exporter_window``), the reduce moves the
+watermark in the transaction that records the delivery (``move_watermark``).
 """
 
 from __future__ import annotations
@@ -142,8 +144,8 @@ def _value(col: sql.Composable, f: FieldCfg, spreadsheet: bool, xml: bool = Fals
             return sql.SQL("{}::text").format(col)
         # the default forms are PostgreSQL's own output with DateStyle ISO (a third of to_char's time):
         # YYYY-MM-DD, and HH:MM:SS with as many fraction digits as needed (none for whole seconds)
-        case "date" | "timestamp" if f.format:
-            return sql.SQL("to_char({}, {})").format(col, sql.Literal(to_char_format(f.format)))
+        case "date" | "timestamp" if f.output_format:
+            return sql.SQL("to_char({}, {})").format(col, sql.Literal(to_char_format(f.output_format)))
         case "date":
             return sql.SQL("{}{}").format(col, text)
         case "timestamp":
@@ -200,6 +202,36 @@ def _window(snapshot_from: str | None, snapshot_to: str) -> tuple[sql.Composable
                        " AND NOT pg_visible_in_snapshot(xact_id, %s::pg_snapshot)").format(cond)
         params += [snapshot_from, snapshot_from]
     return cond, params
+
+
+class Busy(Exception):
+    """Another run of the same Exporter is in flight."""
+
+
+def exporter_window(conn: Conn, module_id: str, run_id: int) -> tuple[str | None, str]:
+    """An Exporter run's window, in its plan's transaction: from the module's watermark (None: from the
+    first event) to the snapshot taken now. Busy while another run of the module is in flight: a
+    watermark is never read by two exports at once."""
+    conn.execute("SELECT 1 FROM dx.modules WHERE id = %s FOR UPDATE", (module_id,))  # one planner at a time
+    busy = conn.execute(
+        "SELECT e.run_id FROM dx.exports e JOIN dx.runs r ON r.id = e.run_id WHERE e.module = %s"
+        " AND e.run_id <> %s AND r.status IN ('queued', 'running') LIMIT 1", (module_id, run_id)).fetchone()
+    if busy:
+        raise Busy(f"run {busy['run_id']} of this module is still exporting; this run was skipped")
+    mark = conn.execute("SELECT snapshot::text AS s FROM dx.export_watermarks WHERE module = %s",
+                        (module_id,)).fetchone()
+    snapshot_from = mark["s"] if mark else None
+    now_row = conn.execute("SELECT pg_current_snapshot()::text AS s").fetchone()
+    assert now_row is not None
+    return snapshot_from, now_row["s"]
+
+
+def move_watermark(conn: Conn, module_id: str, snapshot_to: str, run_id: int) -> None:
+    """In the transaction that records a delivery: the run's snapshot becomes its Exporter's watermark."""
+    conn.execute(
+        "INSERT INTO dx.export_watermarks (module, snapshot, run_id) VALUES (%s, %s::pg_snapshot, %s)"
+        " ON CONFLICT (module) DO UPDATE SET snapshot = EXCLUDED.snapshot, run_id = EXCLUDED.run_id,"
+        " moved_at = now()", (module_id, snapshot_to, run_id))
 
 
 def exporter_query(mdef: ModuleDef, snapshot_from: str | None, snapshot_to: str) -> ExportQuery:

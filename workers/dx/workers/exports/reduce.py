@@ -8,11 +8,11 @@ the run's row lock: completes the file under its temporary name
 by writing the header, every part a chunk did not place where it belongs in
 the end (``dx.workers.exports.placement``), and the footer, and cutting it to its
 size; renames it to its final name, does the same for the manifest, and in the same
-transaction records the delivery, moves an Exporter's watermark to the run's
-snapshot and ends the run. Then sends the e-mail, records the file's SHA-256
-when no manifest needed it before (``record_digest``: reading the file takes
-about 0.1 s per 150 MB, which the report does not wait for) and clears the
-staging folder.
+transaction records the delivery and what the run's kind moves on
+(``dx.workers.exports.kinds``: an Exporter's watermark goes to the run's
+snapshot) and ends the run. Then sends the e-mail, records the file's SHA-256
+when no manifest needed it before (``record_digest``: the report does not
+wait for the file to be read) and clears the staging folder.
 
 Retries: 5 with backoff; then ``run_crashed`` fails the run. A failed upload
 fails the run at once (TARGET_WRITE_FAILED): nothing is left under the final
@@ -41,11 +41,14 @@ from dx.shared.formats.export import file_digest, head_and_tail
 from dx.shared.runs import RunStatus, chunks_done, definition, finish, get_run
 from dx.workers import staging
 from dx.workers.exports import placement
-from dx.workers.exports.plan import export_query, temp_name
+from dx.workers.exports.kinds import export_kind
+from dx.workers.exports.plan import temp_name
 from dx.workers.failures import fail_run, notify
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+
+
 def export_reduce(run_id: int) -> None:
     """Deliver run ``run_id``'s file once every chunk has written its part."""
     with db.connect() as conn:
@@ -54,9 +57,9 @@ def export_reduce(run_id: int) -> None:
             return
         structlog.contextvars.bind_contextvars(tenant=run["tenant"], module=run["module"])
         if not RunStatus(run["status"]).terminal:
-            done = chunks_done(conn, run_id)
-            if run["planned_at"] is None or done < run["n_chunks"]:
-                log.info("export_reduce.waiting", chunks_done=done, n_chunks=run["n_chunks"])
+            done, n_chunks = chunks_done(conn, run_id), run["n_chunks"]
+            if run["planned_at"] is None or n_chunks is None or done < n_chunks:
+                log.info("export_reduce.waiting", chunks_done=done, n_chunks=n_chunks)
                 return
         mdef = definition(conn, run)
     try:
@@ -81,7 +84,7 @@ def record_digest(run_id: int, head: bytes, parts: list[Path], tail: bytes) -> N
 def _deliver(run_id: int, mdef: ModuleDef) -> tuple[bytes, list[Path], bytes] | None:
     """Upload, rename and record, under the run's lock; a terminal run is left as it is. Returns the
     file's head, parts and tail when its SHA-256 is still to be recorded (no manifest needed it)."""
-    target, connection = mdef.module.target, mdef.connection
+    target, connection, kind = mdef.module.target, mdef.connection, export_kind(mdef)
     assert target is not None and connection is not None
     with db.transaction() as conn:
         run = get_run(conn, run_id, for_update=True)
@@ -89,11 +92,11 @@ def _deliver(run_id: int, mdef: ModuleDef) -> tuple[bytes, list[Path], bytes] | 
             return None
         export = conn.execute("SELECT snapshot_from::text, snapshot_to::text, bounds, target_path FROM dx.exports"
                               " WHERE run_id = %s", (run_id,)).fetchone()
-        assert export is not None
+        assert export is not None and run["n_chunks"] is not None
         totals = conn.execute("SELECT coalesce(sum(rows_read), 0)::bigint AS n FROM dx.chunk_results"
                               " WHERE run_id = %s", (run_id,)).fetchone()
         rows = int(totals["n"]) if totals else 0
-        head, tail = head_and_tail(target, export_query(mdef, export).columns)
+        head, tail = head_and_tail(target, kind.query(export).columns)
         local = [staging.export_part(run_id, i) for i in range(run["n_chunks"])]
         final = export["target_path"]
         size_bytes = len(head) + sum(part.stat().st_size for part in local) + len(tail)
@@ -123,11 +126,7 @@ def _deliver(run_id: int, mdef: ModuleDef) -> tuple[bytes, list[Path], bytes] | 
                 remote.move(temp_name(f"{final}.manifest.json", run_id), f"{final}.manifest.json")
         conn.execute("UPDATE dx.exports SET bytes = %s, sha256 = %s, delivered_at = now() WHERE run_id = %s",
                      (size_bytes, sha256, run_id))
-        if mdef.module.kind == "exporter":
-            conn.execute(
-                "INSERT INTO dx.export_watermarks (module, snapshot, run_id) VALUES (%s, %s::pg_snapshot, %s)"
-                " ON CONFLICT (module) DO UPDATE SET snapshot = EXCLUDED.snapshot, run_id = EXCLUDED.run_id,"
-                " moved_at = now()", (mdef.module.id, export["snapshot_to"], run_id))
+        kind.delivered(conn, run_id, export)
         finish(conn, run_id, RunStatus.COMPLETED, counters={"rows_exported": rows})
     log.info("run.finished", status="completed", rows_exported=rows, path=final, bytes=size_bytes,
              parts_placed_by_chunks=len(local) - written_here, parts_written_by_reduce=written_here)

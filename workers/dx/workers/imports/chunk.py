@@ -1,7 +1,8 @@
 """Actor ``chunk`` (queue ``dx.chunk``): validate and apply one chunk.
 
-The Importer's chunks apply with ``importer.apply_chunk``, the Updater's
-with ``updater.apply_updates``.
+The run's kind (``dx.workers.imports.kinds``) validates and applies it: an
+Importer's with ``importer``, by its mode, an Updater's with
+``updater.apply_updates``.
 
 Consumes ``chunk(run_id, chunk_no)`` from the plan's group (the group's
 completion callback sends ``reduce``), or from a streaming plan (an
@@ -20,7 +21,6 @@ worker killed mid-chunk leaves no trace and the chunk is applied again, whole.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import polars as pl
 import structlog
@@ -30,12 +30,9 @@ from dx.shared.catalog import ModuleDef
 from dx.shared.db import Conn
 from dx.shared.formats.csv import ROW
 from dx.shared.pgcopy import copy_frame
-from dx.shared.runs import FAILED_TABLE, chunks_done, claim_chunk, definition, pending_chunk, streamed
-from dx.shared.validate import find_column, validate
+from dx.shared.runs import FAILED_TABLE, Run, chunks_done, claim_chunk, definition, pending_chunk, streamed
 from dx.workers import staging
-from dx.workers.imports.duplicates import keys_applied
-from dx.workers.imports.importer import apply_chunk, keep_blank_text, validate_records
-from dx.workers.imports.updater import apply_updates
+from dx.workers.imports.kinds import import_kind
 
 log = structlog.get_logger(__name__)
 
@@ -54,26 +51,20 @@ def chunk(run_id: int, chunk_no: int, attempt: int | None = None) -> None:
             _reduce_if_last(conn, run_id)  # a streamed run's chunks have no group barrier
 
 
-def _apply(conn: Conn, run: dict[str, Any], mdef: ModuleDef, chunk_no: int, attempt: int | None,
-           started: float) -> bool:
+def _apply(conn: Conn, run: Run, mdef: ModuleDef, chunk_no: int, attempt: int | None, started: float) -> bool:
     """Validate the chunk and apply it in one transaction; False if it was not this delivery's to apply."""
     run_id = run["id"]
+    assert run["source_columns"] is not None  # recorded by the plan before it sent the chunk
     columns = list(run["source_columns"])
     frame = staging.read_chunk(run_id, chunk_no, {ROW: pl.Int64(), **{c: pl.String() for c in columns}})
-    module = mdef.module
-    if module.kind == "updater":
-        validated = validate(frame, mdef.database, columns, dedupe=None, keep_blank_text=keep_blank_text(module),
-                             operation_column=find_column(columns, module.operation_field))
-        apply = apply_updates
-    else:
-        validated = validate_records(frame, mdef, columns)
-        apply = apply_chunk
+    kind = import_kind(mdef)
+    validated = kind.validate(frame, columns)
     with conn.transaction():
         if not claim_chunk(conn, run_id, chunk_no, frame.height, "chunk", attempt=attempt):
             return False
-        outcome = apply(conn, run, mdef, validated)
+        outcome = kind.apply(conn, run, validated)
         if streamed(run):  # the reduce settles keys across chunks
-            staging.write_keys(run_id, chunk_no, keys_applied(mdef, validated.good))
+            staging.write_keys(run_id, chunk_no, kind.keys_applied(validated.good))
         failed = outcome.failed.with_columns(pl.lit(run_id).alias("run_id"), pl.lit(chunk_no).alias("chunk_no"))
         copy_frame(conn, FAILED_TABLE, failed)
         counters = {k: int(v) for k, v in outcome.counters.items()}

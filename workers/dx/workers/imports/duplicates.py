@@ -29,7 +29,6 @@ is deleted again.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -42,7 +41,7 @@ from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode
 from dx.shared.formats.csv import ROW
 from dx.shared.pgcopy import copy_frame
-from dx.shared.runs import FAILED_TABLE
+from dx.shared.runs import FAILED_TABLE, Run
 from dx.shared.validate import DUPLICATE_MESSAGE, KEY, first_occurrences, with_records
 from dx.workers import staging
 from dx.workers.imports.importer import build_key, fields_of, load_table, shadow_table, validate_records
@@ -52,11 +51,11 @@ log = structlog.get_logger(__name__)
 CHUNK = "__chunk"
 
 
-def keys_applied(mdef: ModuleDef, good: pl.DataFrame) -> pl.DataFrame:
-    """What a streamed chunk writes to its keys file: ROW and KEY of its valid records; an append's
-    also their key as stored (``undo_append`` deletes by it: a text key's KEY is trimmed, not it)."""
-    pk = mdef.database.primary_key
-    return good.select(ROW, KEY, pk) if mdef.module.mode == "append" else good.select(ROW, KEY)
+def keys_applied(good: pl.DataFrame, *stored: str) -> pl.DataFrame:
+    """What a streamed chunk writes to its keys file: ROW and KEY of its valid records, and the
+    columns ``stored`` (an append's key as stored, which ``undo_append`` deletes by: a text key's KEY
+    is trimmed, not it)."""
+    return good.select(ROW, KEY, *stored)
 
 
 def _refused(conn: Conn, run_id: int, among: list[int] | None = None) -> pl.Series:
@@ -68,7 +67,7 @@ def _refused(conn: Conn, run_id: int, among: list[int] | None = None) -> pl.Seri
     return pl.Series(ROW, [r["row_number"] for r in rows], dtype=pl.Int64)
 
 
-def undo_append(conn: Conn, run: dict[str, Any], mdef: ModuleDef) -> int:
+def undo_append(conn: Conn, run: Run, mdef: ModuleDef) -> int:
     """Delete, in the caller's transaction, the rows that a streamed append's committed chunks inserted
     (their keys files' keys, less those they found existing): its plan failed after sending them, and
     the run keeps none of its work. Returns how many."""
@@ -85,7 +84,7 @@ def undo_append(conn: Conn, run: dict[str, Any], mdef: ModuleDef) -> int:
     return removed
 
 
-def build_key_while_checking(conn: Conn, run: dict[str, Any], mdef: ModuleDef,
+def build_key_while_checking(conn: Conn, run: Run, mdef: ModuleDef,
                              applied: int) -> tuple[bool, pl.DataFrame | None]:
     """Build the shadow table's key while a thread looks for keys that several chunks applied
     (``applied`` keys in all): (key built, the applications of the repeated keys or None).
@@ -106,9 +105,10 @@ def build_key_while_checking(conn: Conn, run: dict[str, Any], mdef: ModuleDef,
     return built, repeated
 
 
-def repeated_keys(run: dict[str, Any], applied: int) -> pl.DataFrame | None:
+def repeated_keys(run: Run, applied: int) -> pl.DataFrame | None:
     """The occurrences (ROW, KEY, CHUNK) of every key in more than one chunk's keys file (which hold
     ``applied`` keys in all); None if no key is."""
+    assert run["n_chunks"] is not None  # the reduce runs once the run is planned
     files = [staging.keys_file(run["id"], n) for n in range(run["n_chunks"])]
     hashes, filled = np.empty(applied, np.uint64), 0  # filled in place: 8 bytes a key, once
     for f in files:
@@ -131,10 +131,16 @@ def repeated_keys(run: dict[str, Any], applied: int) -> pl.DataFrame | None:
     return None if repeated.is_empty() else repeated
 
 
-def _occurrences(run: dict[str, Any], mdef: ModuleDef, repeated: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _source_columns(run: Run) -> list[str]:
+    """The columns of the run's source, which its plan recorded before it sent a chunk."""
+    assert run["source_columns"] is not None
+    return list(run["source_columns"])
+
+
+def _occurrences(run: Run, mdef: ModuleDef, repeated: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The ``repeated`` occurrences validated as their chunks did (with CHUNK), in source order, and
     their records as received."""
-    run_id, columns = run["id"], list(run["source_columns"])
+    run_id, columns = run["id"], _source_columns(run)
     schema = {ROW: pl.Int64(), **{c: pl.String() for c in columns}}
     sources, occurrences = [], []
     for (chunk_no,), rows in repeated.group_by(CHUNK):
@@ -145,12 +151,12 @@ def _occurrences(run: dict[str, Any], mdef: ModuleDef, repeated: pl.DataFrame) -
     return pl.concat(occurrences).sort(ROW), pl.concat(sources)
 
 
-def _duplicates(run: dict[str, Any], every: pl.DataFrame, sources: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _duplicates(run: Run, every: pl.DataFrame, sources: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The first occurrences of ``every``, and the later ones as DUPLICATE_KEY failed operations
     (FAILED_SCHEMA, with run_id and chunk_no) naming the first's row."""
     first, later = first_occurrences(every.drop(CHUNK))
     assert later is not None  # each of these keys is in two chunks
-    failed = with_records(later, sources, list(run["source_columns"])).join(
+    failed = with_records(later, sources, _source_columns(run)).join(
         every.select(pl.col(ROW).alias("row_number"), pl.col(CHUNK).alias("chunk_no")), on="row_number",
         how="left", maintain_order="left").with_columns(pl.lit(run["id"]).alias("run_id"))
     return first, failed
@@ -165,7 +171,7 @@ def _name_first(conn: Conn, run_id: int, first: pl.DataFrame) -> None:
                   ErrorCode.DUPLICATE_KEY.value))
 
 
-def settle_duplicates(conn: Conn, run: dict[str, Any], mdef: ModuleDef, repeated: pl.DataFrame) -> int:
+def settle_duplicates(conn: Conn, run: Run, mdef: ModuleDef, repeated: pl.DataFrame) -> int:
     """Keep only the source's first occurrence of the ``repeated`` keys in the shadow table, in the
     caller's transaction, recording the others as failed operations; returns how many records left it."""
     every, sources = _occurrences(run, mdef, repeated)
@@ -181,7 +187,7 @@ def settle_duplicates(conn: Conn, run: dict[str, Any], mdef: ModuleDef, repeated
     return failed.height
 
 
-def settle_append(conn: Conn, run: dict[str, Any], mdef: ModuleDef, inserted: int) -> int:
+def settle_append(conn: Conn, run: Run, mdef: ModuleDef, inserted: int) -> int:
     """Settle a streamed append's keys that several chunks held, in the caller's transaction, as one
     chunk holding them would have; returns how many inserted records that undid. Reads nothing when no
     chunk found a key existing, unless the key is text (two records of a key can then differ by

@@ -1,21 +1,24 @@
 """The Importer's set-based work: apply a validated chunk, finish a run.
 
-Every chunk is loaded with COPY and applied with one SQL statement per mode:
-- overwrite: COPY into the run's shadow table; ``finish_overwrite`` swaps it
-  in atomically (readers see the old content or the new, never a mix); the
-  replaced table is dropped after the run ended (``drop_replaced``);
-- append: COPY straight into the target when every key is new; else COPY
-  into a temporary table, INSERT .. ON CONFLICT DO NOTHING; keys that
-  already exist come back as KEY_EXISTS failed operations (the reduce of a
-  streamed append settles those that another chunk of the run inserted);
-- upsert: the last occurrence of each key, INSERT .. ON CONFLICT DO UPDATE
-  of the columns the source has.
+Every chunk is loaded with COPY and applied with one SQL statement, a function
+per mode (``dx.workers.imports.kinds`` picks it):
+- overwrite (``overwrite_chunk``): COPY into the run's shadow table
+  (``create_shadow``); ``finish_overwrite`` swaps it in atomically (readers
+  see the old content or the new, never a mix); the replaced table is
+  dropped after the run ended (``drop_replaced``), the shadow table of a
+  failed run at once (``drop_shadow``);
+- append (``append_chunk``): COPY straight into the target when every key is
+  new; else COPY into a temporary table, INSERT .. ON CONFLICT DO NOTHING;
+  keys that already exist come back as KEY_EXISTS failed operations (the
+  reduce of a streamed append settles those that another chunk of the run
+  inserted);
+- upsert (``upsert_chunk``): the last occurrence of each key, INSERT .. ON
+  CONFLICT DO UPDATE of the columns the source has.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import polars as pl
 import psycopg
@@ -27,6 +30,7 @@ from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode
 from dx.shared.formats.csv import ROW
 from dx.shared.pgcopy import copy_frame
+from dx.shared.runs import Run
 from dx.shared.validate import KEY, OP, Validated, validate
 
 #: Name of the per-transaction load table of append and upsert.
@@ -36,6 +40,20 @@ LOAD_TABLE = "dx_load"
 def shadow_table(database: str, run_id: int) -> str:
     """The table an overwrite run loads before it is swapped in."""
     return f"{database}__shadow_{run_id}"
+
+
+def create_shadow(conn: Conn, mdef: ModuleDef, run_id: int) -> None:
+    """The overwrite's shadow table, empty, like the target (without its key: built at the reduce)."""
+    table = table_ident(mdef.database.tenant, mdef.database.id)
+    shadow = table_ident(mdef.database.tenant, shadow_table(mdef.database.id, run_id))
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(shadow))
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(shadow, table))
+
+
+def drop_shadow(conn: Conn, mdef: ModuleDef, run_id: int) -> None:
+    """Drop an overwrite run's shadow table if it exists."""
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
+        table_ident(mdef.database.tenant, shadow_table(mdef.database.id, run_id))))
 
 
 @dataclass
@@ -77,11 +95,11 @@ def keep_blank_text(module: ModuleCfg) -> bool:
     return module.source is not None and module.source.nulls == "unquoted"
 
 
-def validate_records(frame: pl.DataFrame, mdef: ModuleDef, columns: list[str]) -> Validated:
-    """An Importer's records validated as its mode says: the first occurrence of a key counts, in
+def validate_records(frame: pl.DataFrame, mdef: ModuleDef, columns: list[str], *,
+                     dedupe: str = "first") -> Validated:
+    """An Importer's records validated; ``dedupe``: which occurrence of a key counts, the first, or in
     upsert the last."""
-    return validate(frame, mdef.database, columns, dedupe="last" if mdef.module.mode == "upsert" else "first",
-                    keep_blank_text=keep_blank_text(mdef.module))
+    return validate(frame, mdef.database, columns, dedupe=dedupe, keep_blank_text=keep_blank_text(mdef.module))
 
 
 def fields_of(good: pl.DataFrame) -> list[str]:
@@ -89,31 +107,39 @@ def fields_of(good: pl.DataFrame) -> list[str]:
     return [c for c in good.columns if c not in (ROW, KEY, OP)]
 
 
-def apply_chunk(conn: Conn, run: dict[str, Any], mdef: ModuleDef, v: Validated) -> ChunkOutcome:
-    """Apply one validated chunk in the caller's transaction."""
-    mode, pk = mdef.module.mode, mdef.database.primary_key
+def overwrite_chunk(conn: Conn, run: Run, mdef: ModuleDef, v: Validated) -> ChunkOutcome:
+    """Load one validated chunk into the run's shadow table, in the caller's transaction."""
+    copy_frame(conn, table_ident(mdef.database.tenant, shadow_table(mdef.database.id, run["id"])),
+               v.good.select(fields_of(v.good)))
+    return ChunkOutcome({"inserted": v.good.height, "not_inserted": v.failed.height}, v.failed)
+
+
+def append_chunk(conn: Conn, run: Run, mdef: ModuleDef, v: Validated) -> ChunkOutcome:
+    """Insert one validated chunk's new keys in the caller's transaction; an existing key is KEY_EXISTS."""
     fields = fields_of(v.good)
     target = table_ident(mdef.database.tenant, mdef.database.id)
     n_failed = v.failed.height
-    if mode == "overwrite":
-        copy_frame(conn, table_ident(mdef.database.tenant, shadow_table(mdef.database.id, run["id"])),
-                   v.good.select(fields))
+    if _copy_if_all_new(conn, target, v.good.select(fields)):
         return ChunkOutcome({"inserted": v.good.height, "not_inserted": n_failed}, v.failed)
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in fields)
-    key = sql.Identifier(pk)
-    if mode == "append":
-        if _copy_if_all_new(conn, target, v.good.select(fields)):
-            return ChunkOutcome({"inserted": v.good.height, "not_inserted": n_failed}, v.failed)
-        load = load_table(conn, mdef, v.good.select(ROW, *fields))
-        rejected = [r[ROW] for r in conn.execute(sql.SQL(
-            "WITH ins AS (INSERT INTO {t} ({c}) SELECT {c} FROM {l} ORDER BY {r} ON CONFLICT ({k}) DO NOTHING"
-            " RETURNING {k}) SELECT l.{r} FROM {l} l WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.{k} = l.{k})"
-        ).format(t=target, c=cols, l=load, r=sql.Identifier(ROW), k=key))]
-        failed = v.fail(v.good.filter(pl.col(ROW).is_in(rejected)), ErrorCode.KEY_EXISTS,
-                        "the key already exists in the database; the existing record was kept")
-        return ChunkOutcome({"inserted": v.good.height - len(rejected), "not_inserted": n_failed + len(rejected)},
-                            pl.concat([v.failed, failed]))
-    # upsert: the last occurrence of each key wins
+    load = load_table(conn, mdef, v.good.select(ROW, *fields))
+    rejected = [r[ROW] for r in conn.execute(sql.SQL(
+        "WITH ins AS (INSERT INTO {t} ({c}) SELECT {c} FROM {l} ORDER BY {r} ON CONFLICT ({k}) DO NOTHING"
+        " RETURNING {k}) SELECT l.{r} FROM {l} l WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.{k} = l.{k})"
+    ).format(t=target, c=cols, l=load, r=sql.Identifier(ROW), k=sql.Identifier(mdef.database.primary_key)))]
+    failed = v.fail(v.good.filter(pl.col(ROW).is_in(rejected)), ErrorCode.KEY_EXISTS,
+                    "the key already exists in the database; the existing record was kept")
+    return ChunkOutcome({"inserted": v.good.height - len(rejected), "not_inserted": n_failed + len(rejected)},
+                        pl.concat([v.failed, failed]))
+
+
+def upsert_chunk(conn: Conn, run: Run, mdef: ModuleDef, v: Validated) -> ChunkOutcome:
+    """Insert or update one validated chunk in the caller's transaction: the last occurrence of each
+    key wins."""
+    fields = fields_of(v.good)
+    target = table_ident(mdef.database.tenant, mdef.database.id)
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in fields)
+    key = sql.Identifier(mdef.database.primary_key)
     latest = v.good.unique(KEY, keep="last", maintain_order=True)
     load = load_table(conn, mdef, latest.select(ROW, *fields))
     updates = sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in fields)
@@ -141,7 +167,7 @@ def _split_failed_by_existence(conn: Conn, target: sql.Composable, key: sql.Iden
     return marked, int((marked["operation"] == "U").sum())
 
 
-def finish_overwrite(conn: Conn, run: dict[str, Any], mdef: ModuleDef, counters: dict[str, int], *,
+def finish_overwrite(conn: Conn, run: Run, mdef: ModuleDef, counters: dict[str, int], *,
                      key_built: bool = False) -> tuple[ErrorCode | None, str | None]:
     """Apply the guards, then swap the shadow table in (its key built first, unless ``key_built``);
     (code, message) when the run must fail."""

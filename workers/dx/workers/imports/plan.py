@@ -4,18 +4,20 @@ Consumes ``plan(run_id)``. Picks the source file (pattern, ledger, settle
 check), downloads it to staging, reads it in bounded batches and writes each
 record to the chunk its key hashes to (so that every occurrence of a key,
 in source order, lands in one chunk). Then sends a group of ``chunk``
-messages whose completion callback is ``reduce``. An overwrite's and an
-append's plan instead cut ranges of consecutive records and send each chunk
-as soon as its file is written, then ``reduce`` (their last chunk sends it
-too); the reduce settles keys that several chunks held.
+messages whose completion callback is ``reduce``. A plan whose kind
+``streams`` (``dx.workers.imports.kinds``: an overwrite's, an append's)
+instead cuts ranges of consecutive records and sends each chunk as soon as
+its file is written, then ``reduce`` (their last chunk sends it too); the
+reduce settles keys that several chunks held.
 
 Retries: 3, for transient failures; a RunError fails the run at once.
 Idempotent: a redelivered plan of a planned run re-sends the chunk group
 (chunks and reduce are idempotent); a terminal run is left alone. A retried
-streaming plan starts a new attempt: an overwrite's starts from nothing (the
-earlier attempt's ``chunk(run_id, chunk_no, attempt)`` messages apply
-nothing); an append's cuts the same chunks again (the run keeps its bytes per
-chunk), so each is applied once, by whichever delivery claims it first.
+streaming plan starts a new attempt: one whose kind ``restarts`` (an
+overwrite's) starts from nothing (the earlier attempt's ``chunk(run_id,
+chunk_no, attempt)`` messages apply nothing); an append's cuts the same chunks
+again (the run keeps its bytes per chunk), so each is applied once, by
+whichever delivery claims it first.
 """
 
 from __future__ import annotations
@@ -30,23 +32,21 @@ from typing import NamedTuple
 import polars as pl
 import pyarrow as pa
 import structlog
-from psycopg import sql
 
 from dx.shared import db, messages
-from dx.shared.catalog import ModuleDef, table_ident
+from dx.shared.catalog import ModuleDef
 from dx.shared.config import SourceCfg
 from dx.shared.connections import FileInfo, Remote, open_remote
 from dx.shared.connections.download import Download, downloading
-from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode, RunError
 from dx.shared.formats import open_source, read_ahead
 from dx.shared.formats.csv import Malformed
 from dx.shared.runs import RunStatus
 from dx.shared.settings import get_settings
-from dx.shared.validate import key_expr, map_columns, missing_required
+from dx.shared.validate import key_expr, map_columns
 from dx.workers import staging
 from dx.workers.failures import fail_run
-from dx.workers.imports.importer import shadow_table
+from dx.workers.imports.kinds import ImportKind, import_kind
 from dx.workers.imports.source_query import stage_query
 from dx.workers.planning import begin_planning
 
@@ -99,8 +99,9 @@ class Partitioned(NamedTuple):
     attempt: int | None = None
 
 
-def _partition(run_id: int, mdef: ModuleDef, source: Path | Download, n_chunks: int) -> Partitioned:
+def _partition(run_id: int, kind: ImportKind, source: Path | Download, n_chunks: int) -> Partitioned:
     """Split the source into chunk files (a CSV download is read while it arrives)."""
+    mdef = kind.mdef
     src = mdef.module.source
     assert src is not None
     opener = None
@@ -110,16 +111,14 @@ def _partition(run_id: int, mdef: ModuleDef, source: Path | Download, n_chunks: 
         path = source.wait() if isinstance(source, Download) else source
     columns, source_batches = open_source(path, mdef, opener)
     batches = read_ahead(source_batches)
-    module = mdef.module
-    missing = missing_required(columns, mdef.database) if module.kind == "importer" else missing_required(
-        columns, mdef.database, all_required=module.update_missing == "insert", operation_field=module.operation_field)
+    missing = kind.missing_columns(columns)
     if missing:
         raise RunError(ErrorCode.MISSING_REQUIRED_COLUMN,
                        f"{path.name} has no column for {', '.join(missing)} (columns found: {', '.join(columns)})")
     failures: list[dict] = []
-    if streams(mdef):
+    if kind.streams:
         attempt, chunk_bytes = _new_attempt(run_id, mdef, columns)
-        return Partitioned(columns, failures, _stream(run_id, mdef, attempt, chunk_bytes, batches, failures), attempt)
+        return Partitioned(columns, failures, _stream(run_id, kind, attempt, chunk_bytes, batches, failures), attempt)
     staging.remove_chunks(run_id)  # a retried plan starts from no chunk files
     key_col = map_columns(columns, mdef.database)[mdef.database.primary_key]
     key = key_expr(key_col, mdef.database.fields[mdef.database.primary_key])
@@ -135,30 +134,21 @@ def _partition(run_id: int, mdef: ModuleDef, source: Path | Download, n_chunks: 
     return Partitioned(columns, failures, n_chunks)
 
 
-def streams(mdef: ModuleDef) -> bool:
-    """Whether the plan sends chunks while it reads (``_stream``): an overwrite's and an append's, the
-    modes in which the first occurrence of a key counts, whatever follows it; the reduce settles
-    their keys that several chunks held (``dx/workers/duplicates.py``). An upsert's last occurrence
-    and an updater's sequence of operations need every record of a key in one chunk."""
-    return mdef.module.kind == "importer" and mdef.module.mode in ("overwrite", "append")
-
-
-def _stream(run_id: int, mdef: ModuleDef, attempt: int, chunk_bytes: int,
+def _stream(run_id: int, kind: ImportKind, attempt: int, chunk_bytes: int,
             batches: Iterator[tuple[pa.Table, list[Malformed]]], failures: list[dict]) -> int:
     """A streaming plan's chunks: consecutive records, about ``chunk_bytes`` of them parsed each
     (``staging.cut``: the same source and ``chunk_bytes`` make the same chunks), each sent as soon
     as its file is written. The other workers validate and load while this one still downloads and
     parses, where a split by key must read the whole source first; the occurrences of a key may then
-    be in several chunks, which the reduce settles (``dx/workers/duplicates.py``). Returns the number
-    of chunks sent."""
+    be in several chunks, which the reduce settles (``dx.workers.imports.duplicates``). Returns the
+    number of chunks sent."""
 
-    overwrite = mdef.module.mode == "overwrite"
-    if overwrite:  # no chunk of an earlier attempt applies any more
+    if kind.restarts:  # no chunk of an earlier attempt applies any more
         staging.remove_chunks(run_id)
-    # An append's files are written again as they were, each replacing its twin whole: a chunk of an
-    # earlier attempt reads either, and a chunk applied already keeps its keys file for the reduce.
-    # So an append's chunk applies whichever attempt sent it; an overwrite's, only in its attempt.
-    sent_by = attempt if overwrite else None
+    # Otherwise (an append) the files are written again as they were, each replacing its twin whole: a
+    # chunk of an earlier attempt reads either, and a chunk applied already keeps its keys file for the
+    # reduce. So such a chunk applies whichever attempt sent it; a restarting plan's, only in its attempt.
+    sent_by = attempt if kind.restarts else None
     sent = 0
     with staging.ChunkFiles(run_id) as files:
 
@@ -178,36 +168,28 @@ def _stream(run_id: int, mdef: ModuleDef, attempt: int, chunk_bytes: int,
 
 def _new_attempt(run_id: int, mdef: ModuleDef, columns: list[str]) -> tuple[int, int]:
     """Start a streaming plan's attempt, recording the source's columns for the chunks; returns it and
-    its bytes per chunk. An overwrite's starts from nothing: no chunk result, no failed operation, an
-    empty shadow table, the module's ``chunk_bytes``. Its UPDATE waits for the chunks of an earlier
-    attempt still in their transaction (they hold the run FOR SHARE); those queued still find another
-    attempt and apply nothing. An append's keeps what its chunks applied, and the bytes per chunk of
-    the run's first attempt (a config applied meanwhile does not change them): it cuts the same
-    chunks. RunEnded if the run ended meanwhile (an overwrite's shadow table, dropped then, is not
-    made again)."""
-    overwrite = mdef.module.mode == "overwrite"
+    its bytes per chunk. One whose kind ``restarts`` (an overwrite's) starts from nothing: no chunk
+    result, no failed operation, the module's ``chunk_bytes``, and the kind's ``prepare_load`` (an
+    empty shadow table). Its UPDATE waits for the chunks of an earlier attempt still in their
+    transaction (they hold the run FOR SHARE); those queued still find another attempt and apply
+    nothing. An append's keeps what its chunks applied, and the bytes per chunk of the run's first
+    attempt (a config applied meanwhile does not change them): it cuts the same chunks. RunEnded if
+    the run ended meanwhile (an overwrite's shadow table, dropped then, is not made again)."""
+    kind = import_kind(mdef)
     chunk_bytes = mdef.module.chunk_bytes or get_settings().chunk_bytes
     with db.transaction() as conn:
         row = conn.execute(
             "UPDATE dx.runs SET plan_attempt = plan_attempt + 1, source_columns = %s,"
             " chunk_bytes = CASE WHEN %s THEN %s ELSE coalesce(chunk_bytes, %s) END"
             " WHERE id = %s AND status = 'running' RETURNING plan_attempt, chunk_bytes",
-            (columns, overwrite, chunk_bytes, chunk_bytes, run_id)).fetchone()
+            (columns, kind.restarts, chunk_bytes, chunk_bytes, run_id)).fetchone()
         if row is None:
             raise RunEnded
-        if overwrite:
+        if kind.restarts:
             conn.execute("DELETE FROM dx.chunk_results WHERE run_id = %s", (run_id,))
             conn.execute("DELETE FROM dx.failed_operations WHERE run_id = %s", (run_id,))
-            _create_shadow(conn, mdef, run_id)
+        kind.prepare_load(conn, run_id)
     return int(row["plan_attempt"]), int(row["chunk_bytes"])
-
-
-def _create_shadow(conn: Conn, mdef: ModuleDef, run_id: int) -> None:
-    """The overwrite's shadow table, empty, like the target (without its key: built at the reduce)."""
-    table = table_ident(mdef.database.tenant, mdef.database.id)
-    shadow = table_ident(mdef.database.tenant, shadow_table(mdef.database.id, run_id))
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(shadow))
-    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(shadow, table))
 
 
 def _malformed(bad: list[Malformed]) -> list[dict]:
@@ -221,17 +203,19 @@ def plan(run_id: int) -> None:
     mdef = begin_planning(run_id, "plan", messages.CHUNK, messages.REDUCE)
     if mdef is None:
         return
+    kind = import_kind(mdef)
     try:
-        _plan(run_id, mdef)
+        _plan(run_id, kind)
     except RunEnded:
         log.info("plan.skip", reason="the run ended, or another attempt of its plan began, meanwhile")
     except RunError as exc:
         log.warning("plan.failed", code=exc.code.value, error=exc.message)
-        fail_run(run_id, exc.code, exc.message, discard_chunks=True)
+        fail_run(run_id, exc.code, exc.message, kind=kind, discard_chunks=True)
         staging.remove_run(run_id)
 
 
-def _plan(run_id: int, mdef: ModuleDef) -> None:
+def _plan(run_id: int, kind: ImportKind) -> None:
+    mdef = kind.mdef
     src, settings = mdef.module.source, get_settings()
     assert src is not None and mdef.connection is not None
     source_dir = staging.run_dir(run_id) / "source"
@@ -243,18 +227,18 @@ def _plan(run_id: int, mdef: ModuleDef) -> None:
         info, local = stage_query(run_id, mdef, source_dir)
         log.info("plan.fetched", path=info.path, bytes=info.size_bytes, seconds=round(time.monotonic() - started, 3))
         if n_chunks := _n_chunks(info.size_bytes, chunk_bytes):
-            parts = _partition(run_id, mdef, local, n_chunks)
+            parts = _partition(run_id, kind, local, n_chunks)
     else:
         with open_remote(mdef.connection) as remote:
             picked = _pick_file(remote, src, mdef.connection.id)
             if picked is None:
                 fail_run(run_id, None, "every file matching the pattern was imported already",
-                         status=RunStatus.SKIPPED)
+                         status=RunStatus.SKIPPED, kind=kind)
                 return
             info = _settled(remote, picked, src.settle_s)
             if n_chunks := _n_chunks(info.size_bytes, chunk_bytes):
                 with downloading(remote, info.path, source_dir) as download:
-                    parts = _partition(run_id, mdef, download, n_chunks)
+                    parts = _partition(run_id, kind, download, n_chunks)
                 log.info("plan.fetched", path=info.path, bytes=info.size_bytes, seconds=round(download.seconds, 3))
     shutil.rmtree(source_dir, ignore_errors=True)
     with db.transaction() as conn:
@@ -266,10 +250,10 @@ def _plan(run_id: int, mdef: ModuleDef) -> None:
                 (parts.n_chunks, info.path, info.size_bytes, info.mtime, parts.columns, len(parts.failures), run_id,
                  parts.attempt, parts.attempt)).fetchone() is None:
             raise RunEnded
-        if mdef.module.mode == "overwrite" and parts.attempt is None:  # a streaming plan made it first
-            _create_shadow(conn, mdef, run_id)
+        if parts.attempt is None:  # a streaming plan's attempt made it first
+            kind.prepare_load(conn, run_id)
         conn.execute("DELETE FROM dx.failed_operations WHERE run_id = %s AND chunk_no = -1", (run_id,))
-        operation = "I" if mdef.module.kind == "importer" else None  # an updater's malformed line has none
+        operation = kind.malformed_operation
         with conn.cursor().copy("COPY dx.failed_operations (run_id, chunk_no, row_number, operation, error_code,"
                                 " error_message) FROM STDIN") as copy:
             for f in parts.failures:

@@ -4,12 +4,14 @@ Consumes ``reduce(run_id)``, the completion callback of the plan's chunk
 group (or sent directly for an empty source; for a streaming plan, by the
 plan at its end and by the last chunk to commit). Checks that every chunk's
 result exists (it can be called early or twice: then it waits for the next
-call), sums the counters, settles a streamed run's keys that several chunks
-held (``dx.workers.imports.duplicates``), applies the overwrite
-guards and swap, records the file in the ledger and the run's end in ONE
-transaction; then disposes of the source file, sends the e-mail, drops the
-table an overwrite replaced (its files' unlinking is not waited for by the
-report, nor by readers of the contact table) and clears the staging folder.
+call), sums the counters, ends the load as the run's kind says
+(``dx.workers.imports.kinds``: a streamed run's keys that several chunks
+held are settled, ``dx.workers.imports.duplicates``; an overwrite's guards
+and swap apply), records the file in the ledger and the run's end in ONE
+transaction; then disposes of the source file, sends the e-mail, lets the
+kind tidy up (an overwrite drops the table it replaced: its files' unlinking
+is not waited for by the report, nor by readers of the contact table) and
+clears the staging folder.
 
 Retries: 5 with backoff; then ``run_crashed`` fails the run.
 Idempotent: a terminal run only gets its leftovers finished (file
@@ -19,7 +21,6 @@ disposal, e-mail once, staging), never a second swap or count.
 from __future__ import annotations
 
 import posixpath
-from typing import Any
 
 import structlog
 from psycopg import sql
@@ -28,11 +29,10 @@ from dx.shared import db
 from dx.shared.catalog import ModuleDef
 from dx.shared.connections import open_remote
 from dx.shared.db import Conn
-from dx.shared.runs import COUNTERS, RunStatus, chunks_done, definition, finish, get_run, streamed
+from dx.shared.runs import COUNTERS, Run, RunStatus, chunks_done, definition, finish, get_run
 from dx.workers import staging
-from dx.workers.failures import drop_shadow, notify
-from dx.workers.imports.duplicates import build_key_while_checking, settle_append, settle_duplicates
-from dx.workers.imports.importer import drop_replaced, finish_overwrite
+from dx.workers.failures import notify
+from dx.workers.imports.kinds import ImportKind, import_kind
 from dx.workers.imports.source_query import adopt_watermark
 
 log = structlog.get_logger(__name__)
@@ -46,47 +46,31 @@ def reduce(run_id: int) -> None:
             return
         structlog.contextvars.bind_contextvars(tenant=run["tenant"], module=run["module"])
         mdef = definition(conn, run)
+        kind = import_kind(mdef)
         if not RunStatus(run["status"]).terminal:
-            done = chunks_done(conn, run_id)
-            if run["planned_at"] is None or done < run["n_chunks"]:
-                log.info("reduce.waiting", chunks_done=done, n_chunks=run["n_chunks"])
+            done, n_chunks = chunks_done(conn, run_id), run["n_chunks"]
+            if run["planned_at"] is None or n_chunks is None or done < n_chunks:
+                log.info("reduce.waiting", chunks_done=done, n_chunks=n_chunks)
                 return
-            _finish(conn, run, mdef)
+            _finish(conn, run, kind)
     _dispose_source(run_id, mdef)
     notify(run_id)
-    if mdef.module.mode == "overwrite":
-        with db.transaction() as conn:
-            drop_replaced(conn, mdef, run_id)
+    kind.tidy(run_id)
     staging.remove_run(run_id)
 
 
-def _finish(conn: Conn, run: dict[str, Any], mdef: ModuleDef) -> None:
-    """Sum, guard, swap, ledger and status, in the caller's transaction."""
-    run_id = run["id"]
+def _finish(conn: Conn, run: Run, kind: ImportKind) -> None:
+    """Sum, end the load (the kind's ``finish_load``: settle, guard, swap), ledger and status, in the
+    caller's transaction."""
+    run_id, mdef = run["id"], kind.mdef
     sums = conn.execute(sql.SQL("SELECT {} FROM dx.chunk_results WHERE run_id = %s").format(sql.SQL(", ").join(
         sql.SQL("coalesce(sum({c}), 0)::bigint AS {c}").format(c=sql.Identifier(c))
         for c in COUNTERS if c != "rows_exported")), (run_id,)).fetchone()
     assert sums is not None
     counters = {k: int(v) for k, v in sums.items()}
     counters["rows_read"] += run["plan_failed"]
-    # malformed lines: an importer's would have been inserts; an updater's operation is unknown
-    counters["not_inserted" if mdef.module.kind == "importer" else "not_updated"] += run["plan_failed"]
-    code = message = None
-    if mdef.module.mode == "overwrite":
-        key_built = False
-        if streamed(run):
-            key_built, repeated = build_key_while_checking(conn, run, mdef, counters["inserted"])
-            if repeated is not None:
-                removed = settle_duplicates(conn, run, mdef, repeated)
-                counters["inserted"] -= removed
-                counters["not_inserted"] += removed
-        code, message = finish_overwrite(conn, run, mdef, counters, key_built=key_built)
-        if code is not None:
-            drop_shadow(conn, mdef.database.tenant, mdef.database.id, run_id)
-    elif mdef.module.mode == "append" and streamed(run):
-        removed = settle_append(conn, run, mdef, counters["inserted"])
-        counters["inserted"] -= removed
-        counters["not_inserted"] += removed
+    counters[kind.malformed_counter] += run["plan_failed"]  # the lines the plan could not read
+    code, message = kind.finish_load(conn, run, counters)
     failed = sum(counters[c] for c in ("not_inserted", "not_updated", "not_deleted"))
     if code is not None:
         status = RunStatus.FAILED
@@ -100,7 +84,7 @@ def _finish(conn: Conn, run: dict[str, Any], mdef: ModuleDef) -> None:
     log.info("run.finished", status=status.value, **counters)
 
 
-def _record_in_ledger(conn: Conn, run: dict[str, Any]) -> None:
+def _record_in_ledger(conn: Conn, run: Run) -> None:
     """Keep the imported file from being imported again."""
     conn.execute(
         "INSERT INTO dx.file_ledger (connection, path, size_bytes, mtime, run_id)"
