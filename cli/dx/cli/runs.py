@@ -10,13 +10,25 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from psycopg import sql
+
 from dx.cli.command import EXIT_FAILED, EXIT_OK, Command, out, usage_error
 from dx.shared import db
 from dx.shared.errors import DxError
-from dx.shared.runs import COUNTERS, Run, RunStatus, Trigger, chunks_done, error_counts, get_run, list_runs
+from dx.shared.runs import (
+    COUNTERS,
+    ENDED_CHANNEL,
+    Run,
+    RunStatus,
+    Trigger,
+    chunks_done,
+    error_counts,
+    get_run,
+    list_runs,
+)
 from dx.shared.settings import get_settings
 
-#: Seconds between two looks at a run being waited for.
+#: Seconds between two redraws of a waited-for run's progress (its end wakes the wait at once).
 POLL_S = 0.2
 #: Width of the progress bar, in characters.
 BAR_WIDTH = 30
@@ -50,10 +62,11 @@ class Progress:
 
 
 def wait_for(run_id: int, timeout_s: float | None = None) -> Run:
-    """Poll the run until it ends, drawing a progress bar on stderr."""
+    """Follow the run until it ends, drawing a progress bar on stderr."""
     progress = Progress()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with db.connect(autocommit=True) as conn:
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ENDED_CHANNEL)))
         while True:
             run = get_run(conn, run_id)
             assert run is not None
@@ -63,7 +76,8 @@ def wait_for(run_id: int, timeout_s: float | None = None) -> Run:
                 return run
             if deadline is not None and time.monotonic() > deadline:
                 raise DxError(f"run {run_id} did not end within {timeout_s} s; it goes on: dx show {run_id}")
-            time.sleep(POLL_S)
+            for _ in conn.notifies(timeout=POLL_S, stop_after=1):  # a run ended: look again now
+                pass
 
 
 def exit_code(run: Run) -> int:

@@ -8,6 +8,16 @@ import sys
 import structlog
 
 
+class _Stderr:
+    """The standard error stream of the moment a line is written (a test's capture may replace it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str = "INFO", *, json: bool = True) -> None:
     """JSON lines on stderr (or plain text for the interactive CLI)."""
     logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s")
@@ -21,7 +31,7 @@ def configure(level: str = "INFO", *, json: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 

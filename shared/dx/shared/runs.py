@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+#: The channel on which the end of a run is announced (its id as payload), for those waiting on it.
+ENDED_CHANNEL = "dx_run_ended"
 #: The table of a run's failed operations (chunks COPY theirs into it).
 FAILED_TABLE = sql.Identifier("dx", "failed_operations")
 #: Counters of a run, in the order reports show them.
@@ -232,8 +234,11 @@ def finish(conn: Conn, run_id: int, status: RunStatus, *, error_code: str | None
         sets.append(f"{name} = %s")
         params.append(value)
     sources = [s.value for s, targets in TRANSITIONS.items() if status in targets]
-    return conn.execute(f"UPDATE dx.runs SET {', '.join(sets)} WHERE id = %s AND status = ANY(%s)"  # noqa: S608
-                        " RETURNING id", [*params, run_id, sources]).fetchone() is not None
+    if conn.execute(f"UPDATE dx.runs SET {', '.join(sets)} WHERE id = %s AND status = ANY(%s)"  # noqa: S608
+                    " RETURNING id", [*params, run_id, sources]).fetchone() is None:
+        return False
+    conn.execute("SELECT pg_notify(%s, %s)", (ENDED_CHANNEL, str(run_id)))  # sent when the caller commits
+    return True
 
 
 def list_runs(conn: Conn, module: str | None, limit: int) -> list[Run]:
