@@ -1,7 +1,5 @@
 """``python -m dx``: the same as the ``dx`` command."""
 
-import sys
+from dx.cli import entry
 
-from dx.cli import main
-
-sys.exit(main())
+entry()

@@ -13,7 +13,7 @@ from typing import Any
 from psycopg import sql
 
 from dx.cli.command import EXIT_FAILED, EXIT_OK, Command, out, usage_error
-from dx.shared import db
+from dx.shared import db, messages
 from dx.shared.errors import DxError
 from dx.shared.runs import (
     COUNTERS,
@@ -92,6 +92,8 @@ def run_module(module: str, *, wait: bool, requested_by: str | None, timeout_s: 
 
     with embedded_worker(get_settings()) as worker:
         run_id = request_run(module, Trigger.MANUAL, requested_by)
+        if worker is None:  # the plan is sent: nothing more goes through the broker
+            messages.close()
         if not wait and worker is None:
             out(f"run {run_id} queued; follow it with: dx show {run_id}")
             return EXIT_OK

@@ -86,6 +86,15 @@ def broker() -> dramatiq.Broker:
         return _broker
 
 
+def close() -> None:
+    """Close the connections of the broker in use and forget it (a process done with sending)."""
+    global _broker, _broker_url
+    with _lock:
+        if _broker is not None:
+            _broker.close()
+        _broker, _broker_url = None, None
+
+
 def message(actor: Actor, **kwargs: Any) -> dramatiq.Message[Any]:
     """A message for ``actor`` with keyword arguments; exhausted retries go to ``run_crashed``."""
     import dramatiq
