@@ -402,7 +402,7 @@ def test_xml_and_postgres_sources_parse_with_their_options():
     (_source(connection="acme-crm", path="in/a.csv"),
      "modules[0].source: connection 'acme-crm' is a postgres connection: give table or query instead of path"),
     (_source(connection="acme-sftp", table="contacts"),
-     "modules[0].source: table and query need a postgres connection; 'acme-sftp' is sftp"),
+     "modules[0].source: table and query need a postgres or mysql connection; 'acme-sftp' is sftp"),
     (_source(connection="acme-sftp", path="in/a.csv", watermark="changed_at"),
      "modules[0].source: watermark: only a table or query source (postgres connection) takes these"),
     (_source(connection="acme-crm", table='crm."contacts"'),

@@ -107,8 +107,9 @@ def apply_config(conn: Conn, cfg: Config) -> list[str]:
     changes: list[str] = []
     for t in cfg.tenants:
         conn.execute(
-            "INSERT INTO dx.tenants (id, notify) VALUES (%s, %s) ON CONFLICT (id) DO UPDATE"
-            " SET notify = EXCLUDED.notify, updated_at = now()", (t.id, t.notify))
+            "INSERT INTO dx.tenants (id, notify, enabled, timezone) VALUES (%s, %s, %s, %s) ON CONFLICT (id)"
+            " DO UPDATE SET notify = EXCLUDED.notify, enabled = EXCLUDED.enabled, timezone = EXCLUDED.timezone,"
+            " updated_at = now()", (t.id, t.notify, t.enabled, t.timezone))
         changes.append(f"tenant {t.id}")
     for c in cfg.connections:
         row = conn.execute("SELECT tenant FROM dx.connections WHERE id = %s", (c.id,)).fetchone()

@@ -44,7 +44,9 @@ XML_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$"
 TABLE_PATTERN = r'^[^."]{1,63}(\.[^."]{1,63})?$'
 #: Source options of a file (sftp, local) that a postgres source does not take.
 FILE_OPTIONS = ("format", "delimiter", "quote", "header", "columns", "encoding", "compression", "after",
-                "archive_dir", "settle_s", "record_element", "action_attribute")
+                "archive_dir", "settle_s", "record_element", "action_attribute", "files", "rejected_dir")
+#: The default port of each connection type that is a client's database.
+DATABASE_PORTS = {"postgres": 5432, "mysql": 3306}
 #: Source options of a postgres connection.
 QUERY_OPTIONS = ("table", "query", "watermark", "timeout_s")
 
@@ -79,16 +81,20 @@ def _secret(value: str | None) -> str | None:
 class TenantCfg(Strict):
     id: Id
     notify: list[str] = []
+    #: whether the tenant has DataExchange (sold apart): a disabled tenant's modules do not run.
+    enabled: bool = True
+    #: the time zone of its modules' schedules that name none (default UTC).
+    timezone: TimeZone | None = None
 
 
 class ConnectionCfg(Strict):
     id: Id
     tenant: Id
-    type: Literal["sftp", "local", "postgres"]
+    type: Literal["sftp", "local", "postgres", "mysql"]
     #: sftp, local: the folder every path is confined under.
     root: str = ""
     host: str | None = None
-    #: default 22 for sftp, 5432 for postgres.
+    #: default 22 for sftp, 5432 for postgres, 3306 for mysql.
     port: int = Field(22, ge=1, le=65535)
     username: str | None = None
     password: str | None = None
@@ -97,7 +103,7 @@ class ConnectionCfg(Strict):
     host_key: str | None = None
     #: seconds to connect (and, for sftp, to authenticate).
     timeout_s: float = Field(15.0, gt=0)
-    #: postgres: the client's database and how to use TLS (libpq's sslmode).
+    #: postgres, mysql: the client's database and how to use TLS (libpq's sslmode names).
     dbname: str | None = None
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
 
@@ -105,29 +111,35 @@ class ConnectionCfg(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _postgres_port(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("type") == "postgres" and "port" not in data:
-            return {**data, "port": 5432}
+    def _database_port(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("type") in DATABASE_PORTS and "port" not in data:
+            return {**data, "port": DATABASE_PORTS[data["type"]]}
         return data
 
+    @property
+    def is_database(self) -> bool:
+        """Whether this connection is a client's database (postgres, mysql) rather than a folder."""
+        return self.type in DATABASE_PORTS
+
     @model_validator(mode="after")
-    def _postgres_needs(self) -> ConnectionCfg:
-        if self.type != "postgres":
+    def _database_needs(self) -> ConnectionCfg:
+        if not self.is_database:
             if _set(self, ("dbname", "sslmode")):
-                raise ValueError("dbname and sslmode belong to a postgres connection")
+                raise ValueError("dbname and sslmode belong to a postgres or mysql connection")
             return self
         missing = [n for n in ("host", "dbname", "username", "password") if getattr(self, n) is None]
         if missing:
-            raise ValueError(f"a postgres connection needs {', '.join(missing)} (password: a ${{ENV_VAR}} reference)")
+            raise ValueError(f"a {self.type} connection needs {', '.join(missing)} "
+                             "(password: a ${ENV_VAR} reference)")
         wrong = _set(self, ("root", "private_key", "passphrase", "host_key"))
         if wrong:
-            raise ValueError(f"{', '.join(wrong)}: a postgres connection does not take these")
+            raise ValueError(f"{', '.join(wrong)}: a {self.type} connection does not take these")
         return self
 
     @model_validator(mode="after")
     def _sftp_needs(self) -> ConnectionCfg:
-        if self.type == "postgres":
-            return self  # checked by _postgres_needs
+        if self.is_database:
+            return self  # checked by _database_needs
         if self.type == "sftp":
             missing = [n for n in ("host", "username", "host_key") if getattr(self, n) is None]
             if missing:
@@ -217,6 +229,10 @@ class SourceCfg(Strict):
     compression: Literal["auto", "none", "gzip", "zip"] = "auto"
     after: Literal["archive", "delete", "keep"] = "archive"
     archive_dir: str = "archive"
+    #: oldest: one file per run, the oldest-named pending one; all: one run per pending file, in name order.
+    files: Literal["oldest", "all"] = "oldest"
+    #: where a file that fails its run is moved, with NAME.reason.txt beside it (beside the source).
+    rejected_dir: str = "rejected"
     settle_s: float = Field(2.0, ge=0)
     #: blank: an empty or all-space cell is empty; unquoted: only an unquoted empty cell is,
     #: `""` is the empty string and text is kept as written (the files the Displacer writes).
@@ -400,6 +416,10 @@ class ModuleCfg(Strict):
     operation_field: str = Field("operation", min_length=1)
     #: updater: what a U on a key that is not there does: fail, or insert the record.
     update_missing: Literal["fail", "insert"] = "fail"
+    #: what a source column that maps to no field does: nothing, a warning UNKNOWN_COLUMN, or fail the run.
+    unknown_columns: Literal["ignore", "warn", "fail"] = "warn"
+    #: updater U and importer upsert: an empty cell sets the field empty (null) or leaves it as it is (keep).
+    empty_on_update: Literal["null", "keep"] = "null"
     #: bytes of source per chunk for this module (an overwrite's: of parsed records; default: DX_CHUNK_BYTES).
     chunk_bytes: int | None = Field(None, ge=1)
     schedule: ScheduleCfg | None = None
@@ -451,6 +471,8 @@ class ModuleCfg(Strict):
             raise ValueError("an updater takes no mode: each record's operation field says what to do")
         if self.source is None:
             raise ValueError(f"an {self.kind} needs a source")
+        if self.empty_on_update == "keep" and self.kind == "importer" and self.mode != "upsert":
+            raise ValueError("empty_on_update: only an updater or an upsert importer updates records")
         return self
 
 
@@ -521,19 +543,20 @@ def _cross_checks(cfg: Config, known: Known) -> list[str]:
 
 
 def _source_kind_checks(i: int, m: ModuleCfg, types: dict[str, str]) -> list[str]:
-    """A postgres connection reads a table or query; the other connections read files."""
-    if m.target is not None and types.get(m.target.connection) == "postgres":
-        return [f"modules[{i}].target.connection: {m.target.connection!r} is a postgres connection; "
-                "targets are files (sftp or local)"]
+    """A database connection (postgres, mysql) reads a table or query; the other connections read files."""
+    if m.target is not None and types.get(m.target.connection) in DATABASE_PORTS:
+        return [f"modules[{i}].target.connection: {m.target.connection!r} is a {types[m.target.connection]} "
+                "connection; targets are files (sftp or local)"]
     src = m.source
     if src is None or src.connection not in types:
         return []
-    if types[src.connection] == "postgres" and not src.is_query:
-        return [f"modules[{i}].source: connection {src.connection!r} is a postgres connection: "
+    kind = types[src.connection]
+    if kind in DATABASE_PORTS and not src.is_query:
+        return [f"modules[{i}].source: connection {src.connection!r} is a {kind} connection: "
                 "give table or query instead of path"]
-    if types[src.connection] != "postgres" and src.is_query:
-        return [f"modules[{i}].source: table and query need a postgres connection; "
-                f"{src.connection!r} is {types[src.connection]}"]
+    if kind not in DATABASE_PORTS and src.is_query:
+        return [f"modules[{i}].source: table and query need a postgres or mysql connection; "
+                f"{src.connection!r} is {kind}"]
     return []
 
 

@@ -58,6 +58,10 @@ class ErrorCode(StrEnum):
     MALFORMED_HEADER = ("MALFORMED_HEADER", Level.RUN,
                         "The header line is missing, empty or names a column twice (XML: the document holds "
                         "no element of the configured record_element).")
+    UNKNOWN_COLUMN = ("UNKNOWN_COLUMN", Level.RUN,
+                      "The source has columns that map to no field of the database (a misspelled name?). "
+                      "With unknown_columns: fail the run fails before anything is written; with warn (the "
+                      "default) the run goes on and carries this code as a warning naming the columns.")
     MISSING_REQUIRED_COLUMN = ("MISSING_REQUIRED_COLUMN", Level.RUN,
                                "The source has no column for the primary key or a required field.")
     EMPTY_SOURCE = ("EMPTY_SOURCE", Level.RUN,
@@ -90,6 +94,9 @@ class ErrorCode(StrEnum):
     OVERLAP_FORBIDDEN = ("OVERLAP_FORBIDDEN", Level.REQUEST,
                          "A scheduled fire found the module's previous run still going; with overlap: forbid "
                          "it is recorded as a skipped run.")
+    TENANT_DISABLED = ("TENANT_DISABLED", Level.REQUEST,
+                       "The tenant's DataExchange is not enabled (tenants[].enabled: false): its modules do "
+                       "not run, neither on schedule nor on demand.")
     REQUEST_MALFORMED = ("REQUEST_MALFORMED", Level.REQUEST,
                          "An AMQP run request is not a JSON object with string fields tenant and module "
                          "(and optionally requested_by); it is dead-lettered.")

@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import structlog
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from dx.shared.db import Conn
+from dx.shared.errors import ErrorCode
 
 if TYPE_CHECKING:
     from dx.shared.catalog import ModuleDef
@@ -88,6 +90,8 @@ class Run(TypedDict):
     rows_exported: int
     error_code: str | None
     error_message: str | None
+    #: what the run did not do as the client may have meant while it went on: [{code, message}]
+    warnings: list[dict[str, str]]
 
 
 class Trigger(StrEnum):
@@ -163,6 +167,13 @@ def active_run(conn: Conn, run_id: int, actor: str) -> Run | None:
         return None
     structlog.contextvars.bind_contextvars(tenant=run["tenant"], module=run["module"])
     return run
+
+
+def add_warning(conn: Conn, run_id: int, code: ErrorCode, message: str) -> None:
+    """Add a warning to the run (in the caller's transaction); the same code and message are kept once."""
+    conn.execute("UPDATE dx.runs SET warnings = warnings || %s WHERE id = %s AND NOT warnings @> %s",
+                 (Jsonb([{"code": code.value, "message": message}]), run_id,
+                  Jsonb([{"code": code.value, "message": message}])))
 
 
 def chunks_done(conn: Conn, run_id: int) -> int:
