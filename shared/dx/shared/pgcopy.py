@@ -1,7 +1,7 @@
 """Bulk writes: COPY a Polars frame into a table in PostgreSQL's binary format.
 
 Binary COPY spares the server the parsing of every date, timestamp, integer,
-boolean and decimal (about 40% of a chunk's COPY time against CSV), and the
+boolean and decimal (a large part of a chunk's COPY time against CSV), and the
 client the writing of CSV text. pgpq encodes the Arrow columns; each frame
 column is first cast to the Arrow type that matches its table column, read
 from the catalog, because binary input must match the column's type exactly

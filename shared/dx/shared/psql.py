@@ -1,9 +1,9 @@
 """COPY … TO STDOUT into a file through psql, PostgreSQL's own client, where it is installed.
 
 A COPY's rows come out of PostgreSQL one protocol message each. psycopg hands
-every one of them to Python: 0.37-0.53 s of a worker's CPU per 250,000 rows
-of the bench's contacts, more than PostgreSQL spends producing them. psql
-writes them to the file in C: 0.09-0.13 s. The export chunks use it when the
+every one of them to Python, which costs a worker more CPU than PostgreSQL
+spends producing them; psql writes them to the file in C. The export chunks
+use it when the
 ``psql`` program is on the PATH and the database URL can be handed to it in
 libpq's environment variables (never on its command line, where ``ps``
 shows it); else they read the COPY with psycopg.

@@ -35,9 +35,9 @@ class LogContext(dramatiq.Middleware):
 
 class GiveBackMemory(dramatiq.Middleware):
     """After each message, pyarrow's allocator (mimalloc) gives back the memory it keeps for reuse: it
-    purges only when next called, so an idle worker held what its last task freed (400 MB after a
-    1M-row import), and the next task's peak came on top of it. Purging at once on every free instead
-    (``MIMALLOC_PURGE_DELAY=0``) cost the overwrite about 5% of its time."""
+    purges only when next called, so an idle worker held what its last task freed, and the next task's
+    peak came on top of it. Purging at once on every free instead (``MIMALLOC_PURGE_DELAY=0``) slows
+    every task."""
 
     def after_process_message(self, broker: dramatiq.Broker, message: MessageProxy, *,
                               result: Any = None, exception: BaseException | None = None) -> None:

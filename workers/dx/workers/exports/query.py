@@ -283,10 +283,9 @@ def count_and_bounds(conn: Conn, q: ExportQuery, chunk_rows: int, max_chunks: in
 
 def _sampled_bounds(conn: Conn, q: ExportQuery, chunk_rows: int, max_chunks: int) -> tuple[int, list[str]] | None:
     """Cut points read from a sample of the table's rows (``TABLESAMPLE BERNOULLI``): the exact cut
-    numbers every row in key order, 0.35-0.45 s per million rows before any chunk starts; a sample of
-    about SAMPLE_KEYS keys takes about 50 ms, and the chunks differ in size by a percent or two (a
-    sample of whole pages, SYSTEM, took 30 ms but made chunks 20% apart where rows were stored
-    in an order close to the key's). Every row still falls in exactly one chunk: the cut points
+    numbers every row in key order before any chunk starts; a sample of about SAMPLE_KEYS keys is
+    much cheaper, and the chunks differ in size by a percent or two (a sample of whole pages, SYSTEM,
+    makes chunks far apart where rows are stored in an order close to the key's). Every row still falls in exactly one chunk: the cut points
     only have to be keys in order. None (cut exactly) for a small table, one never analysed, or a
     filter that leaves too few sampled rows."""
     if q.table is None or q.where is None:
