@@ -57,7 +57,14 @@ def config_with(*changes: Callable[[dict[str, Any]], object]) -> str:
     raw = yaml.safe_load(VALID_YAML)
     for change in changes:
         change(raw)
-    return yaml.safe_dump(raw)
+    return yaml.dump(raw, Dumper=_NoAliases)
+
+
+class _NoAliases(yaml.SafeDumper):
+    """Writes a value shared by two places twice, as a person would (dx refuses aliases)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def problems_of(text: str, known: Known | None = None) -> list[str]:
@@ -479,3 +486,39 @@ def test_value_options_that_do_not_fit_the_field_are_refused_with_its_path(spec,
     # Given a field whose options do not fit its type / When parsed / Then refused, naming the field
     problems = problems_of(config_with(_field("odd", spec)))
     assert any(p.startswith("databases[0].fields.odd") and says in p for p in problems), problems
+
+
+def test_an_alias_bomb_is_refused_at_once_without_expanding():
+    # Given a few hundred bytes of YAML whose aliases would expand to billions of items
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True))
+    # When parsed / Then refused as YAML, naming aliases
+    problems = problems_of(bomb)
+    assert len(problems) == 1 and "aliases (*name) are not accepted" in problems[0]
+
+
+def test_a_key_given_twice_is_refused_not_silently_overwritten():
+    # Given a tenant mapping with notify twice / When parsed / Then refused, naming the key
+    problems = problems_of("tenants:\n  - id: acme\n    notify: [a@acme.example]\n    notify: [b@acme.example]\n")
+    assert len(problems) == 1 and "key 'notify' is given twice" in problems[0]
+
+
+def test_a_configuration_over_the_size_cap_is_refused_before_parsing():
+    # Given a file just over the cap / When parsed / Then refused with what to do
+    problems = problems_of("#" * (4 * 1024 * 1024 + 1))
+    assert "larger than 4 MiB" in problems[0]
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_numbers_must_be_finite(value):
+    # Given settle_s of infinity or NaN / When parsed / Then refused with its path
+    problems = problems_of(config_with(lambda raw: source(raw).__setitem__("settle_s", yaml.safe_load(value))))
+    assert any(p.startswith("modules[0].source.settle_s") for p in problems), problems
+
+
+@pytest.mark.parametrize("address", ["ops@acme.example\r\nBcc: x@evil.example", "two words@acme.example",
+                                     "no-at-sign", "a@b", "x@acme.example, y@acme.example"])
+def test_notify_addresses_must_each_be_one_address(address):
+    # Given a recipient that is not one address / When parsed / Then refused with its path
+    problems = problems_of(config_with(lambda raw: raw["tenants"][0].__setitem__("notify", [address])))
+    assert any(p.startswith("tenants[0].notify[0]") for p in problems), problems

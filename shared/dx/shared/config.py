@@ -51,6 +51,10 @@ DATABASE_PORTS = {"postgres": 5432, "mysql": 3306}
 QUERY_OPTIONS = ("table", "query", "watermark", "timeout_s")
 
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
+#: An e-mail address to notify: one address, no spaces or line breaks (which would lose the e-mail).
+Address = Annotated[str, Field(pattern=r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\".]+$", max_length=254)]
+#: The largest configuration file `dx apply` reads.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 FieldType = Literal["text", "int", "decimal", "bool", "date", "timestamp", "email"]
 ENCODINGS = {
     "utf-8": "utf-8", "utf8": "utf-8", "utf-8-sig": "utf-8",
@@ -62,7 +66,7 @@ ENCODINGS = {
 class Strict(BaseModel):
     """Unknown keys are errors: a typo must not be silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _set(model: BaseModel, names: Iterable[str]) -> list[str]:
@@ -80,7 +84,7 @@ def _secret(value: str | None) -> str | None:
 
 class TenantCfg(Strict):
     id: Id
-    notify: list[str] = []
+    notify: list[Address] = []
     #: whether the tenant has DataExchange (sold apart): a disabled tenant's modules do not run.
     enabled: bool = True
     #: the time zone of its modules' schedules that name none (default UTC).
@@ -423,7 +427,7 @@ class ModuleCfg(Strict):
     #: bytes of source per chunk for this module (an overwrite's: of parsed records; default: DX_CHUNK_BYTES).
     chunk_bytes: int | None = Field(None, ge=1)
     schedule: ScheduleCfg | None = None
-    notify: list[str] = []
+    notify: list[Address] = []
     #: true or false sets it; left out, a re-apply keeps what `dx pause`/`resume` or an auto-pause set.
     paused: bool | None = None
     timezone: TimeZone = "UTC"
@@ -613,10 +617,34 @@ def _partial_cross_checks(raw: dict[str, Any], known: Known) -> list[str]:
     return [renumber(p) for p in _cross_checks(partial, known)]
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML without aliases (a few hundred bytes of them expand to gigabytes) and without a key given
+    twice in one mapping (the last one would win in silence)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not accepted: write the value out", self.peek_event().start_mark)
+        return super().compose_node(parent, index)  # type: ignore[arg-type]
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in this mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def parse_config(text: str, known: Known | None = None) -> Config:
     """Parse and validate YAML text; ConfigError lists every problem with its path."""
+    if len(text.encode()) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"the configuration is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; "
+                           "split it into several files and apply each"])
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader, stricter
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"]) from exc
     if raw is None:
