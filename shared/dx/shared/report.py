@@ -2,7 +2,8 @@
 
 Columns: row_number, key, operation, error_code, error_message, then the
 record's own fields as received (a source column named like one of the first
-five is headed ``source.NAME``, so that no name appears twice). Cells a spreadsheet would run as a formula
+five is headed ``source.NAME``, so that no name appears twice). Lines end with
+CRLF (RFC 4180), so that a cell holding a bare CR is quoted too. Cells a spreadsheet would run as a formula
 (starting with = + - @, tab or carriage return) are prefixed with a quote.
 """
 
@@ -12,7 +13,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Any
 
 from psycopg import sql
 
@@ -51,7 +52,7 @@ def report_rows(conn: Conn, run_id: int) -> Iterator[list[str]]:
     """The report's header, then one neutralised row per failed operation (streamed)."""
     run = conn.execute("SELECT source_columns FROM dx.runs WHERE id = %s", (run_id,)).fetchone()
     columns = list((run or {}).get("source_columns") or [])
-    yield FIXED_COLUMNS + [f"source.{c}" if c in FIXED_COLUMNS else c for c in columns]
+    yield FIXED_COLUMNS + [neutralise(f"source.{c}" if c in FIXED_COLUMNS else c) for c in columns]
     for row in _rows(conn, run_id):
         record = row["record"] or {}
         if isinstance(record, str):
@@ -60,9 +61,15 @@ def report_rows(conn: Conn, run_id: int) -> Iterator[list[str]]:
         yield [neutralise(row[c]) for c in FIXED_COLUMNS] + [neutralise(record.get(c)) for c in columns]
 
 
+def _writer(out: IO[str]) -> Any:
+    """A CSV writer whose line ends (CRLF) make it quote every cell holding a CR or an LF: a spreadsheet
+    would start a new row at a bare CR in an unquoted cell."""
+    return csv.writer(out, lineterminator="\r\n")
+
+
 def write_report(conn: Conn, run_id: int, out: IO[str]) -> int:
     """Write the run's report to ``out``; returns the number of failed operations."""
-    writer = csv.writer(out, lineterminator="\n")
+    writer = _writer(out)
     count = -1  # the header is not a failed operation
     for cells in report_rows(conn, run_id):
         writer.writerow(cells)
@@ -73,7 +80,7 @@ def write_report(conn: Conn, run_id: int, out: IO[str]) -> int:
 def report_text(conn: Conn, run_id: int) -> Iterator[str]:
     """The report as CSV text in pieces of FETCH_ROWS rows (an HTTP download streams them)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = _writer(buffer)
     for i, cells in enumerate(report_rows(conn, run_id), start=1):
         writer.writerow(cells)
         if i % FETCH_ROWS == 0:
