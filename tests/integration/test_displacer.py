@@ -98,6 +98,30 @@ def test_a_value_the_target_encoding_cannot_hold_fails_the_run_and_leaves_no_fil
     assert not (sshd.root / "latin").exists() or list((sshd.root / "latin").iterdir()) == []
 
 
+@pytest.mark.timeout(120)
+def test_a_value_xml_cannot_carry_fails_an_xml_export_and_leaves_no_file(cluster_env, sshd, workers, tmp_path):
+    # Given a contact whose notes hold a control character, an XML and a CSV Displacer of the same table
+    tenant = "ctlchar"
+    apply(export_config(tenant, sshd, {"people": PEOPLE}, [
+        {"id": "ctlchar-xml", "kind": "displacer", "database": "people",
+         "target": {"path": "ctlchar/people.xml", "format": "xml"}},
+        {"id": "ctlchar-csv", "kind": "displacer", "database": "people", "target": {"path": "ctlchar/people.csv"}}]),
+        tmp_path)
+    with db.transaction() as conn:
+        conn.execute('INSERT INTO "tenant_ctlchar".people (email, name, notes) VALUES (%s, %s, %s), (%s, %s, %s)',
+                     ("a@x.io", "Ann", "fine", "b@x.io", "Bob", "bell\x07 here"))
+    workers.start(1)
+    # When the XML export runs
+    result = run("ctlchar-xml")
+    # Then it fails with TARGET_UNENCODABLE naming the field and the key, and no file was written
+    assert (result["status"], result["error_code"]) == ("failed", "TARGET_UNENCODABLE")
+    assert "notes" in result["error_message"] and "b@x.io" in result["error_message"]
+    assert not (sshd.root / "ctlchar" / "people.xml").exists()
+    # When the CSV export runs / Then it carries the value as it is
+    assert run("ctlchar-csv")["status"] == "completed"
+    assert b"bell\x07 here" in (sshd.root / "ctlchar" / "people.csv").read_bytes()
+
+
 ROUND_TRIP = {"email": {"type": "email", "required": True}, "first_name": "text", "notes": "text", "points": "int",
               "balance": "decimal", "vip": "bool", "birth_date": {"type": "date", "format": "%d/%m/%Y"},
               "signup_at": "timestamp"}

@@ -37,7 +37,7 @@ from dx.shared.errors import ErrorCode, RunError
 from dx.shared.runs import RunStatus
 from dx.workers import staging
 from dx.workers.exports.kinds import export_kind
-from dx.workers.exports.query import Busy, count_and_bounds, render_path
+from dx.workers.exports.query import Busy, count_and_bounds, render_path, xml_unsafe
 from dx.workers.failures import fail_run
 from dx.workers.planning import begin_planning
 
@@ -86,6 +86,10 @@ def _plan(conn: Conn, run_id: int, mdef: ModuleDef) -> int:
     except ValueError as exc:  # a field format that cannot be exported
         raise RunError(ErrorCode.CONFIG_INVALID, str(exc)) from None
     conn.execute("SET LOCAL TIME ZONE 'UTC'")  # key bounds of timestamps are written and read in UTC
+    if target.format == "xml" and (unsafe := xml_unsafe(conn, query)) is not None:
+        raise RunError(ErrorCode.TARGET_UNENCODABLE,
+                       f"{unsafe[0]} of the record with key {unsafe[1]!r} holds a control character that XML 1.0 "
+                       "cannot carry; clean the value, or export CSV")
     n_rows, bounds = count_and_bounds(conn, query, CHUNK_ROWS, MAX_CHUNKS)
     path = render_path(target.path, datetime.now(ZoneInfo(module.timezone)), run_id, module.id)
     conn.execute(

@@ -98,6 +98,21 @@ class ExportQuery:
     where: sql.Composable | None = None
 
 
+#: Characters XML 1.0 cannot carry, not even as character references (text holds no NUL).
+XML_FORBIDDEN_RE = "[\\x01-\\x08\\x0B\\x0C\\x0E-\\x1F\\uFFFE\\uFFFF]"
+
+
+def xml_unsafe(conn: Conn, q: ExportQuery) -> tuple[str, str] | None:
+    """The first (column, key) of the rows to export whose value XML 1.0 cannot carry; None if none."""
+    forbidden = sql.Literal(XML_FORBIDDEN_RE)
+    which = sql.SQL(" ").join(sql.SQL("WHEN {} ~ {} THEN {}").format(v, forbidden, sql.Literal(c))
+                              for v, c in zip(q.values, q.columns, strict=True))
+    any_bad = sql.SQL(" OR ").join(sql.SQL("{} ~ {}").format(v, forbidden) for v in q.values)
+    row = conn.execute(sql.SQL("SELECT {}::text AS key, CASE {} END AS col {} AND ({}) ORDER BY {} LIMIT 1").format(
+        q.key, which, q.from_where, any_bad, q.key), q.params).fetchone()
+    return None if row is None else (row["col"], row["key"])
+
+
 def render_path(template: str, now: datetime, run_id: int, module: str) -> str:
     """The target path of a run: {date:FORMAT} in the module's time zone, {run}, {module}."""
     def value(m: re.Match[str]) -> str:
