@@ -79,18 +79,18 @@ def _finish(conn: Conn, run: Run, kind: ImportKind) -> None:
         if mdef.module.source is not None and mdef.module.source.is_query:
             adopt_watermark(conn, run_id, mdef)
         else:
-            _record_in_ledger(conn, run)
+            _record_in_ledger(conn, run, mdef)
     finish(conn, run_id, status, error_code=code.value if code else None, error_message=message, counters=counters)
     log.info("run.finished", status=status.value, **counters)
 
 
-def _record_in_ledger(conn: Conn, run: Run) -> None:
-    """Keep the imported file from being imported again."""
+def _record_in_ledger(conn: Conn, run: Run, mdef: ModuleDef) -> None:
+    """Keep the imported file from being imported again (on the connection the run read it from)."""
+    assert mdef.module.source is not None
     conn.execute(
         "INSERT INTO dx.file_ledger (connection, path, size_bytes, mtime, run_id)"
-        " SELECT m.config->'source'->>'connection', r.source_path, r.source_bytes, %s, r.id"
-        " FROM dx.runs r JOIN dx.modules m ON m.id = r.module WHERE r.id = %s ON CONFLICT DO NOTHING",
-        (run["source_mtime"], run["id"]))
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (mdef.module.source.connection, run["source_path"], run["source_bytes"], run["source_mtime"], run["id"]))
 
 
 def _dispose_source(run_id: int, mdef: ModuleDef) -> None:
