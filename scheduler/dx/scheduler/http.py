@@ -43,6 +43,7 @@ from dx.scheduler.http_models import (
     RunOut,
     ScheduleOut,
 )
+from dx.scheduler.limits import BodyLimit
 from dx.scheduler.requests import UnknownModule, module_tenant, request_run
 from dx.scheduler.schedule import next_fire, set_paused, upcoming
 from dx.scheduler.tokens import Principal, authenticate
@@ -55,12 +56,17 @@ from dx.shared.runs import Run, RunStatus, Trigger, chunks_done, error_counts, g
 from dx.shared.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
-#: The console's files, served as they are.
+#: The console's files and the API's reference page, served as they are.
 CONSOLE = {"/": ("index.html", "text/html; charset=utf-8"),
-           "/console.js": ("console.js", "text/javascript; charset=utf-8")}
+           "/console.js": ("console.js", "text/javascript; charset=utf-8"),
+           "/docs": ("docs.html", "text/html; charset=utf-8"),
+           "/docs/docs.js": ("docs.js", "text/javascript; charset=utf-8")}
+#: Swagger UI's files for the reference page, from the fastapi-offline package: nothing from another host.
+SWAGGER = {"/docs/swagger-ui-bundle.js": ("swagger-ui-bundle.js", "text/javascript; charset=utf-8"),
+           "/docs/swagger-ui.css": ("swagger-ui.css", "text/css; charset=utf-8")}
 #: The console runs no script but its own file and talks only to this server.
 CONSOLE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
-               "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+               "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 #: Failures that mean a service is down: answer 503, the client may retry.
 UNAVAILABLE = (RetriableError, psycopg.OperationalError, pika.exceptions.AMQPError, dramatiq.errors.BrokerError)
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -287,14 +293,16 @@ def _install_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI application of ``dx serve``."""
     settings = settings or get_settings()
-    app = FastAPI(title="DataExchange", version="1", summary="Modules, runs, run-now, schedules, failures.",
+    app = FastAPI(docs_url=None, redoc_url=None,  # the reference page is served below, from this server alone
+                  title="DataExchange", version="1", summary="Modules, runs, run-now, schedules, failures.",
                   description="Bearer token per tenant (`dx token create --tenant T`). "
                               "Errors: `{\"error\": {\"code\", \"message\"}}`, codes in docs/error-codes.md.")
     app.include_router(api)
     _install_handlers(app)
     registry = metrics.registry(settings)
-    files = resources.files("dx.scheduler").joinpath("console")
+    files, swagger = resources.files("dx.scheduler").joinpath("console"), resources.files("fastapi_offline") / "static"
     pages = {path: (files.joinpath(name).read_bytes(), kind) for path, (name, kind) in CONSOLE.items()}
+    pages |= {path: (swagger.joinpath(name).read_bytes(), kind) for path, (name, kind) in SWAGGER.items()}
 
     @app.middleware("http")
     async def access_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -317,6 +325,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for path, (body, kind) in pages.items():
         app.add_api_route(path, _static(body, kind), methods=["GET"], include_in_schema=False,
                           name=f"console {path}")
+    app.add_middleware(BodyLimit)
     return app
 
 

@@ -114,6 +114,8 @@ class ErrorCode(StrEnum):
     METHOD_NOT_ALLOWED = ("METHOD_NOT_ALLOWED", Level.API, "405: the path exists but not with this method.")
     INVALID_REQUEST = ("INVALID_REQUEST", Level.API,
                        "422: a parameter or the JSON body is not valid; `details` says which and why.")
+    REQUEST_TOO_LARGE = ("REQUEST_TOO_LARGE", Level.API,
+                         "413: the request body is larger than the API reads (64 KiB); it was not read.")
     REQUEST_ID_REUSED = ("REQUEST_ID_REUSED", Level.API,
                          "409: a run-now's request_id was already used by the tenant for another module.")
     SERVICE_UNAVAILABLE = ("SERVICE_UNAVAILABLE", Level.API,
