@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import yaml
 
 from bench.measure import Sample, machine_busy_s, peak_mb, reset_peak
+from dx.devkit import configs
 from dx.devkit.cluster import Workers, private_services
 from dx.devkit.generate import FIELDS, write_contacts
 from dx.devkit.sshd import Sftp, running_sshd
@@ -35,7 +35,7 @@ DX = Path(sysconfig.get_path("scripts")) / "dx"
 
 def config(sftp: Sftp, modules: list[dict[str, Any]]) -> str:
     """Tenant ``bench``, its SFTP connection (key login), databases ``contacts`` and ``small``, the modules."""
-    return yaml.safe_dump({
+    return configs.dump({
         "tenants": [{"id": TENANT, "notify": ["ops@bench.example"]}],
         "connections": [{"id": "bench-sftp", "tenant": TENANT, "type": "sftp", "host": "127.0.0.1",
                          "port": sftp.port, "username": sftp.user, "host_key": sftp.host_key,
