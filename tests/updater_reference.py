@@ -4,6 +4,12 @@ It applies records one by one, in source order, with the documented rules of the
 written as simply as possible, over the test database of the updater tests:
 ``email`` (key), ``first_name`` (text, required), ``points`` (int) and
 ``birth_date`` (not in the source files, so U keeps it and I leaves it empty).
+
+A record's field is a string, or None where the record leaves it out (an XML
+element not there). With ``unset``, an update (a U) sets only the fields a
+record sets: ``absent`` leaves out the None ones, ``empty`` the empty ones too
+(``empty_on_update: keep``); an insert leaves the others empty, and an
+upserting U that would insert without ``first_name`` is REQUIRED_FIELD_MISSING.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 #: The database the updater tests declare.
 FIELDS: dict[str, Any] = {"email": {"type": "email", "required": True},
@@ -22,6 +28,7 @@ EMAIL_RE = re.compile(r"^[^@\s]+@([^@\s.]+\.)+[^@\s.]+$")
 NOT_COUNTER = {"I": "not_inserted", "U": "not_updated", "D": "not_deleted"}
 
 Row = dict[str, Any]  # first_name, points, birth_date
+Unset = Literal["absent", "empty"] | None
 
 
 @dataclass
@@ -32,7 +39,12 @@ class Outcome:
         ("inserted", "updated", "deleted", "not_inserted", "not_updated", "not_deleted"), 0))
 
 
-def _check(op: str, email: str, first_name: str, points: str) -> str | None:
+def is_unset(value: str | None, unset: Unset) -> bool:
+    """Whether an update leaves the field as it is for this value."""
+    return unset is not None and (value is None or unset == "empty" and value.strip() == "")
+
+
+def _check(op: str, email: str, first_name: str | None, points: str | None, unset: Unset) -> str | None:
     """The error code of a record, checked in the order the Updater documents."""
     if email.strip() == "":
         return "KEY_MISSING"
@@ -42,29 +54,41 @@ def _check(op: str, email: str, first_name: str, points: str) -> str | None:
         return "INVALID_VALUE"
     if op == "D":
         return None
-    if first_name.strip() == "":
+    # a U keeps a field it leaves unset; an I would leave it empty
+    if (first_name or "").strip() == "" and (op == "I" or not is_unset(first_name, unset)):
         return "REQUIRED_FIELD_MISSING"
-    if points.strip() and not re.fullmatch(r"[+-]?\d+", points.strip()):
+    if (points or "").strip() and not re.fullmatch(r"[+-]?\d+", (points or "").strip()):
         return "INVALID_VALUE"
     return None
 
 
-def apply_sequentially(table: dict[str, Row], records: list[list[str]], *, upsert: bool) -> Outcome:
-    """Apply ``records`` (COLUMNS as strings, row numbers from 1) to a copy of ``table``."""
+def _value(field: str, text: str | None) -> Any:
+    """A set field's value: None if empty, else the text (an int for points)."""
+    if not (text or "").strip():
+        return None
+    return int(text or "") if field == "points" else text
+
+
+def apply_sequentially(table: dict[str, Row], records: list[list[str | None]], *, upsert: bool,
+                       unset: Unset = None) -> Outcome:
+    """Apply ``records`` (COLUMNS as strings or None, row numbers from 1) to a copy of ``table``."""
     out = Outcome({k: dict(v) for k, v in table.items()})
-    for row_number, (raw_op, email, first_name, points) in enumerate(records, start=1):
-        op = raw_op.strip().upper()
-        code = _check(op, email, first_name, points)
+    for row_number, (raw_op, raw_email, first_name, points) in enumerate(records, start=1):
+        op, email = (raw_op or "").strip().upper(), raw_email or ""
+        code = _check(op, email, first_name, points, unset)
         key = email.strip().lower()
         if code is None:
-            values = {"first_name": first_name, "points": int(points) if points.strip() and op != "D" else None}
+            given = {"first_name": first_name, "points": points} if op != "D" else {}
+            values = {f: _value(f, v) for f, v in given.items() if not is_unset(v, unset)}
             exists = key in out.table
             if op == "I" and exists:
                 code = "KEY_EXISTS"
             elif op in ("U", "D") and not exists and not (op == "U" and upsert):
                 code = "KEY_NOT_FOUND"
+            elif op == "U" and not exists and "first_name" not in values:
+                code = "REQUIRED_FIELD_MISSING"
             elif op == "I" or (op == "U" and not exists):
-                out.table[key] = {**values, "birth_date": None}
+                out.table[key] = {"first_name": None, "points": None, **values, "birth_date": None}
                 out.counters["inserted"] += 1
             elif op == "U":
                 out.table[key].update(values)
@@ -78,10 +102,12 @@ def apply_sequentially(table: dict[str, Row], records: list[list[str]], *, upser
     return out
 
 
-def random_records(rng: random.Random, n_records: int, n_keys: int, bad_ratio: float) -> list[list[str]]:
+def random_records(rng: random.Random, n_records: int, n_keys: int, bad_ratio: float,
+                   left_out: float = 0.0) -> list[list[str | None]]:
     """Random I/U/D records over ``n_keys`` keys (spelled with stray case and spaces),
     with about ``bad_ratio`` of them spoiled: unknown operation, no key, bad e-mail,
-    empty required field, non-numeric points."""
+    empty required field, non-numeric points; ``left_out``: the share of first names and
+    points left out (None), and as many more empty."""
     records = []
     for _ in range(n_records):
         k = rng.randrange(n_keys)
@@ -101,5 +127,9 @@ def random_records(rng: random.Random, n_records: int, n_keys: int, bad_ratio: f
                 first_name = " "
             else:
                 points = "lots"
-        records.append([op, email, first_name, points])
+        values: list[str | None] = [first_name, points]
+        for i in range(len(values) if left_out else 0):
+            draw = rng.random()
+            values[i] = None if draw < left_out else "" if draw < 2 * left_out else values[i]
+        records.append([op, email, *values])
     return records

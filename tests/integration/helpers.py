@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dx.cli import main, wait_for
+from dx.devkit import configs
 from dx.scheduler.requests import request_run
 from dx.shared import db
 from dx.shared.runs import Trigger
@@ -29,7 +28,7 @@ def config(tenant: str, sftp: Any, modules: list[dict[str, Any]], *, host_key: s
     mods = [{"tenant": tenant, "kind": "importer", "database": "contacts", **m} for m in modules]
     for m in mods:
         m["source"] = {"connection": f"{tenant}-sftp", "settle_s": 0, **m["source"]}
-    return yaml.safe_dump({
+    return configs.dump(sort_keys=True, doc={  # keys sorted, as yaml.safe_dump wrote them
         "tenants": [{"id": tenant, "notify": [f"ops@{tenant}.example"]}],
         "connections": [conn],
         "databases": [{"id": "contacts", "tenant": tenant, "primary_key": "email",
@@ -96,10 +95,10 @@ def export_config(tenant: str, sftp: Any, databases: dict[str, dict[str, Any]], 
             if side in m:
                 m[side] = {"connection": f"{tenant}-sftp", **m[side]}
         mods.append(m)
-    return yaml.safe_dump({
+    return configs.dump({  # in the order written, as a user writes a file
         "tenants": [{"id": tenant, "notify": [f"ops@{tenant}.example"]}],
         "connections": [conn],
         "databases": [{"id": d, "tenant": tenant, "primary_key": primary_key, "fields": f}
                       for d, f in databases.items()],
         "modules": mods,
-    }, allow_unicode=True, sort_keys=False)  # in the order written, as a user writes a file
+    })

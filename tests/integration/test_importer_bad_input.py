@@ -31,6 +31,8 @@ CASES = {
     "all_records_bad": ("in.csv", b"email,points\nnot-an-email,1\n", None, "EMPTY_SOURCE"),
     "too_many_rejected": ("in.csv", b"email,points\na@x.it,1\nb@x.it,x\nc@x.it,y\n", None, "ERROR_RATIO_EXCEEDED"),
 }
+#: The codes that blame the file's content: its run moves it to rejected/.
+REJECTED = {"MISSING_REQUIRED_COLUMN", "SOURCE_UNDECODABLE", "EMPTY_SOURCE", "ERROR_RATIO_EXCEEDED"}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -59,7 +61,15 @@ def test_bad_input_fails_with_its_code_and_keeps_the_data(case, cluster_env, ssh
     assert tables_left(tenant) == ["contacts"]
     # and the e-mail says so
     mail = smtp.wait_for(lambda m: f"(run {result['id']})" in m["Subject"])
-    assert code in mail.get_payload(decode=True).decode()
-    # and a source that was there is left in place for the next run
-    if content is not None:
+    body = mail.get_payload(decode=True).decode()
+    assert code in body
+    # and a source whose content failed the run is moved to rejected/ beside it, with its reason, and the
+    # e-mail says where; a source failed by anything else (the server's key) is left in place for the next run
+    if content is not None and code in REJECTED:
+        assert not (sshd.root / path).exists()
+        assert (sshd.root / tenant / "rejected" / name).read_bytes() == content
+        assert f"Code:    {code}" in (sshd.root / tenant / "rejected" / f"{name}.reason.txt").read_text()
+        assert f"moved to {tenant}/rejected/{name}" in body
+    elif content is not None:
         assert (sshd.root / path).exists()
+        assert "rejected" not in body

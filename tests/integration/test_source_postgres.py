@@ -204,6 +204,27 @@ def test_a_query_beyond_its_timeout_fails_the_run(cluster_env, client_pg, worker
     assert "timeout_s" in result["error_message"]
 
 
+def test_a_query_column_that_maps_to_no_field_is_a_warning_but_the_watermark_column_is_not(
+        cluster_env, client_pg, workers, tmp_path):
+    # Given: a query whose first_name is aliased to a misspelled name, read by its watermark column
+    # changed_at (no field of the database), with unknown_columns left at warn
+    _client(client_pg, "TRUNCATE crm.contacts")
+    _client(client_pg, INSERT, [("q@x.it", "Q", 1, T0)])
+    module = _configure(tmp_path, client_pg, "pgunknown", {
+        "query": "SELECT email, first_name AS frist_name, points, changed_at FROM crm.contacts",
+        "watermark": "changed_at"})
+    workers.start(1)
+
+    # When: it runs
+    result = run(module)
+
+    # Then: it completed without first_name, and its one warning names the misspelled column only
+    assert result["status"] == "completed", result["error_message"]
+    assert table("pgunknown") == {"q@x.it": (None, 1, None)}
+    assert result["warnings"] == [{"code": "UNKNOWN_COLUMN", "message": "column frist_name maps to no field of "
+                                   "database contacts; it was not imported"}]
+
+
 def test_a_wrong_password_and_an_unreachable_server_have_their_codes(cluster_env, client_pg, workers, tmp_path,
                                                                       monkeypatch):
     # Given: one module whose secret holds a wrong password, one pointing at a closed port

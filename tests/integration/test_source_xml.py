@@ -42,12 +42,13 @@ def _csv(records: list[dict[str, str]]) -> bytes:
 
 def _xml(records: list[dict[str, str]], rng: random.Random, *, encoding: str = "UTF-8") -> bytes:
     """The clients' layout: upper-case element names, the operation as an ACTION attribute, and
-    an empty value written as an empty element or left out (both NULL, as an empty CSV cell)."""
+    an empty value written as <X/> or <X></X> (both NULL, as an empty CSV cell; an element left
+    out would leave the field as it is: see test_updater's tests of unset fields)."""
     parts = [f'<?xml version="1.0" encoding="{encoding}"?>\n<dataroot>\n']
     for rec in records:
         action = f" ACTION={quoteattr(rec['action'])}" if "action" in rec else ""
-        fields = "".join("" if v == "" and rng.random() < 0.5 else f"<{k.upper()}>{escape(v)}</{k.upper()}>"
-                         for k, v in rec.items() if k != "action")
+        fields = "".join(f"<{k.upper()}/>" if v == "" and rng.random() < 0.5
+                         else f"<{k.upper()}>{escape(v)}</{k.upper()}>" for k, v in rec.items() if k != "action")
         parts.append(f"  <RECORD{action}>{fields}</RECORD>\n")
     parts.append("</dataroot>\n")
     return "".join(parts).encode(encoding)

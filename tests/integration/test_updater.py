@@ -1,4 +1,6 @@
-"""The Updater on the real cluster: the sequential oracle, 1,000,000 mixed records, a killed worker."""
+"""The Updater on the real cluster: the sequential oracle, 1,000,000 mixed records, a killed worker;
+records that leave fields unset (XML elements left out, empty cells with empty_on_update: keep), for
+the Updater and the upsert importer, against the oracle that sets each record's set fields only."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from typing import Any
+from xml.sax.saxutils import escape, quoteattr
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,9 +31,11 @@ BIRTH = date(2000, 1, 1)
 FILE_NO = itertools.count()
 
 
-def _configure(sshd: Any, tmp_path: Any, *, chunk_bytes: int, upsert: bool) -> None:
-    module = {"id": "upd-ops", "kind": "updater", "chunk_bytes": chunk_bytes,
-              "update_missing": "insert" if upsert else "fail", "source": {"path": "upd/ops_*.csv"}}
+def _configure(sshd: Any, tmp_path: Any, *, chunk_bytes: int, upsert: bool, module_id: str = "upd-ops",
+               source: dict[str, Any] | None = None, **options: Any) -> None:
+    module = {"id": module_id, "kind": "updater", "chunk_bytes": chunk_bytes,
+              "update_missing": "insert" if upsert else "fail", "source": source or {"path": "upd/ops_*.csv"},
+              **options}
     apply(config(TENANT, sshd, [module], fields=FIELDS), tmp_path)
 
 
@@ -47,12 +52,27 @@ def _as_table(rows: dict[str, Row]) -> dict[str, tuple[Any, ...]]:
     return {k: (r["first_name"], r["points"], r["birth_date"]) for k, r in rows.items()}
 
 
-def _csv(records: list[list[str]]) -> bytes:
+def _csv(records: list[list[str | None]], columns: list[str] = COLUMNS) -> bytes:
+    """The records as CSV (a field left out, None, is an empty cell)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(columns)
     writer.writerows(records)
     return buf.getvalue().encode()
+
+
+def _xml(records: list[list[str | None]], rng: random.Random, *, operation: bool = True) -> bytes:
+    """The records in the clients' layout: the operation as an attribute, a field left out where None,
+    an empty value as <X/> or <X></X>."""
+    parts = ["<?xml version='1.0' encoding='UTF-8'?>\n<dataroot>\n"]
+    for op, *values in records:
+        fields = "".join("" if v is None else f"<{c.upper()}/>" if v == "" and rng.random() < 0.5
+                         else f"<{c.upper()}>{escape(v)}</{c.upper()}>"
+                         for c, v in zip(COLUMNS[1:], values, strict=True))
+        parts.append(f"<RECORD OPERATION={quoteattr(op or '')}>{fields}</RECORD>\n" if operation
+                     else f"<RECORD>{fields}</RECORD>\n")
+    parts.append("</dataroot>\n")
+    return "".join(parts).encode()
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -84,6 +104,130 @@ def test_updater_matches_the_sequential_oracle(cluster_env, sshd, workers, tmp_p
     assert failures(result["id"]) == sorted(expected.failures)
     assert {c: result[c] for c in COUNTERS} == expected.counters
     assert result["rows_read"] == n_records
+
+
+def _initial(rng: random.Random, n_keys: int) -> dict[str, Row]:
+    """Half the keys, each with all three fields."""
+    return {f"k{k}@x.it": {"first_name": "Init", "points": k, "birth_date": BIRTH}
+            for k in rng.sample(range(n_keys), n_keys // 2)}
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32), n_records=st.integers(200, 1500), n_keys=st.integers(20, 1000),
+       chunks=st.integers(2, 6), upsert=st.booleans())
+def test_an_xml_updater_sets_only_the_fields_each_record_carries(cluster_env, sshd, workers, tmp_path, seed,
+                                                                 n_records, n_keys, chunks, upsert):
+    # Given: random I/U/D records as XML, about 15% of their FIRST_NAME and POINTS elements left out
+    # and as many empty (<X/> or <X></X>), over a table holding half the keys, in several chunks
+    rng = random.Random(seed)
+    records = random_records(rng, n_records, n_keys, bad_ratio=0.05, left_out=0.15)
+    initial = _initial(rng, n_keys)
+    data = _xml(records, rng)
+    _configure(sshd, tmp_path, chunk_bytes=max(1, len(data) // chunks), upsert=upsert, module_id="upd-xml",
+               source={"path": "upd/xml_*.xml", "format": "xml"})
+    _seed(initial)
+    sshd.put(f"upd/xml_{next(FILE_NO)}.xml", data)
+    if not workers.procs:
+        workers.start(2)
+
+    # When: the Updater applies them
+    result = run("upd-xml")
+
+    # Then: the table, failures and counters of applying them one by one, each setting the fields it
+    # carries only (an element left out is untouched by a U, empty after an I; an empty one is NULL)
+    expected = apply_sequentially(initial, records, upsert=upsert, unset="absent")
+    assert result["status"] in ("completed", "completed_with_errors"), result["error_message"]
+    assert result["n_chunks"] >= chunks
+    assert table(TENANT) == _as_table(expected.table)
+    assert failures(result["id"]) == sorted(expected.failures)
+    assert {c: result[c] for c in COUNTERS} == expected.counters
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32), n_records=st.integers(200, 1500), n_keys=st.integers(20, 1000),
+       chunks=st.integers(2, 6), upsert=st.booleans(), keep=st.booleans())
+def test_a_csv_updater_keeps_or_empties_a_field_on_an_empty_cell(cluster_env, sshd, workers, tmp_path, seed,
+                                                                n_records, n_keys, chunks, upsert, keep):
+    # Given: random I/U/D records as CSV, about 30% of their first_name and points cells empty,
+    # over a table holding half the keys, and empty_on_update keep or null
+    rng = random.Random(seed)
+    records = random_records(rng, n_records, n_keys, bad_ratio=0.05, left_out=0.15)
+    initial = _initial(rng, n_keys)
+    data = _csv(records)
+    _configure(sshd, tmp_path, chunk_bytes=max(1, len(data) // chunks), upsert=upsert, module_id="upd-keep",
+               source={"path": "upd/keep_*.csv"}, empty_on_update="keep" if keep else "null")
+    _seed(initial)
+    sshd.put(f"upd/keep_{next(FILE_NO)}.csv", data)
+    if not workers.procs:
+        workers.start(2)
+
+    # When: the Updater applies them
+    result = run("upd-keep")
+
+    # Then: the oracle's table, failures and counters: with keep a U leaves a field with an empty cell
+    # as it is (an I leaves it empty); with null the cell sets NULL
+    expected = apply_sequentially(initial, records, upsert=upsert, unset="empty" if keep else None)
+    assert result["status"] in ("completed", "completed_with_errors"), result["error_message"]
+    assert result["n_chunks"] >= chunks
+    assert table(TENANT) == _as_table(expected.table)
+    assert failures(result["id"]) == sorted(expected.failures)
+    assert {c: result[c] for c in COUNTERS} == expected.counters
+
+
+@pytest.mark.parametrize("source", ["csv", "xml"])
+def test_an_upsert_importer_sets_only_the_fields_each_record_carries(cluster_env, sshd, workers, tmp_path,
+                                                                     source):
+    # Given: 800 records over 300 keys (repeats), about 15% of first names and points left out and as
+    # many empty, as CSV (empty_on_update: keep) or XML; a table holding half the keys; ~5 chunks
+    rng = random.Random(21 if source == "csv" else 22)
+    records = [["U", *r[1:]] for r in random_records(rng, 800, 300, bad_ratio=0.05, left_out=0.15)]
+    initial = _initial(rng, 300)
+    data = _csv([r[1:] for r in records], COLUMNS[1:]) if source == "csv" else _xml(records, rng, operation=False)
+    module = {"id": f"upd-upsert-{source}", "mode": "upsert", "chunk_bytes": len(data) // 5,
+              "source": {"path": f"upd/upsert_*.{source}", "format": source},
+              **({"empty_on_update": "keep"} if source == "csv" else {})}
+    apply(config(TENANT, sshd, [module], fields=FIELDS), tmp_path)
+    _seed(initial)
+    sshd.put(f"upd/upsert_{next(FILE_NO)}.{source}", data)
+    workers.start(2)
+
+    # When: the importer upserts them
+    result = run(module["id"])
+
+    # Then: the table of applying each record in order as a U that inserts a missing key and sets the
+    # fields it carries only; the same failed rows; each record counted once
+    expected = apply_sequentially(initial, records, upsert=True, unset="empty" if source == "csv" else "absent")
+    assert result["status"] == "completed_with_errors", result["error_message"]
+    assert result["n_chunks"] >= 5
+    assert table(TENANT) == _as_table(expected.table)
+    assert failures(result["id"]) == sorted(expected.failures)
+    assert (result["inserted"], result["updated"]) == (expected.counters["inserted"], expected.counters["updated"])
+    assert result["not_inserted"] + result["not_updated"] == expected.counters["not_updated"]
+    assert "REQUIRED_FIELD_MISSING" in {code for _, code in expected.failures}
+
+
+def test_a_field_left_out_needs_no_value_where_the_client_made_it_not_null(cluster_env, sshd, workers,
+                                                                           tmp_path):
+    # Given: a and b with points, a column the client made NOT NULL; an XML file updating a's first
+    # name only (POINTS left out) and both of b's fields, b twice (the single statement and the replay)
+    tenant = "updnn"
+    module = {"id": "updnn-xml", "kind": "updater", "source": {"path": "updnn/in.xml", "format": "xml"}}
+    apply(config(tenant, sshd, [module], fields=FIELDS), tmp_path)
+    with db.transaction() as conn:
+        conn.execute(f'INSERT INTO "tenant_{tenant}".contacts (email, first_name, points)'  # noqa: S608
+                     " VALUES ('a@x.it', 'A', 1), ('b@x.it', 'B', 2)")
+        conn.execute(f'ALTER TABLE "tenant_{tenant}".contacts ALTER COLUMN points SET NOT NULL')
+    sshd.put("updnn/in.xml", b'<dataroot><RECORD OPERATION="U"><EMAIL>a@x.it</EMAIL><FIRST_NAME>A2</FIRST_NAME>'
+                             b'</RECORD><RECORD OPERATION="U"><EMAIL>b@x.it</EMAIL><POINTS>5</POINTS></RECORD>'
+                             b'<RECORD OPERATION="U"><EMAIL>b@x.it</EMAIL><FIRST_NAME>B2</FIRST_NAME></RECORD>'
+                             b'</dataroot>')
+    workers.start(1)
+    # When: it runs
+    result = run("updnn-xml")
+    # Then: each record updated what it carries; the points left out kept their value
+    assert result["status"] == "completed", result["error_message"]
+    assert table(tenant) == {"a@x.it": ("A2", 1, None), "b@x.it": ("B2", 5, None)}
+    assert result["updated"] == 3
 
 
 def test_a_worker_killed_mid_chunk_leaves_the_table_exact(cluster_env, sshd, workers, tmp_path):

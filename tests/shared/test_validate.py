@@ -15,7 +15,15 @@ from dx.shared.config import DatabaseCfg
 from dx.shared.errors import ErrorCode
 from dx.shared.formats.csv import ROW
 from dx.shared.textbytes import TextBytes
-from dx.shared.validate import FAILED_SCHEMA, KEY, Validated, map_columns, missing_required, validate
+from dx.shared.validate import (
+    FAILED_SCHEMA,
+    KEY,
+    Validated,
+    map_columns,
+    missing_required,
+    sets_column,
+    validate,
+)
 
 
 def chunk(columns: list[str], *records: list[str], rows: list[int] | None = None) -> pl.DataFrame:
@@ -337,3 +345,51 @@ def test_columns_read_without_a_trim_validate_as_trimmed_ones(make_database, rec
         trimmed = validate(frame, db, columns, keep_blank_text=blank_text)
     assert fast.good.equals(trimmed.good)
     assert fast.failed.equals(trimmed.failed)
+
+
+# --- fields a record leaves unset ----------------------------------------------------------------------------
+
+UNSET_COLUMNS = ["op", "id", "name", "n"]
+
+
+def _updates(make_database, unset: str | None, *records: list[str | None], blank_text: bool = False) -> Validated:
+    db = make_database({"id": "text", "name": {"type": "text", "required": True}, "n": "int"})
+    return validate(chunk(UNSET_COLUMNS, *records), db, UNSET_COLUMNS, dedupe=None, operation_column="op",
+                    unset=unset, keep_blank_text=blank_text)  # type: ignore[arg-type]
+
+
+def test_an_absent_field_is_unset_and_an_empty_one_set_to_null(make_database):
+    # Given: updates leaving name or n out (None, an XML element not there) or empty ("", <X/>), and
+    # an insert leaving name out
+    v = _updates(make_database, "absent", ["U", "a", None, "1"], ["U", "b", "B", None], ["U", "c", "C", ""],
+                 ["U", "d", "", "4"], ["I", "e", None, "5"], ["D", "f", None, None])
+    # When: validated / Then: a required field left out passes an update and fails an insert, an empty
+    # one fails either; each record says which fields it sets, an empty n being set (to null)
+    assert failures(v) == [(4, "REQUIRED_FIELD_MISSING", "name: required, but empty"),
+                           (5, "REQUIRED_FIELD_MISSING", "name: required, but empty")]
+    assert v.good.select(ROW, "name", "n", sets_column("name"), sets_column("n")).rows() == [
+        (1, None, 1, False, True), (2, "B", None, True, False), (3, "C", None, True, True),
+        (6, None, None, False, False)]
+
+
+def test_with_keep_an_empty_value_is_unset_too_but_not_a_quoted_empty_text(make_database):
+    # Given: updates with empty and blank values, and (nulls: unquoted) a text "" that is no empty cell
+    v = _updates(make_database, "empty", ["U", "a", "  ", ""], ["U", "b", None, " 2 "], ["U", "c", "C", "3"])
+    text = _updates(make_database, "empty", ["U", "a", "", None], blank_text=True)
+    # When: validated / Then: empty and blank values are unset like absent ones; a kept "" sets the text
+    assert failures(v) == []
+    assert v.good.select(ROW, "n", sets_column("name"), sets_column("n")).rows() == [
+        (1, None, False, False), (2, 2, False, True), (3, 3, True, True)]
+    assert text.good.select("name", sets_column("n")).rows() == [("", False)]
+    assert sets_column("name") not in text.good.columns
+
+
+def test_without_unset_or_with_every_field_given_no_record_says_what_it_sets(make_database):
+    # Given: records that give every field, and records validated without unset
+    given = _updates(make_database, "absent", ["U", "a", "A", "1"], ["I", "b", "B", ""])
+    plain = _updates(make_database, None, ["U", "a", "", "1"])
+    # When: validated / Then: no column says which fields are set (each record sets all), and without
+    # unset an empty required field fails an update as before
+    assert given.good.columns == [ROW, KEY, "__op", "id", "name", "n"]
+    assert plain.good.columns == [ROW, KEY, "__op", "id", "name", "n"]
+    assert failures(plain) == [(1, "REQUIRED_FIELD_MISSING", "name: required, but empty")]

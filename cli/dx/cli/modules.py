@@ -19,13 +19,15 @@ def cmd_modules(args: argparse.Namespace) -> int:
     with db.connect() as conn:
         rows = module_rows(conn)
     now = Clock.from_settings().now()
-    out(f"{'module':<28} {'tenant':<12} {'kind':<9} {'mode':<9} {'state':<7} {'next fire':<26} last run")
+    out(f"{'module':<28} {'tenant':<12} {'kind':<9} {'mode':<9} {'state':<8} {'next fire':<26} last run")
     for r in rows:
         last = f"{r['last_run']} {r['last_status']}" if r["last_run"] else "-"
-        fire = next_fire(r["config"], now)
+        fire = next_fire(r["config"], now, r["tenant_timezone"])
         nxt = "-" if fire is None else fire.isoformat(timespec="minutes")
+        # a disabled tenant's modules run in no way, which says more than their pause
+        state = "disabled" if not r["tenant_enabled"] else "paused" if r["paused"] else "active"
         out(f"{r['id']:<28} {r['tenant']:<12} {r['kind']:<9} {r['mode'] or '-':<9} "
-            f"{'paused' if r['paused'] else 'active':<7} {nxt:<26} {last}")
+            f"{state:<8} {nxt:<26} {last}")
     return EXIT_OK
 
 
@@ -47,10 +49,13 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     schedule = schedule_of(state["config"])
     if schedule is None:
         return usage_error(f"module {args.module} has no schedule (it runs on demand only)")
-    compiled = schedule.compile()
+    compiled = schedule.compile(state["tenant_timezone"])
     if start.tzinfo is None:  # a time without offset is read in the module's time zone
         start = start.replace(tzinfo=compiled.tz)
-    if state["paused"]:
+    if not state["tenant_enabled"]:
+        print(f"dx: {args.module}'s tenant is disabled; these are the times it would fire once enabled",
+              file=sys.stderr)
+    elif state["paused"]:
         print(f"dx: {args.module} is paused; these are the times it would fire once resumed", file=sys.stderr)
     for instant in compiled.next_fires(start, args.next):
         out(instant.isoformat())

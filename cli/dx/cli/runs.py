@@ -23,8 +23,10 @@ from dx.shared.runs import (
     Trigger,
     chunks_done,
     error_counts,
+    file_source,
     get_run,
     list_runs,
+    next_run,
 )
 from dx.shared.settings import get_settings
 
@@ -32,6 +34,8 @@ from dx.shared.settings import get_settings
 POLL_S = 0.2
 #: Width of the progress bar, in characters.
 BAR_WIDTH = 30
+#: Seconds to wait, after a run of a file source ended, for what follows its end (a rejected file, a next run).
+FOLLOW_S = 30.0
 
 
 class Progress:
@@ -86,7 +90,8 @@ def exit_code(run: Run) -> int:
 
 
 def run_module(module: str, *, wait: bool, requested_by: str | None, timeout_s: float | None = None) -> int:
-    """Request a run; with the embedded broker the work happens in this process."""
+    """Request a run; with the embedded broker the work happens in this process. With ``files: all``
+    the runs its end makes for the next pending files are followed too: the worst outcome decides."""
     from dx.cli.roles import embedded_worker
     from dx.scheduler.requests import request_run
 
@@ -97,13 +102,40 @@ def run_module(module: str, *, wait: bool, requested_by: str | None, timeout_s: 
         if not wait and worker is None:
             out(f"run {run_id} queued; follow it with: dx show {run_id}")
             return EXIT_OK
-        run = wait_for(run_id, timeout_s)
-    print_run(run, brief=True)
-    return exit_code(run)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        codes = []
+        following: int | None = run_id
+        while following is not None:  # files: all: each run's end may make the next file's run
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            run, following = reported(wait_for(following, left))
+            print_run(run, brief=True)
+            codes.append(exit_code(run))
+    return max(codes)
+
+
+def reported(run: Run) -> tuple[Run, int | None]:
+    """An ended run of a file source once what follows its end is done (its e-mail is sent last): its
+    file rejected, which its message says, and with ``files: all`` the next file's run, returned too.
+    The run as it ended if that takes longer than FOLLOW_S."""
+    source = file_source(run)
+    if source is None:
+        return run, None
+    deadline = time.monotonic() + FOLLOW_S
+    with db.connect(autocommit=True) as conn:
+        while True:
+            ended = get_run(conn, run["id"])
+            assert ended is not None
+            if ended["email_sent_at"] is not None:
+                return ended, next_run(conn, run["id"]) if source.get("files") == "all" else None
+            if time.monotonic() > deadline:
+                print(f"dx: run {run['id']} has not sent its e-mail yet; later runs of {run['module']}: "
+                      f"dx runs --module {run['module']}", file=sys.stderr)
+                return ended, None
+            time.sleep(POLL_S)
 
 
 def print_run(run: Run, brief: bool = False) -> None:
-    """A run's status, counters and error counts (with its trigger and source unless ``brief``)."""
+    """A run's status, warnings, counters and error counts (with its trigger and source unless ``brief``)."""
     with db.connect() as conn:
         errors = error_counts(conn, run["id"])
     duration = ""
@@ -112,6 +144,8 @@ def print_run(run: Run, brief: bool = False) -> None:
     out(f"run {run['id']} of {run['module']} (tenant {run['tenant']}): {run['status']}{duration}")
     if run["error_code"] or run["error_message"]:
         out(f"  {run['error_code'] or 'note'}: {run['error_message']}")
+    for w in run["warnings"]:
+        out(f"  warning {w['code']}: {w['message']}")
     if not brief:
         out(f"  trigger {run['trigger']}" + (f" by {run['requested_by']}" if run["requested_by"] else "")
             + f", source {run['source_path'] or '-'}, chunks {run['n_chunks'] if run['n_chunks'] is not None else '-'}")

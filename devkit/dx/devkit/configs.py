@@ -14,6 +14,6 @@ class _Plain(yaml.SafeDumper):
         return True
 
 
-def dump(doc: dict[str, Any]) -> str:
-    """The document as YAML for `dx apply`, keys in the order given."""
-    return yaml.dump(doc, Dumper=_Plain, sort_keys=False, allow_unicode=True)
+def dump(doc: dict[str, Any], *, sort_keys: bool = False) -> str:
+    """The document as YAML for `dx apply`, keys in the order given (or sorted)."""
+    return yaml.dump(doc, Dumper=_Plain, sort_keys=sort_keys, allow_unicode=True)

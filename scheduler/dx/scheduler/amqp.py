@@ -2,11 +2,11 @@
 
 A message ``{"tenant": "acme", "module": "acme-nightly-import",
 "requested_by": "crm"}`` becomes a run exactly as ``dx run`` makes one
-(``request_run``, trigger ``amqp``). A malformed body, an unknown module or a
-tenant that does not own the module is logged with its reason and
-dead-lettered: republished (publisher confirms) to the durable queue
-``dx.requests.dead`` with headers ``x-dx-error-code`` and ``x-dx-reason``,
-then acknowledged. The queues carry no arguments, so any client may declare
+(``request_run``, trigger ``amqp``). A malformed body, an unknown module, a
+tenant that does not own the module or a module of a disabled tenant is
+logged with its reason and dead-lettered: republished (publisher confirms)
+to the durable queue ``dx.requests.dead`` with headers ``x-dx-error-code``
+and ``x-dx-reason``, then acknowledged. The queues carry no arguments, so any client may declare
 them as plain durable queues. A database that is down requeues the message;
 nothing crashes the consumer, which reconnects after a broker restart.
 Delivery is at least once: a consumer dying between the run's commit and the
@@ -26,7 +26,7 @@ import pika
 import pika.exceptions
 import structlog
 
-from dx.scheduler.requests import UnknownModule, request_run
+from dx.scheduler.requests import TenantDisabled, UnknownModule, request_run
 from dx.shared.errors import ErrorCode, RetriableError
 from dx.shared.runs import Trigger
 
@@ -83,6 +83,8 @@ def handle(body: bytes, message_id: str | None = None) -> int:
         return request_run(req.module, Trigger.AMQP, req.requested_by, tenant=req.tenant, request_id=message_id)
     except UnknownModule as exc:
         raise Rejected(ErrorCode.UNKNOWN_MODULE, str(exc)) from None
+    except TenantDisabled as exc:
+        raise Rejected(exc.code, exc.message) from None
 
 
 class RequestConsumer(threading.Thread):

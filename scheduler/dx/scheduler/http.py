@@ -44,8 +44,8 @@ from dx.scheduler.http_models import (
     ScheduleOut,
 )
 from dx.scheduler.limits import BodyLimit
-from dx.scheduler.requests import UnknownModule, module_tenant, request_run
-from dx.scheduler.schedule import next_fire, set_paused, upcoming
+from dx.scheduler.requests import TenantDisabled, UnknownModule, module_tenant, request_run
+from dx.scheduler.schedule import next_fire, schedule_of, set_paused, upcoming
 from dx.scheduler.tokens import Principal, authenticate
 from dx.shared import db
 from dx.shared.catalog import module_rows
@@ -134,7 +134,7 @@ def _module_out(row: dict[str, Any], now: datetime, detail: bool = False) -> Mod
         "id": row["last_run"], "status": row["last_status"], "finished_at": row["last_finished"]}
     doc = {"id": row["id"], "kind": row["kind"], "mode": row["mode"], "database": row["database"],
            "paused": row["paused"], "schedule": row["config"].get("schedule"),
-           "next_fire": next_fire(row["config"], now), "last_run": last}
+           "next_fire": next_fire(row["config"], now, row["tenant_timezone"]), "last_run": last}
     return ModuleDetail(**doc, config=row["config"]) if detail else ModuleOut(**doc)
 
 
@@ -174,12 +174,15 @@ def get_schedule(module_id: ModuleId, conn: Connection, who: Tenant,
                  ) -> ScheduleOut:
     row = _own_module(conn, who, module_id)
     start = from_ or Clock.from_settings().now()
+    schedule = schedule_of(row["config"])
     return ScheduleOut(module=module_id, paused=row["paused"], schedule=row["config"].get("schedule"),
-                       fires=upcoming(row["config"], start, next))
+                       timezone=None if schedule is None else schedule.zone(row["tenant_timezone"]),
+                       fires=upcoming(row["config"], start, next, row["tenant_timezone"]))
 
 
 @api.post("/modules/{module_id}/runs", status_code=202, response_model=RunOut, summary="run the module now",
-          responses={409: {"model": ErrorOut, "description": "request_id already used for another module"}})
+          responses={409: {"model": ErrorOut, "description": "request_id already used for another module, "
+                                                             "or the tenant's DataExchange is disabled"}})
 def run_now(module_id: ModuleId, response: Response, conn: Connection, who: Tenant,
             body: RunNowIn | None = None) -> RunOut:
     body = body or RunNowIn()
@@ -188,6 +191,8 @@ def run_now(module_id: ModuleId, response: Response, conn: Connection, who: Tena
                              tenant=who.tenant, request_id=body.request_id)
     except UnknownModule:
         raise _not_found("module", module_id) from None
+    except TenantDisabled as exc:
+        raise ApiError(409, exc.code, exc.message) from None
     run = _own_run(conn, who, run_id)
     if run["module"] != module_id:
         raise ApiError(409, ErrorCode.REQUEST_ID_REUSED,

@@ -59,6 +59,8 @@ class ScheduleOut(BaseModel):
     module: str
     paused: bool
     schedule: dict[str, Any] | None
+    timezone: str | None = Field(description="the zone of the fire times: the schedule's, else the tenant's, "
+                                             "else UTC; null without a schedule")
     fires: list[datetime]
 
 
@@ -72,8 +74,15 @@ class RunNowIn(BaseModel):
                                      description="who asked; default: token:<token name>")
 
 
+class RunWarning(BaseModel):
+    """What a run did not do as the client may have meant, while it went on (e.g. UNKNOWN_COLUMN)."""
+
+    code: str = Field(description="a code of docs/error-codes.md")
+    message: str
+
+
 class RunOut(BaseModel):
-    """A run: status, counters, timings."""
+    """A run: status, warnings, counters, timings."""
 
     id: int
     module: str
@@ -83,6 +92,8 @@ class RunOut(BaseModel):
     status: RunStatus
     error_code: str | None
     error_message: str | None
+    warnings: list[RunWarning] = Field(description="what the run did not do as meant while it went on; "
+                                                   "[] when nothing")
     source_path: str | None
     n_chunks: int | None
     rows_read: int

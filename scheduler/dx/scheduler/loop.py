@@ -6,10 +6,11 @@ clock) does the work, so replicas do not race. Exactly-once does not rest on
 the lease: each fire inserts its claim row (UNIQUE (module, due_at)) in the
 same transaction as its run and outbox row, so a stale leader that still
 ticks can only find the claim taken. A crash after that commit leaves the
-outbox row, which the leader's sweeper sends (dx.scheduler.requests).
+outbox row, which the leader's sweeper sends (dx.shared.outbox).
 
-Per tick, the leader: moves the cursor of paused modules to now (paused
-periods are never back-filled), fires what is due for active ones (misfire
+Per tick, the leader: moves the cursor of paused modules, and of a disabled
+tenant's, to now (such periods are never back-filled), fires what is due for
+active ones (a schedule without a time zone in its tenant's; misfire
 grace and coalescing: dx.scheduler.schedule.due), sends ready outbox rows
 (overlap ``queue`` runs wait there for their predecessor), and every few
 seconds pauses modules whose last ``max_failures`` ended runs all failed.
@@ -121,13 +122,15 @@ class Scheduler:
         if not self._acquire(conn):
             return
         now = self.clock.now()
-        # Paused modules: their due times pass unfired and are not back-filled on resume.
-        conn.execute("UPDATE dx.schedule_state s SET cursor_at = %s FROM dx.modules m"
-                     " WHERE m.id = s.module AND m.paused AND s.cursor_at < %s", (now, now))
+        # Paused modules, and a disabled tenant's: their due times pass unfired and are not back-filled.
+        conn.execute("UPDATE dx.schedule_state s SET cursor_at = %s FROM dx.modules m JOIN dx.tenants t"
+                     " ON t.id = m.tenant WHERE m.id = s.module AND (m.paused OR NOT t.enabled)"
+                     " AND s.cursor_at < %s", (now, now))
         rows = conn.execute(
-            "SELECT m.id, m.tenant, m.config, s.cursor_at FROM dx.modules m"
-            " LEFT JOIN dx.schedule_state s ON s.module = m.id"
-            " WHERE NOT m.paused AND jsonb_typeof(m.config->'schedule') = 'object' ORDER BY m.id").fetchall()
+            "SELECT m.id, m.tenant, m.config, s.cursor_at, t.timezone AS tenant_timezone FROM dx.modules m"
+            " JOIN dx.tenants t ON t.id = m.tenant LEFT JOIN dx.schedule_state s ON s.module = m.id"
+            " WHERE NOT m.paused AND t.enabled AND jsonb_typeof(m.config->'schedule') = 'object'"
+            " ORDER BY m.id").fetchall()
         for row in rows:
             self._module_tick(conn, row, now)
         dispatch()
@@ -135,17 +138,19 @@ class Scheduler:
             self._failures_checked = time.monotonic()
             self.auto_pause()
 
-    def _schedule(self, module: str, text: str, config: dict[str, Any]) -> tuple[ScheduleCfg, Schedule]:
+    def _schedule(self, module: str, text: str, config: dict[str, Any],
+                  tenant_timezone: str | None) -> tuple[ScheduleCfg, Schedule]:
         cached = self._compiled.get(module)
         if cached is None or cached[0] != text:
             cfg = schedule_of(config)
             assert cfg is not None
-            cached = self._compiled[module] = (text, cfg, cfg.compile())
+            cached = self._compiled[module] = (text, cfg, cfg.compile(tenant_timezone))
         return cached[1], cached[2]
 
     def _module_tick(self, conn: db.Conn, row: dict[str, Any], now: datetime) -> None:
         module, cursor = row["id"], row["cursor_at"]
-        text = json.dumps(row["config"]["schedule"], sort_keys=True)
+        # the tenant's time zone is part of it: a schedule without one follows a change of the tenant's
+        text = json.dumps([row["config"]["schedule"], row["tenant_timezone"]], sort_keys=True)
         if cursor is None:  # first sight: fire times from now on
             conn.execute("INSERT INTO dx.schedule_state (module, cursor_at) VALUES (%s, %s)"
                          " ON CONFLICT (module) DO NOTHING", (module, now))
@@ -153,7 +158,7 @@ class Scheduler:
         cached = self._next.get(module)
         if cached and cached[:2] == (text, cursor) and (cached[2] is None or cached[2] > now):
             return
-        cfg, compiled = self._schedule(module, text, row["config"])
+        cfg, compiled = self._schedule(module, text, row["config"], row["tenant_timezone"])
         decision = due(compiled, cfg.misfire_grace_s, cursor, now)
         if decision.fire is not None:
             self._fire(conn, row, cfg, decision.fire, decision.coalesced)
@@ -182,10 +187,11 @@ class Scheduler:
             active = conn.execute("SELECT id, status FROM dx.runs WHERE module = %s AND status = ANY(%s)"
                                   " ORDER BY id DESC LIMIT 1", (module, list(ACTIVE))).fetchone()
             if active is not None and cfg.overlap == "forbid":
+                zone = ZoneInfo(cfg.zone(row["tenant_timezone"]))
                 run_id, outcome = create_run(conn, tenant, module, Trigger.SCHEDULE, None, due_at), "skipped"
                 finish(conn, run_id, RunStatus.SKIPPED, error_code=ErrorCode.OVERLAP_FORBIDDEN.value,
                        error_message=f"run {active['id']} was still {active['status']} at the fire time "
-                                     f"{due_at.astimezone(ZoneInfo(cfg.timezone)).isoformat()} (overlap: forbid)")
+                                     f"{due_at.astimezone(zone).isoformat()} (overlap: forbid)")
             else:
                 after = active["id"] if active is not None and cfg.overlap == "queue" else None
                 run_id = create_queued_run(conn, tenant, module, Trigger.SCHEDULE, None, due_at=due_at,

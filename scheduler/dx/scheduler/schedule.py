@@ -62,20 +62,22 @@ def set_paused(conn: Conn, module: str, paused: bool, now: datetime) -> bool:
     return True
 
 
-def next_fire(config: dict[str, Any], now: datetime) -> datetime | None:
-    """The module's next fire time after ``now``, in its time zone (None: no schedule or ended)."""
+def next_fire(config: dict[str, Any], now: datetime, tenant_timezone: str | None = None) -> datetime | None:
+    """The module's next fire time after ``now``, in its time zone (None: no schedule or ended); a schedule
+    without a time zone is read in ``tenant_timezone`` (its tenant's, ``dx.tenants.timezone``), else UTC."""
     schedule = schedule_of(config)
     if schedule is None:
         return None
-    return next(schedule.compile().fires(now), None)
+    return next(schedule.compile(tenant_timezone).fires(now), None)
 
 
-def upcoming(config: dict[str, Any], start: datetime, n: int) -> list[datetime]:
-    """The module's next ``n`` fire times after ``start`` (a naive ``start`` is read in its time zone)."""
+def upcoming(config: dict[str, Any], start: datetime, n: int, tenant_timezone: str | None = None) -> list[datetime]:
+    """The module's next ``n`` fire times after ``start`` (a naive ``start`` is read in its time zone: the
+    schedule's, else ``tenant_timezone``, else UTC)."""
     schedule = schedule_of(config)
     if schedule is None:
         return []
-    compiled = schedule.compile()
+    compiled = schedule.compile(tenant_timezone)
     if start.tzinfo is None:
         start = start.replace(tzinfo=compiled.tz)
     return compiled.next_fires(start, n)

@@ -178,19 +178,25 @@ def _in_table_order(conn: Conn, tenant: str, table: str, fields: dict[str, Any])
 
 
 def module_rows(conn: Conn, tenant: str | None = None, module: str | None = None) -> list[dict[str, Any]]:
-    """Modules with their last run (all, or one tenant's, or one), for ``dx modules`` and the API."""
+    """Modules with their last run and their tenant's ``tenant_enabled`` and ``tenant_timezone`` (all, or one
+    tenant's, or one), for ``dx modules`` and the API."""
     return conn.execute(
         "SELECT m.id, m.tenant, m.kind, m.database, m.config->>'mode' AS mode, m.config, m.paused,"
+        " t.enabled AS tenant_enabled, t.timezone AS tenant_timezone,"
         " r.id AS last_run, r.status AS last_status, r.finished_at AS last_finished"
-        " FROM dx.modules m LEFT JOIN LATERAL (SELECT id, status, finished_at FROM dx.runs"
+        " FROM dx.modules m JOIN dx.tenants t ON t.id = m.tenant"
+        " LEFT JOIN LATERAL (SELECT id, status, finished_at FROM dx.runs"
         " WHERE module = m.id ORDER BY id DESC LIMIT 1) r ON true"
         " WHERE (%(tenant)s::text IS NULL OR m.tenant = %(tenant)s) AND (%(module)s::text IS NULL OR m.id = %(module)s)"
         " ORDER BY m.tenant, m.id", {"tenant": tenant, "module": module}).fetchall()
 
 
 def module_state(conn: Conn, module_id: str) -> dict[str, Any] | None:
-    """The module's stored ``config`` and its ``paused`` flag; None if there is no such module."""
-    return conn.execute("SELECT config, paused FROM dx.modules WHERE id = %s", (module_id,)).fetchone()
+    """The module's stored ``config``, its ``paused`` flag and its tenant's ``tenant_enabled`` and
+    ``tenant_timezone``; None if there is no such module."""
+    return conn.execute("SELECT m.config, m.paused, t.enabled AS tenant_enabled, t.timezone AS tenant_timezone"
+                        " FROM dx.modules m JOIN dx.tenants t ON t.id = m.tenant WHERE m.id = %s",
+                        (module_id,)).fetchone()
 
 
 def tenant_exists(conn: Conn, tenant: str) -> bool:

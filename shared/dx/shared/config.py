@@ -375,7 +375,8 @@ class ScheduleCfg(Strict):
     times: list[Annotated[str, AfterValidator(_time_of_day)]] | None = None
     weekdays: list[Weekday] = []
     months: list[Annotated[int | str, AfterValidator(_month)]] = []
-    timezone: TimeZone = "UTC"
+    #: unset: the tenant's timezone (read when the schedule is compiled), else UTC.
+    timezone: TimeZone | None = None
     start: date | None = None
     end: date | None = None
     misfire_grace_s: float = Field(300.0, ge=0)
@@ -397,14 +398,18 @@ class ScheduleCfg(Strict):
             raise ValueError("this schedule never fires (no date matches its days and months)")
         return self
 
-    def compile(self) -> Schedule:
-        """The schedule as fire-time rules (dx.shared.cron)."""
+    def zone(self, tenant_timezone: str | None = None) -> str:
+        """The time zone its fire times are read in: its own, else its tenant's, else UTC."""
+        return self.timezone or tenant_timezone or "UTC"
+
+    def compile(self, tenant_timezone: str | None = None) -> Schedule:
+        """The schedule as fire-time rules (dx.shared.cron), in ``zone(tenant_timezone)``."""
         rules: tuple[Rule, ...]
         if self.cron is not None:
             rules = tuple(parse_cron(c) for c in self.cron)
         else:
             rules = (console_rule(self.times or [], self.weekdays, self.months),)
-        return Schedule(rules, ZoneInfo(self.timezone), self.start, self.end)
+        return Schedule(rules, ZoneInfo(self.zone(tenant_timezone)), self.start, self.end)
 
 
 class ModuleCfg(Strict):

@@ -43,7 +43,8 @@ class ErrorCode(StrEnum):
     SOURCE_NOT_FOUND = ("SOURCE_NOT_FOUND", Level.RUN,
                         "No source file matches the configured path or pattern.")
     SOURCE_NOT_READY = ("SOURCE_NOT_READY", Level.RUN,
-                        "The source file is still being written (its size or time changed while we looked).")
+                        "The source file is still being written (its size or time changed while we looked): "
+                        "the run is skipped, not failed, and the next run takes the file.")
     SOURCE_UNREADABLE = ("SOURCE_UNREADABLE", Level.RUN,
                          "The source file could not be read or decompressed.")
     SOURCE_UNDECODABLE = ("SOURCE_UNDECODABLE", Level.RUN,
@@ -52,9 +53,10 @@ class ErrorCode(StrEnum):
                      "The XML source declares entities or an external DTD: refused, never expanded nor fetched "
                      "(protection against entity bombs and external-entity reads).")
     SOURCE_QUERY_FAILED = ("SOURCE_QUERY_FAILED", Level.RUN,
-                           "The table or query of the client's PostgreSQL could not be read: bad SQL, a missing "
-                           "table, column or privilege, a write refused by the read-only transaction, or the "
-                           "statement timeout.")
+                           "The table or query of the client's database (PostgreSQL, MySQL, MariaDB) could not "
+                           "be read: bad SQL, a missing table, column or privilege, a write refused by the "
+                           "read-only transaction, the statement timeout, or (MySQL) a watermark column of "
+                           "another type than a number, date or time, or a row longer than max_allowed_packet.")
     MALFORMED_HEADER = ("MALFORMED_HEADER", Level.RUN,
                         "The header line is missing, empty or names a column twice (XML: the document holds "
                         "no element of the configured record_element).")
@@ -68,6 +70,16 @@ class ErrorCode(StrEnum):
                     "An overwrite found no valid record; the old content is kept (allow_empty: true permits it).")
     ERROR_RATIO_EXCEEDED = ("ERROR_RATIO_EXCEEDED", Level.RUN,
                             "More records were rejected than the module's max_error_ratio allows.")
+    CONSTRAINT_VIOLATED = ("CONSTRAINT_VIOLATED", Level.RUN,
+                           "An overwrite's new content breaks a rule the client added to the contact table (a "
+                           "CHECK, UNIQUE or NOT NULL constraint, a foreign key it holds, or another table's "
+                           "foreign key referencing it); the message names it. The table keeps its content and "
+                           "its objects.")
+    TABLE_OBJECT_NOT_KEPT = ("TABLE_OBJECT_NOT_KEPT", Level.RUN,
+                             "An overwrite could not keep an object of the contact table: a materialized view, a "
+                             "function or another table's column, policy or rule using it, or one the workers' "
+                             "role may not make again (a view owned by another role); the message names it. "
+                             "The table keeps its content and its objects.")
     CONNECTION_FAILED = ("CONNECTION_FAILED", Level.RUN,
                          "The client's server could not be reached.")
     AUTHENTICATION_FAILED = ("AUTHENTICATION_FAILED", Level.RUN,

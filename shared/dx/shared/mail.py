@@ -1,4 +1,4 @@
-"""The e-mail after each run: what ran, the outcome, counters, error codes.
+"""The e-mail after each run: what ran, the outcome, warnings, counters, error codes.
 
 Sent over SMTP when DX_SMTP_URL is set, else written as an .eml file under
 DX_HOME/outbox (the embedded default).
@@ -23,8 +23,11 @@ def compose(settings: Settings, run: Run, errors: list[dict[str, Any]],
             recipients: list[str]) -> EmailMessage:
     """The report e-mail of a finished run."""
     status = run["status"]
+    warnings = run.get("warnings") or []
+    # a run that went on despite something the client may not have meant says so at once
+    noted = f", {len(warnings)} warning{'s' if len(warnings) > 1 else ''}" if warnings else ""
     msg = EmailMessage()
-    msg["Subject"] = f"[DataExchange] {run['module']}: {status} (run {run['id']})"
+    msg["Subject"] = f"[DataExchange] {run['module']}: {status}{noted} (run {run['id']})"
     msg["From"] = settings.mail_from
     msg["To"] = ", ".join(recipients)
     duration = ""
@@ -34,11 +37,15 @@ def compose(settings: Settings, run: Run, errors: list[dict[str, Any]],
         f"Module:   {run['module']} (tenant {run['tenant']})",
         f"Run:      {run['id']}, triggered by {run['trigger']}" + (f" ({run['requested_by']})" if run.get("requested_by") else ""),
         f"Source:   {run.get('source_path') or '-'}",
-        f"Outcome:  {status}",
+        f"Outcome:  {status}" + (f"{noted} (see Warnings below)" if warnings else ""),
         f"Duration: {duration or '-'}",
     ]
     if run.get("error_code"):
         lines.append(f"Error:    {run['error_code']}: {run.get('error_message') or ''}")
+    if warnings:
+        lines += ["", "Warnings:"]
+        for w in warnings:
+            lines += [f"  {w['code']}: {w['message']}", f"    {MEANINGS.get(w['code'], '')}"]
     lines += ["", "Counters:"] + [f"  {name:<13} {run.get(name, 0):>12,}" for name in COUNTERS]
     if errors:
         lines += ["", "Failed operations by error code:", f"  {'code':<24} {'count':>10}  meaning"]

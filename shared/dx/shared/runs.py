@@ -25,6 +25,8 @@ FAILED_TABLE = sql.Identifier("dx", "failed_operations")
 #: Counters of a run, in the order reports show them.
 COUNTERS = ("rows_read", "inserted", "updated", "deleted", "not_inserted", "not_updated",
             "not_deleted", "rows_exported")
+#: The counters of what a run applied: 0 when it applied nothing (it failed and its work was discarded).
+APPLIED = ("inserted", "updated", "deleted")
 
 
 class RunStatus(StrEnum):
@@ -92,6 +94,10 @@ class Run(TypedDict):
     error_message: str | None
     #: what the run did not do as the client may have meant while it went on: [{code, message}]
     warnings: list[dict[str, str]]
+    #: where the run moved its file, which failed it (under the source's rejected_dir)
+    rejected_path: str | None
+    #: the run of a ``files: all`` module whose end made this one, for the next pending file
+    follows_run: int | None
 
 
 class Trigger(StrEnum):
@@ -225,6 +231,19 @@ def claim_chunk(conn: Conn, run_id: int, chunk_no: int, rows_read: int, actor: s
     return True
 
 
+def chunk_counters(conn: Conn, run: Run, malformed_counter: str) -> dict[str, int]:
+    """An import run's counters, summed over its chunks' results, with the lines its plan could not read
+    counted as read and in ``malformed_counter`` (their kind's: ``ImportKind.malformed_counter``)."""
+    sums = conn.execute(sql.SQL("SELECT {} FROM dx.chunk_results WHERE run_id = %s").format(sql.SQL(", ").join(
+        sql.SQL("coalesce(sum({c}), 0)::bigint AS {c}").format(c=sql.Identifier(c))
+        for c in COUNTERS if c != "rows_exported")), (run["id"],)).fetchone()
+    assert sums is not None
+    counters = {k: int(v) for k, v in sums.items()}
+    counters["rows_read"] += run["plan_failed"]
+    counters[malformed_counter] += run["plan_failed"]
+    return counters
+
+
 def error_counts(conn: Conn, run_id: int) -> list[dict[str, Any]]:
     """(error_code, count) of the run's failed operations, most frequent first."""
     return conn.execute(
@@ -250,6 +269,20 @@ def finish(conn: Conn, run_id: int, status: RunStatus, *, error_code: str | None
         return False
     conn.execute("SELECT pg_notify(%s, %s)", (ENDED_CHANNEL, str(run_id)))  # sent when the caller commits
     return True
+
+
+def file_source(run: Run) -> dict[str, Any] | None:
+    """The file source of the run's module as its snapshot has it; None if it reads no file. What
+    follows the end of such a run (its file rejected; with ``files: all`` the next file's run made:
+    ``next_run``) is done before its e-mail (``email_sent_at``)."""
+    source = ((run["definition"] or {}).get("module") or {}).get("source") or {}
+    return source if source.get("path") else None
+
+
+def next_run(conn: Conn, run_id: int) -> int | None:
+    """The run that the end of run ``run_id`` made for its module's next pending file, if any."""
+    row = conn.execute("SELECT id FROM dx.runs WHERE follows_run = %s", (run_id,)).fetchone()
+    return None if row is None else int(row["id"])
 
 
 def list_runs(conn: Conn, module: str | None, limit: int) -> list[Run]:

@@ -9,6 +9,7 @@ operations (row number, key, operation, code, message, the record as received).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import polars as pl
 
@@ -22,6 +23,11 @@ KEY = "__key"
 #: Column with each record's operation, upper-cased: I, U or D (the importer's are all I).
 OP = "__op"
 OPERATIONS = ["I", "U", "D"]
+#: Prefix of the columns of ``good`` telling whether each record sets a field (``validate``'s ``unset``).
+SETS = "__sets_"
+#: Which values leave a field as it is in an update: ``absent`` ones (the reader's null: an XML element a
+#: record leaves out), or ``empty`` ones too (``empty_on_update: keep``).
+Unset = Literal["absent", "empty"]
 TRUE_WORDS = ["true", "t", "yes", "y", "1", "on"]
 FALSE_WORDS = ["false", "f", "no", "n", "0", "off"]
 BOOL_WORDS = {**dict.fromkeys(TRUE_WORDS, True), **dict.fromkeys(FALSE_WORDS, False)}
@@ -49,9 +55,11 @@ class Validated:
     source: pl.DataFrame  # the chunk as received: ROW and the source columns
     source_columns: list[str]
 
-    def fail(self, rows: pl.DataFrame, code: ErrorCode, message: str) -> pl.DataFrame:
-        """Failed operations (FAILED_SCHEMA) for valid ``rows`` that the database turned down."""
-        return with_records(_failed(rows, pl.lit(code.value), pl.lit(message)), self.source, self.source_columns)
+    def fail(self, rows: pl.DataFrame, code: ErrorCode, message: str | pl.Expr) -> pl.DataFrame:
+        """Failed operations (FAILED_SCHEMA) for valid ``rows`` that the database turned down (``message``:
+        the same for each, or an expression over ``rows``)."""
+        text = pl.lit(message) if isinstance(message, str) else message
+        return with_records(_failed(rows, pl.lit(code.value), text), self.source, self.source_columns)
 
 
 def _failed(rows: pl.DataFrame, code: pl.Expr, message: pl.Expr) -> pl.DataFrame:
@@ -59,6 +67,11 @@ def _failed(rows: pl.DataFrame, code: pl.Expr, message: pl.Expr) -> pl.DataFrame
     operation = pl.col(OP) if OP in rows.columns else pl.lit("I")
     return rows.select(pl.col(ROW).alias("row_number"), pl.col(KEY).alias("key"), operation.alias("operation"),
                        code.alias("error_code"), message.alias("error_message"))
+
+
+def sets_column(name: str) -> str:
+    """The column of ``good`` telling whether each record sets field ``name`` (``validate``'s ``unset``)."""
+    return SETS + name
 
 
 def map_columns(source_columns: list[str], db: DatabaseCfg) -> dict[str, str]:
@@ -83,6 +96,14 @@ def missing_required(source_columns: list[str], db: DatabaseCfg, *, all_required
     if operation_field is not None and find_column(source_columns, operation_field) is None:
         missing.append(operation_field)
     return missing
+
+
+def unmapped_columns(source_columns: list[str], db: DatabaseCfg, *, also: tuple[str, ...] = ()) -> list[str]:
+    """Source columns, in source order, that map to no field (see ``map_columns``) nor to a name of
+    ``also`` (columns a run reads besides the fields: the operation, the watermark; matched alike)."""
+    taken = set(map_columns(source_columns, db).values())
+    taken.update(c for name in also if (c := find_column(source_columns, name)) is not None)
+    return [c for c in source_columns if c not in taken]
 
 
 def key_expr(column: str, field: FieldCfg, *, trimmed: bool = False) -> pl.Expr:
@@ -175,7 +196,7 @@ def _blank_as_null(col: str, *, trimmed: bool, empty: bool) -> pl.Expr:
 
 def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
              dedupe: str | None = "first", operation_column: str | None = None,
-             keep_blank_text: bool = False) -> Validated:
+             keep_blank_text: bool = False, unset: Unset | None = None) -> Validated:
     """Validate a chunk.
 
     ``dedupe``: 'first' or 'last' occurrence of a key counts, or None (keep all).
@@ -184,6 +205,10 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
     needs only its key.
     A blank cell is empty (null), except in a text field with ``keep_blank_text``:
     there the reader's null is the only empty, and ``""`` or spaces are kept as text.
+    ``unset``: an update (a U; an upsert's record) leaves a field as it is where its value is absent
+    (the reader's null) or, with ``empty``, empty too. ``good`` then has ``sets_column(name)`` for
+    each field that some record of the chunk leaves unset, and a required field left unset rejects an
+    I only (an upsert's record is checked when applied: a new key needs it).
     """
     mapping = map_columns(source_columns, db)
     # a column none of whose values needs a trim is read without one, and its only blank is empty: the
@@ -210,6 +235,11 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
         checks.append((~pl.col(OP).is_in(OPERATIONS), ErrorCode.BAD_OPERATION,
                        pl.format('"{}" is not an operation; use I (insert), U (update) or D (delete)',
                                  _quoted(pl.col(OP)))))
+    # per field, whether a record leaves it as it is (the key is always set)
+    unsets = {} if unset is None else {
+        name: pl.col(col).is_null() if unset == "absent" else raw[name].is_null()
+        for name, col in mapping.items() if name != pk}
+    inserts = pl.col(OP) == "I" if ops else pl.lit(False)
     typed = {}
     for name, f in db.fields.items():
         if name not in raw:
@@ -224,7 +254,10 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
         value = pl.col(_typed(name))  # parsed once, in the first pass
         applies = pl.lit(True) if name == pk else writes
         if f.required and name != pk:
-            checks.append((applies & raw[name].is_null(), ErrorCode.REQUIRED_FIELD_MISSING,
+            missing = raw[name].is_null()
+            if name in unsets:  # an update keeps what a record leaves unset; an insert would leave it empty
+                missing = missing & (~unsets[name] | inserts)
+            checks.append((applies & missing, ErrorCode.REQUIRED_FIELD_MISSING,
                            pl.lit(f"{name}: required, but empty")))
         if f.type != "text":
             fmt = f" (format {' or '.join(f.formats)})" if f.formats else ""
@@ -248,7 +281,10 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
     invalid = frame.select(pl.any_horizontal([c for c, _, _ in checks]).fill_null(False)).to_series()
     # the records to apply carry only what is applied (the source's text columns are not copied by the
     # filters), and a chunk without a failure or a duplicate is not filtered at all
-    good = frame.select(ROW, KEY, *([OP] if ops else []), *[pl.col(_typed(n)).alias(n) for n in typed])
+    some = frame.select(u.any().alias(n) for n, u in unsets.items()).row(0, named=True) if unsets else {}
+    left = [n for n, any_unset in some.items() if any_unset]
+    good = frame.select(ROW, KEY, *([OP] if ops else []), *[pl.col(_typed(n)).alias(n) for n in typed],
+                        *[(~unsets[n]).alias(sets_column(n)) for n in left])
     failed: list[pl.DataFrame] = []
     if invalid.any():
         good = good.filter(~invalid)

@@ -15,7 +15,7 @@ import structlog
 from dx.shared import db, mail
 from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode
-from dx.shared.runs import Run, RunStatus, definition, error_counts, finish, get_run
+from dx.shared.runs import APPLIED, Run, RunStatus, chunk_counters, definition, error_counts, finish, get_run
 from dx.shared.settings import get_settings
 from dx.workers import staging
 
@@ -25,30 +25,42 @@ log = structlog.get_logger(__name__)
 class Discards(Protocol):
     """What a run's kind throws away when the run fails."""
 
-    def discard(self, conn: Conn, run: Run, *, chunks: bool) -> None:
+    #: The counter of the lines its plan could not read.
+    malformed_counter: str
+
+    def discard(self, conn: Conn, run: Run, *, chunks: bool) -> bool:
         """In the failing transaction: drop what the run made for itself alone (an overwrite's shadow
         table); with ``chunks``, undo too what its committed chunks wrote where it stays (a streamed
-        append's rows)."""
+        append's rows). Whether nothing its chunks applied stays (an overwrite's: always)."""
 
 
 def fail_run(run_id: int, code: ErrorCode | None, message: str, *, status: RunStatus = RunStatus.FAILED,
-             kind: Discards | None = None, discard_chunks: bool = False) -> None:
+             kind: Discards | None = None, discard_chunks: bool = False, mail: bool = True) -> None:
     """End a run that has not ended yet, clean its leftovers and send the e-mail. ``kind``: what the
     run's kind discards (see ``Discards``). ``discard_chunks``: the chunks' results and failed
-    operations go too (a failed plan's: the run keeps none of its chunks' work)."""
+    operations go too (a failed plan's: the run keeps none of its chunks' work). An import's run
+    (``kind`` given) reports the counters of the chunks' results that stay, nothing inserted, updated
+    or deleted if their work was discarded. ``mail`` False: the caller sends the e-mail (``notify``), once
+    it has done what follows the end (an import's rejected file)."""
     with db.transaction() as conn:
         run = get_run(conn, run_id, for_update=True)  # waits for chunks in their transaction; later ones skip
         if run is None:
             return
         if not RunStatus(run["status"]).terminal:
-            if kind is not None:
-                kind.discard(conn, run, chunks=discard_chunks)
+            discarded = kind.discard(conn, run, chunks=discard_chunks) if kind is not None else False
             if discard_chunks:
                 conn.execute("DELETE FROM dx.failed_operations WHERE run_id = %s AND chunk_no >= 0", (run_id,))
                 conn.execute("DELETE FROM dx.chunk_results WHERE run_id = %s", (run_id,))
-            finish(conn, run_id, status, error_code=code.value if code else None, error_message=message)
+            counters = None
+            if kind is not None:  # the rejected records stay in the report: they stay counted
+                counters = chunk_counters(conn, run, kind.malformed_counter)
+                if discarded:
+                    counters.update(dict.fromkeys(APPLIED, 0))
+            finish(conn, run_id, status, error_code=code.value if code else None, error_message=message,
+                   counters=counters)
     staging.remove_run(run_id)
-    notify(run_id)
+    if mail:
+        notify(run_id)
 
 
 def notify(run_id: int) -> None:

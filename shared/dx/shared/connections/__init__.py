@@ -3,6 +3,10 @@
 ``open_remote(cfg)`` gives a ``Remote`` for a connection: ``local`` (a folder,
 the embedded default and tests) or ``sftp`` (paramiko, host key pinned).
 Every path is confined under the connection's ``root``.
+
+``open_database(cfg)`` gives a ``SourceDatabase`` for a client's database
+read as a source: ``postgres`` (psycopg) or ``mysql`` (MySQL and MariaDB,
+PyMySQL). Another engine implements that interface and is added there.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-from dx.shared.config import SECRET_PATTERN, ConnectionCfg
+from dx.shared.config import SECRET_PATTERN, ConnectionCfg, SourceCfg
 from dx.shared.errors import ErrorCode, RunError
 
 #: Bytes read from a local stream per write while uploading.
@@ -47,6 +51,52 @@ class Remote(Protocol):
         """Write each stream at its byte offset in ``path``, creating the file (and its folders) if it is
         missing and keeping the rest of what it holds; then, if ``size`` is given, cut it to that size.
         Several tasks may place disjoint ranges of one file at once. TARGET_WRITE_FAILED if it breaks off."""
+
+
+class SourceDatabase(Protocol):
+    """What an import needs of a client's database (one implementation per engine)."""
+
+    def copy_rows(self, src: SourceCfg, since: str | None, out: IO[bytes]) -> str | None:
+        """Write the table's or query's rows whose watermark is greater than ``since`` (all of them
+        without a watermark or ``since``) to ``out``, in watermark order, as UTF-8 CSV with a header
+        (NULL an unquoted empty cell, text quoted, numbers exact, dates and times ISO and in UTC);
+        return the highest watermark value among them as the server writes it (None without a
+        watermark or rows). Read in a read-only transaction, each statement within the source's
+        ``timeout_s``; SOURCE_QUERY_FAILED if the server refuses it, RetriableError if the
+        connection breaks."""
+
+    def close(self) -> None:
+        """Close the connection."""
+
+
+def describe_query(src: SourceCfg) -> str:
+    """What a table or query source reads, for a run's source_path: the table, or the start of the query."""
+    if src.table is not None:
+        return f"table {src.table}"
+    query = " ".join((src.query or "").split())
+    return f"query {query[:120]}"
+
+
+@contextmanager
+def open_database(cfg: ConnectionCfg) -> Iterator[SourceDatabase]:
+    """The client's database of a postgres or mysql connection, connected (CONNECTION_FAILED,
+    AUTHENTICATION_FAILED, SECRET_MISSING); closed when the block ends."""
+    database: SourceDatabase
+    if cfg.type == "postgres":
+        from dx.shared.connections.postgres import PostgresSource
+
+        database = PostgresSource(cfg)
+    elif cfg.type == "mysql":
+        from dx.shared.connections.mysql import MySQLSource
+
+        database = MySQLSource(cfg)
+    else:
+        raise RunError(ErrorCode.CONFIG_INVALID, f"the source reads a table or query, but connection {cfg.id} "
+                       f"is {cfg.type}: apply the configuration again")
+    try:
+        yield database
+    finally:
+        database.close()
 
 
 def confine(root: str, path: str) -> str:
@@ -88,8 +138,8 @@ def resolve_secret(reference: str | None) -> str | None:
 def open_remote(cfg: ConnectionCfg) -> Iterator[Remote]:
     """A Remote for the connection; an SFTP session is kept for the process's next task on the same
     connection when the block ends cleanly (``sftp.SessionPool``), closed when it raises."""
-    if cfg.type == "postgres":
-        raise RunError(ErrorCode.CONFIG_INVALID, f"connection {cfg.id} is a postgres connection: it holds no files")
+    if cfg.is_database:
+        raise RunError(ErrorCode.CONFIG_INVALID, f"connection {cfg.id} is a {cfg.type} connection: it holds no files")
     if cfg.type == "local":
         from dx.shared.connections.local import LocalRemote
 

@@ -1,5 +1,6 @@
 """The client's PostgreSQL as a source: a table or a read-only query, as CSV.
 
+``PostgresSource`` is its ``dx.shared.connections.SourceDatabase``.
 The rows are streamed with ``COPY (SELECT …) TO STDOUT (FORMAT csv, HEADER)``
 into a staged file, which then takes the path of any CSV source (parsed in
 bounded batches, partitioned, validated, applied): nothing of the client's
@@ -54,12 +55,19 @@ def connect(cfg: ConnectionCfg) -> psycopg.Connection:
         raise RunError(ErrorCode.CONNECTION_FAILED, f"{where} is not reachable: {text}") from None
 
 
-def describe(src: SourceCfg) -> str:
-    """What a run reads, for its source_path: the table, or the start of the query."""
-    if src.table is not None:
-        return f"table {src.table}"
-    query = " ".join((src.query or "").split())
-    return f"query {query[:120]}"
+class PostgresSource:
+    """The client's PostgreSQL as a ``SourceDatabase``."""
+
+    def __init__(self, cfg: ConnectionCfg) -> None:
+        self.conn = connect(cfg)
+
+    def copy_rows(self, src: SourceCfg, since: str | None, out: IO[bytes]) -> str | None:
+        """Write the rows as CSV with a header to ``out``; returns the highest watermark value among them."""
+        return copy_rows(self.conn, src, since, out)
+
+    def close(self) -> None:
+        """Close the connection (its transaction ends with it)."""
+        self.conn.close()
 
 
 def _base(src: SourceCfg) -> sql.Composable:

@@ -7,8 +7,9 @@ The layout platform clients send (Microsoft Access's export among them)::
 - A record is an element named ``record_element`` (by local name: namespaces
   are ignored), wherever it sits; its child elements are its fields, by local
   name (mapped to database fields case-insensitively, like CSV columns). A
-  field missing from a record is empty (NULL), as the Displacer leaves out a
-  NULL field; ``<X></X>`` is the empty string. Other attributes are ignored.
+  field missing from a record is absent, null in the batch (an update leaves
+  the field as it is, an insert NULL: ``dx.shared.validate``'s ``unset``);
+  ``<X/>`` or ``<X></X>`` is the empty string. Other attributes are ignored.
 - The operation (the Updater's): the record's attribute named
   ``action_attribute`` (default: the module's ``operation_field``), matched
   case-insensitively, or a child element of the ``operation_field``'s name.

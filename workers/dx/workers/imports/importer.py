@@ -4,7 +4,8 @@ Every chunk is loaded with COPY and applied with one SQL statement, a function
 per mode (``dx.workers.imports.kinds`` picks it):
 - overwrite (``overwrite_chunk``): COPY into the run's shadow table
   (``create_shadow``); ``finish_overwrite`` swaps it in atomically (readers
-  see the old content or the new, never a mix); the replaced table is
+  see the old content or the new, never a mix), the client's indexes,
+  constraints, grants, comments, triggers and views kept (``keeps``); the replaced table is
   dropped after the run ended (``drop_replaced``), the shadow table of a
   failed run at once (``drop_shadow``);
 - append (``append_chunk``): COPY straight into the target when every key is
@@ -27,11 +28,12 @@ from psycopg import sql
 from dx.shared.catalog import ModuleDef, table_ident
 from dx.shared.config import ModuleCfg
 from dx.shared.db import Conn
-from dx.shared.errors import ErrorCode
+from dx.shared.errors import ErrorCode, RunError
 from dx.shared.formats.csv import ROW
 from dx.shared.pgcopy import copy_frame
 from dx.shared.runs import Run
-from dx.shared.validate import KEY, OP, Validated, validate
+from dx.shared.validate import KEY, OP, SETS, Unset, Validated, validate
+from dx.workers.imports import keeps
 
 #: Name of the per-transaction load table of append and upsert.
 LOAD_TABLE = "dx_load"
@@ -43,11 +45,18 @@ def shadow_table(database: str, run_id: int) -> str:
 
 
 def create_shadow(conn: Conn, mdef: ModuleDef, run_id: int) -> None:
-    """The overwrite's shadow table, empty, like the target (without its key: built at the reduce)."""
+    """The overwrite's shadow table, empty, with the target's columns, defaults and generated columns;
+    without its key (built at the reduce) and the client's other constraints, NOT NULL included (the
+    swap adds them once the data is in, so that a record breaking one fails the run, not a chunk)."""
     table = table_ident(mdef.database.tenant, mdef.database.id)
     shadow = table_ident(mdef.database.tenant, shadow_table(mdef.database.id, run_id))
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(shadow))
-    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(shadow, table))
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING GENERATED)").format(shadow, table))
+    nullable = [sql.SQL("ALTER COLUMN {} DROP NOT NULL").format(sql.Identifier(r["attname"])) for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped"
+        " AND attnotnull AND attname <> %s", (shadow.as_string(conn), mdef.database.primary_key))]
+    if nullable:
+        conn.execute(sql.SQL("ALTER TABLE {} {}").format(shadow, sql.SQL(", ").join(nullable)))
 
 
 def drop_shadow(conn: Conn, mdef: ModuleDef, run_id: int) -> None:
@@ -65,12 +74,19 @@ class ChunkOutcome:
 
 
 def load_table(conn: Conn, mdef: ModuleDef, frame: pl.DataFrame,
-               extra: tuple[tuple[str, str], ...] = ((ROW, "bigint"),), name: str = LOAD_TABLE) -> sql.Identifier:
+               extra: tuple[tuple[str, str], ...] = ((ROW, "bigint"),), name: str = LOAD_TABLE, *,
+               nullable: bool = False) -> sql.Identifier:
     """A temporary table ``name`` like the target plus the ``extra`` (name, SQL type) columns,
-    holding ``frame``; dropped at commit."""
+    holding ``frame``; dropped at commit. ``nullable``: no NOT NULL but the key's (a record that
+    leaves a field unset holds NULL there, and writes nothing to it)."""
     target = table_ident(mdef.database.tenant, mdef.database.id)
     load = sql.Identifier(name)
     conn.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(load, target))
+    not_null = [sql.SQL("ALTER COLUMN {} DROP NOT NULL").format(sql.Identifier(r["attname"])) for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped"
+        " AND attnotnull AND attname <> %s", (load.as_string(conn), mdef.database.primary_key))] if nullable else []
+    if not_null:
+        conn.execute(sql.SQL("ALTER TABLE {} {}").format(load, sql.SQL(", ").join(not_null)))
     for column, sql_type in extra:
         conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(load, sql.Identifier(column),
                                                                        sql.SQL(sql_type)))
@@ -95,16 +111,25 @@ def keep_blank_text(module: ModuleCfg) -> bool:
     return module.source is not None and module.source.nulls == "unquoted"
 
 
+def unset_values(module: ModuleCfg) -> Unset | None:
+    """Which values an update (an Updater's U, an upsert) leaves the field as it is for: empty ones
+    (``empty_on_update: keep``), absent ones (an XML element a record leaves out), or none."""
+    if module.empty_on_update == "keep":
+        return "empty"
+    return "absent" if module.source is not None and module.source.format == "xml" else None
+
+
 def validate_records(frame: pl.DataFrame, mdef: ModuleDef, columns: list[str], *,
-                     dedupe: str = "first") -> Validated:
+                     dedupe: str = "first", unset: Unset | None = None) -> Validated:
     """An Importer's records validated; ``dedupe``: which occurrence of a key counts, the first, or in
-    upsert the last."""
-    return validate(frame, mdef.database, columns, dedupe=dedupe, keep_blank_text=keep_blank_text(mdef.module))
+    upsert the last; ``unset``: see ``validate`` (an upsert's)."""
+    return validate(frame, mdef.database, columns, dedupe=dedupe, keep_blank_text=keep_blank_text(mdef.module),
+                    unset=unset)
 
 
 def fields_of(good: pl.DataFrame) -> list[str]:
     """The database fields that validated records carry (the mapped source columns)."""
-    return [c for c in good.columns if c not in (ROW, KEY, OP)]
+    return [c for c in good.columns if c not in (ROW, KEY, OP) and not c.startswith(SETS)]
 
 
 def overwrite_chunk(conn: Conn, run: Run, mdef: ModuleDef, v: Validated) -> ChunkOutcome:
@@ -147,12 +172,12 @@ def upsert_chunk(conn: Conn, run: Run, mdef: ModuleDef, v: Validated) -> ChunkOu
         "INSERT INTO {t} ({c}) SELECT {c} FROM {l} ON CONFLICT ({k}) DO UPDATE SET {u} RETURNING (xmax = 0) AS new"
     ).format(t=target, c=cols, l=load, k=key, u=updates)).fetchall()
     inserted = sum(1 for r in rows if r["new"])
-    failed, existing = _split_failed_by_existence(conn, target, key, mdef, v.failed)
+    failed, existing = split_failed_by_existence(conn, target, key, mdef, v.failed)
     return ChunkOutcome({"inserted": inserted, "updated": v.good.height - inserted,
                          "not_inserted": failed.height - existing, "not_updated": existing}, failed)
 
 
-def _split_failed_by_existence(conn: Conn, target: sql.Composable, key: sql.Identifier,
+def split_failed_by_existence(conn: Conn, target: sql.Composable, key: sql.Identifier,
                                mdef: ModuleDef, failed: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     """Upsert failures count as not_updated when the key exists, else not_inserted."""
     keys = [k for k in failed["key"].drop_nulls().unique().to_list()]
@@ -169,8 +194,9 @@ def _split_failed_by_existence(conn: Conn, target: sql.Composable, key: sql.Iden
 
 def finish_overwrite(conn: Conn, run: Run, mdef: ModuleDef, counters: dict[str, int], *,
                      key_built: bool = False) -> tuple[ErrorCode | None, str | None]:
-    """Apply the guards, then swap the shadow table in (its key built first, unless ``key_built``);
-    (code, message) when the run must fail."""
+    """Apply the guards, then swap the shadow table in (its key built first, unless ``key_built``),
+    keeping the client's objects on the table (``keeps.swap``); (code, message) when the run must fail,
+    with the table and its objects as they were."""
     module, db = mdef.module, mdef.database
     valid, rejected, read = counters["inserted"], counters["not_inserted"], counters["rows_read"]
     if valid == 0 and not module.allow_empty:
@@ -183,19 +209,11 @@ def finish_overwrite(conn: Conn, run: Run, mdef: ModuleDef, counters: dict[str, 
     if not key_built:
         build_key(conn, mdef, run["id"])
     shadow_name = shadow_table(db.id, run["id"])
-    shadow, target = table_ident(db.tenant, shadow_name), table_ident(db.tenant, db.id)
-    replaced_name = replaced_table(db.id, run["id"])
-    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target))
-    key = conn.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'",
-                       (target.as_string(conn),)).fetchone()
-    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(target, sql.Identifier(replaced_name)))
-    replaced = table_ident(db.tenant, replaced_name)
-    if key is not None:  # its key's name goes with it: the shadow's key takes the name
-        conn.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
-            replaced, sql.Identifier(key["conname"]), sql.Identifier(f"{replaced_name}_pkey")))
-    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(shadow, sql.Identifier(db.id)))
-    conn.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
-        target, sql.Identifier(f"{shadow_name}_pkey"), sql.Identifier(f"{db.id}_pkey")))
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table_ident(db.tenant, db.id)))
+    try:
+        keeps.swap(conn, db.tenant, db.id, shadow_name, f"{shadow_name}_pkey", replaced_table(db.id, run["id"]))
+    except RunError as exc:
+        return exc.code, f"{exc.message}; the database keeps its previous content"
     return None, None
 
 

@@ -19,12 +19,13 @@ from dx.shared.catalog import ModuleDef
 from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode
 from dx.shared.runs import Run, streamed
-from dx.shared.validate import Validated, missing_required
+from dx.shared.validate import Validated, find_column, missing_required, unmapped_columns
 from dx.workers.imports import duplicates, importer, updater
 from dx.workers.imports.importer import ChunkOutcome
 
 log = structlog.get_logger(__name__)
-#: How a run's load ends: (None, None), or the error code and message the run fails with.
+#: How a run's load ends: (None, None), or the error code and message the run fails with (its load then
+#: applied nothing: the run reports nothing inserted, updated or deleted).
 Verdict = tuple[ErrorCode | None, str | None]
 
 
@@ -43,6 +44,9 @@ class ImportKind(Protocol):
 
     def missing_columns(self, columns: list[str]) -> list[str]:
         """The columns the run cannot do without that the source's ``columns`` lack."""
+
+    def unknown_columns(self, columns: list[str]) -> list[str]:
+        """The source's ``columns`` that map to no field and that the run reads for nothing else."""
 
     def prepare_load(self, conn: Conn, run_id: int) -> None:
         """In the plan's transaction: make what the chunks load into besides the contact table."""
@@ -63,8 +67,9 @@ class ImportKind(Protocol):
     def tidy(self, run_id: int) -> None:
         """Once the run ended and its e-mail went: drop what it no longer needs."""
 
-    def discard(self, conn: Conn, run: Run, *, chunks: bool) -> None:
-        """What a failing run throws away (``dx.workers.failures.Discards``)."""
+    def discard(self, conn: Conn, run: Run, *, chunks: bool) -> bool:
+        """What a failing run throws away (``dx.workers.failures.Discards``); whether nothing its chunks
+        applied stays."""
 
 
 class _Defaults:
@@ -83,6 +88,11 @@ class _Defaults:
     def missing_columns(self, columns: list[str]) -> list[str]:
         return missing_required(columns, self.mdef.database)
 
+    def unknown_columns(self, columns: list[str]) -> list[str]:
+        src = self.mdef.module.source
+        watermark = (src.watermark,) if src is not None and src.watermark else ()  # read for the watermark
+        return unmapped_columns(columns, self.mdef.database, also=watermark)
+
     def prepare_load(self, conn: Conn, run_id: int) -> None:
         return None  # the chunks write into the contact table
 
@@ -98,8 +108,8 @@ class _Defaults:
     def tidy(self, run_id: int) -> None:
         return None
 
-    def discard(self, conn: Conn, run: Run, *, chunks: bool) -> None:
-        return None  # a plan that splits by key sends its chunks once done: a failed one sent none
+    def discard(self, conn: Conn, run: Run, *, chunks: bool) -> bool:
+        return chunks  # a plan that splits by key sends its chunks once done: a failed one sent none
 
 
 class Overwrite(_Defaults):
@@ -134,8 +144,9 @@ class Overwrite(_Defaults):
         with db.transaction() as conn:
             importer.drop_replaced(conn, self.mdef, run_id)
 
-    def discard(self, conn: Conn, run: Run, *, chunks: bool) -> None:
+    def discard(self, conn: Conn, run: Run, *, chunks: bool) -> bool:
         importer.drop_shadow(conn, self.mdef, run["id"])  # with or without chunks: it was the run's alone
+        return True
 
 
 class Append(_Defaults):
@@ -157,18 +168,26 @@ class Append(_Defaults):
             counters["not_inserted"] += removed
         return None, None
 
-    def discard(self, conn: Conn, run: Run, *, chunks: bool) -> None:
+    def discard(self, conn: Conn, run: Run, *, chunks: bool) -> bool:
         """With ``chunks``, delete the rows a streamed run's committed chunks inserted."""
         if chunks and streamed(run):
             log.info("run.undone", rows_deleted=duplicates.undo_append(conn, run, self.mdef))
+        return chunks
 
 
 class Upsert(_Defaults):
-    """The last occurrence of each key is inserted or updates the row: its records are split by key."""
+    """The last occurrence of each key is inserted or updates the row: its records are split by key.
+    Records that leave fields unset (XML, ``empty_on_update: keep``) apply in order, as an Updater's U."""
 
     dedupe = "last"
 
+    def validate(self, frame: pl.DataFrame, columns: list[str]) -> Validated:
+        return importer.validate_records(frame, self.mdef, columns, dedupe=self.dedupe,
+                                         unset=importer.unset_values(self.mdef.module))
+
     def apply(self, conn: Conn, run: Run, v: Validated) -> ChunkOutcome:
+        if updater.leaves_unset(v.good):
+            return updater.upsert_records(conn, self.mdef, v)
         return importer.upsert_chunk(conn, run, self.mdef, v)
 
 
@@ -180,6 +199,10 @@ class Updater(_Defaults):
 
     def missing_columns(self, columns: list[str]) -> list[str]:
         return updater.missing_columns(columns, self.mdef)
+
+    def unknown_columns(self, columns: list[str]) -> list[str]:
+        operation = find_column(columns, self.mdef.module.operation_field)  # each record's operation
+        return [c for c in super().unknown_columns(columns) if c != operation]
 
     def validate(self, frame: pl.DataFrame, columns: list[str]) -> Validated:
         return updater.validate_operations(frame, self.mdef, columns)

@@ -10,9 +10,12 @@ instead cuts ranges of consecutive records and sends each chunk as soon as
 its file is written, then ``reduce`` (their last chunk sends it too); the
 reduce settles keys that several chunks held.
 
-Retries: 3, for transient failures; a RunError fails the run at once.
+Retries: 3, for transient failures; a RunError fails the run at once (its
+file rejected if the code blames the file: ``dx.workers.imports.files``),
+except SOURCE_NOT_READY (a file still being written), which skips it.
 Idempotent: a redelivered plan of a planned run re-sends the chunk group
-(chunks and reduce are idempotent); a terminal run is left alone. A retried
+(chunks and reduce are idempotent); a terminal run is left alone, but for
+what follows its end and its e-mail if they were not done. A retried
 streaming plan starts a new attempt: one whose kind ``restarts`` (an
 overwrite's) starts from nothing (the earlier attempt's ``chunk(run_id,
 chunk_no, attempt)`` messages apply nothing); an append's cuts the same chunks
@@ -41,16 +44,19 @@ from dx.shared.connections.download import Download, downloading
 from dx.shared.errors import ErrorCode, RunError
 from dx.shared.formats import open_source, read_ahead
 from dx.shared.formats.csv import Malformed
-from dx.shared.runs import RunStatus
+from dx.shared.runs import RunStatus, add_warning
 from dx.shared.settings import get_settings
 from dx.shared.validate import key_expr, map_columns
 from dx.workers import staging
-from dx.workers.failures import fail_run
+from dx.workers.failures import fail_run, notify
+from dx.workers.imports.files import after_end, finish_ended, is_pattern, record_source, unseen
 from dx.workers.imports.kinds import ImportKind, import_kind
 from dx.workers.imports.source_query import stage_query
 from dx.workers.planning import begin_planning
 
 log = structlog.get_logger(__name__)
+#: How coarse a file's modification time can be: SFTP (version 3) gives whole seconds.
+MTIME_RESOLUTION_S = 1.0
 #: Upper bound on the chunks of a split by key (messages and chunk files stay manageable; an
 #: overwrite cuts one chunk per chunk_bytes of records, however many).
 MAX_CHUNKS = 256
@@ -58,7 +64,7 @@ MAX_CHUNKS = 256
 
 def _pick_file(remote: Remote, src: SourceCfg, connection: str) -> FileInfo | None:
     """The file this run imports: the first matching one not yet in the ledger."""
-    if not any(ch in src.path for ch in "*?["):
+    if not is_pattern(src.path):
         info = remote.stat(src.path)
         if info is None:
             raise RunError(ErrorCode.SOURCE_NOT_FOUND, f"{src.path!r} does not exist on connection {connection}")
@@ -66,17 +72,14 @@ def _pick_file(remote: Remote, src: SourceCfg, connection: str) -> FileInfo | No
     files = remote.list(src.path)
     if not files:
         raise RunError(ErrorCode.SOURCE_NOT_FOUND, f"no file matches {src.path!r} on connection {connection}")
-    with db.connect() as conn:
-        seen = {(r["path"], r["size_bytes"], r["mtime"]) for r in conn.execute(
-            "SELECT path, size_bytes, mtime FROM dx.file_ledger WHERE connection = %s", (connection,))}
-    fresh = [f for f in files if (f.path, f.size_bytes, f.mtime) not in seen]
+    fresh = unseen(files, connection)
     return fresh[0] if fresh else None
 
 
 def _settled(remote: Remote, info: FileInfo, settle_s: float) -> FileInfo:
     """Wait until a recently written file has not changed for ``settle_s``."""
-    age_s = time.time() - info.mtime
-    if age_s >= settle_s:
+    age_s = time.time() - info.mtime - MTIME_RESOLUTION_S  # the last write may come late in mtime's second
+    if settle_s == 0 or age_s >= settle_s:
         return info
     time.sleep(settle_s - age_s)
     again = remote.stat(info.path)
@@ -115,6 +118,7 @@ def _partition(run_id: int, kind: ImportKind, source: Path | Download, n_chunks:
     if missing:
         raise RunError(ErrorCode.MISSING_REQUIRED_COLUMN,
                        f"{path.name} has no column for {', '.join(missing)} (columns found: {', '.join(columns)})")
+    _unknown_columns(run_id, kind, columns)
     failures: list[dict] = []
     if kind.streams:
         attempt, chunk_bytes = _new_attempt(run_id, mdef, columns)
@@ -132,6 +136,29 @@ def _partition(run_id: int, kind: ImportKind, source: Path | Download, n_chunks:
             for chunk_no, piece in staging.split(table, chunk_nos, n_chunks):
                 files.write(chunk_no, piece)
     return Partitioned(columns, failures, n_chunks)
+
+
+def _unknown_columns(run_id: int, kind: ImportKind, columns: list[str]) -> None:
+    """Source columns that map to no field, as the module's ``unknown_columns`` says: left alone
+    (``ignore``), a warning UNKNOWN_COLUMN added before any chunk is sent (``warn``), or a RunError
+    before anything is written (``fail``)."""
+    mdef = kind.mdef
+    policy = mdef.module.unknown_columns
+    unknown = [] if policy == "ignore" else kind.unknown_columns(columns)
+    if not unknown:
+        return
+    one = len(unknown) == 1
+    named = f"{'column' if one else 'columns'} {', '.join(unknown)} {'maps' if one else 'map'} to no field of " \
+            f"database {mdef.database.id}"
+    if policy == "fail":
+        raise RunError(ErrorCode.UNKNOWN_COLUMN,
+                       f"{named} (fields: {', '.join(mdef.database.fields)}), so nothing was imported: fix the "
+                       f"column {'name' if one else 'names'} in the source, add the {'field' if one else 'fields'} "
+                       f"to the database, or set unknown_columns: ignore to import without {'it' if one else 'them'}")
+    log.warning("plan.unknown_columns", columns=unknown)
+    with db.transaction() as conn:
+        add_warning(conn, run_id, ErrorCode.UNKNOWN_COLUMN,
+                    f"{named}; {'it was' if one else 'they were'} not imported")
 
 
 def _stream(run_id: int, kind: ImportKind, attempt: int, chunk_bytes: int,
@@ -202,6 +229,7 @@ def plan(run_id: int) -> None:
     """Plan a run: source → chunk files → chunk group with reduce callback."""
     mdef = begin_planning(run_id, "plan", messages.CHUNK, messages.REDUCE)
     if mdef is None:
+        finish_ended(run_id)  # a redelivery after the run failed here: its leftovers, then its e-mail
         return
     kind = import_kind(mdef)
     try:
@@ -210,8 +238,12 @@ def plan(run_id: int) -> None:
         log.info("plan.skip", reason="the run ended, or another attempt of its plan began, meanwhile")
     except RunError as exc:
         log.warning("plan.failed", code=exc.code.value, error=exc.message)
-        fail_run(run_id, exc.code, exc.message, kind=kind, discard_chunks=True)
+        # a file still being written is no failure: the next run takes it
+        status = RunStatus.SKIPPED if exc.code is ErrorCode.SOURCE_NOT_READY else RunStatus.FAILED
+        fail_run(run_id, exc.code, exc.message, status=status, kind=kind, discard_chunks=True, mail=False)
         staging.remove_run(run_id)
+        after_end(run_id, mdef)
+        notify(run_id)
 
 
 def _plan(run_id: int, kind: ImportKind) -> None:
@@ -235,6 +267,7 @@ def _plan(run_id: int, kind: ImportKind) -> None:
                 fail_run(run_id, None, "every file matching the pattern was imported already",
                          status=RunStatus.SKIPPED, kind=kind)
                 return
+            record_source(run_id, picked)
             info = _settled(remote, picked, src.settle_s)
             if n_chunks := _n_chunks(info.size_bytes, chunk_bytes):
                 with downloading(remote, info.path, source_dir) as download:

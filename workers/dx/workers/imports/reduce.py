@@ -7,8 +7,11 @@ result exists (it can be called early or twice: then it waits for the next
 call), sums the counters, ends the load as the run's kind says
 (``dx.workers.imports.kinds``: a streamed run's keys that several chunks
 held are settled, ``dx.workers.imports.duplicates``; an overwrite's guards
-and swap apply), records the file in the ledger and the run's end in ONE
-transaction; then disposes of the source file, sends the e-mail, lets the
+and swap apply: a run they fail reports nothing inserted, updated or deleted,
+its rejected records still counted), records the file in the ledger and the run's end in ONE
+transaction; then disposes of the source file (a completed run's: archived or
+deleted; a failed run's, if its code blames the file: rejected, and with
+``files: all`` the next file's run made: ``dx.workers.imports.files``), sends the e-mail, lets the
 kind tidy up (an overwrite drops the table it replaced: its files' unlinking
 is not waited for by the report, nor by readers of the contact table) and
 clears the staging folder.
@@ -23,15 +26,15 @@ from __future__ import annotations
 import posixpath
 
 import structlog
-from psycopg import sql
 
 from dx.shared import db
 from dx.shared.catalog import ModuleDef
 from dx.shared.connections import open_remote
 from dx.shared.db import Conn
-from dx.shared.runs import COUNTERS, Run, RunStatus, chunks_done, definition, finish, get_run
+from dx.shared.runs import APPLIED, Run, RunStatus, chunk_counters, chunks_done, definition, finish, get_run
 from dx.workers import staging
 from dx.workers.failures import notify
+from dx.workers.imports.files import after_end
 from dx.workers.imports.kinds import ImportKind, import_kind
 from dx.workers.imports.source_query import adopt_watermark
 
@@ -54,6 +57,7 @@ def reduce(run_id: int) -> None:
                 return
             _finish(conn, run, kind)
     _dispose_source(run_id, mdef)
+    after_end(run_id, mdef)  # a failed run's file rejected, or the next file's run made
     notify(run_id)
     kind.tidy(run_id)
     staging.remove_run(run_id)
@@ -63,17 +67,12 @@ def _finish(conn: Conn, run: Run, kind: ImportKind) -> None:
     """Sum, end the load (the kind's ``finish_load``: settle, guard, swap), ledger and status, in the
     caller's transaction."""
     run_id, mdef = run["id"], kind.mdef
-    sums = conn.execute(sql.SQL("SELECT {} FROM dx.chunk_results WHERE run_id = %s").format(sql.SQL(", ").join(
-        sql.SQL("coalesce(sum({c}), 0)::bigint AS {c}").format(c=sql.Identifier(c))
-        for c in COUNTERS if c != "rows_exported")), (run_id,)).fetchone()
-    assert sums is not None
-    counters = {k: int(v) for k, v in sums.items()}
-    counters["rows_read"] += run["plan_failed"]
-    counters[kind.malformed_counter] += run["plan_failed"]  # the lines the plan could not read
+    counters = chunk_counters(conn, run, kind.malformed_counter)
     code, message = kind.finish_load(conn, run, counters)
     failed = sum(counters[c] for c in ("not_inserted", "not_updated", "not_deleted"))
     if code is not None:
         status = RunStatus.FAILED
+        counters.update(dict.fromkeys(APPLIED, 0))  # a failing load applied nothing (see ``Verdict``)
     else:
         status = RunStatus.COMPLETED_WITH_ERRORS if failed else RunStatus.COMPLETED
         if mdef.module.source is not None and mdef.module.source.is_query:

@@ -1,8 +1,10 @@
-"""A module whose source is the client's PostgreSQL: staging its rows, moving its watermark.
+"""A module whose source is the client's database: staging its rows, moving its watermark.
 
 ``stage_query`` (called by the plan actor) reads the table or query into a
 staged CSV file, which the plan then parses like any CSV source; the file
-ledger does not apply. ``adopt_watermark`` (called by reduce in the run's
+ledger does not apply. The database is any ``SourceDatabase``
+(``dx.shared.connections.open_database`` picks it by the connection's type:
+postgres, mysql). ``adopt_watermark`` (called by reduce in the run's
 finishing transaction) makes the run's high watermark the module's: a run that
 fails, or dies, never moves it, so its rows are read again by the next run.
 A run that finds no new row completes with 0 rows (it did check the source).
@@ -21,10 +23,8 @@ import structlog
 
 from dx.shared import db
 from dx.shared.catalog import ModuleDef
-from dx.shared.connections import FileInfo
-from dx.shared.connections.postgres import connect, copy_rows, describe
+from dx.shared.connections import FileInfo, describe_query, open_database
 from dx.shared.db import Conn
-from dx.shared.errors import ErrorCode, RunError
 
 log = structlog.get_logger(__name__)
 
@@ -40,9 +40,6 @@ def stage_query(run_id: int, mdef: ModuleDef, source_dir: Path) -> tuple[FileInf
     """The module's rows (only those past its watermark) as a staged CSV file with a header."""
     src, cfg = mdef.module.source, mdef.connection
     assert src is not None and cfg is not None
-    if cfg.type != "postgres":
-        raise RunError(ErrorCode.CONFIG_INVALID, f"the source reads a table or query, but connection {cfg.id} "
-                       f"is {cfg.type}: apply the configuration again")
     since = None
     if src.watermark is not None:
         with db.connect() as conn:
@@ -51,14 +48,14 @@ def stage_query(run_id: int, mdef: ModuleDef, source_dir: Path) -> tuple[FileInf
         since = row["value"] if row else None
     local = source_dir / "source.csv"
     started = time.monotonic()
-    with connect(cfg) as client, open(local, "wb") as out:
-        high = copy_rows(client, src, since, out)
+    with open_database(cfg) as client, open(local, "wb") as out:
+        high = client.copy_rows(src, since, out)
     with db.connect() as conn:
         conn.execute("UPDATE dx.runs SET source_watermark = %s WHERE id = %s", (high, run_id))
         conn.commit()
     size = local.stat().st_size
     log.info("plan.queried", bytes=size, since=since, high=high, seconds=round(time.monotonic() - started, 3))
-    return FileInfo(describe(src), size, int(time.time())), local
+    return FileInfo(describe_query(src), size, int(time.time())), local
 
 
 def adopt_watermark(conn: Conn, run_id: int, mdef: ModuleDef) -> None:
