@@ -122,6 +122,7 @@ def reported(run: Run) -> tuple[Run, int | None]:
         return run, None
     deadline = time.monotonic() + FOLLOW_S
     with db.connect(autocommit=True) as conn:
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ENDED_CHANNEL)))
         while True:
             ended = get_run(conn, run["id"])
             assert ended is not None
@@ -131,7 +132,8 @@ def reported(run: Run) -> tuple[Run, int | None]:
                 print(f"dx: run {run['id']} has not sent its e-mail yet; later runs of {run['module']}: "
                       f"dx runs --module {run['module']}", file=sys.stderr)
                 return ended, None
-            time.sleep(POLL_S)
+            for _ in conn.notifies(timeout=POLL_S, stop_after=1):  # the e-mail went: look again now
+                pass
 
 
 def print_run(run: Run, brief: bool = False) -> None:

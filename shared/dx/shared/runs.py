@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-#: The channel on which the end of a run is announced (its id as payload), for those waiting on it.
+#: The channel on which a run announces its end and then its e-mail (its id as payload), for those waiting.
 ENDED_CHANNEL = "dx_run_ended"
 #: The table of a run's failed operations (chunks COPY theirs into it).
 FAILED_TABLE = sql.Identifier("dx", "failed_operations")

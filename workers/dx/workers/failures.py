@@ -15,7 +15,17 @@ import structlog
 from dx.shared import db, mail
 from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode
-from dx.shared.runs import APPLIED, Run, RunStatus, chunk_counters, definition, error_counts, finish, get_run
+from dx.shared.runs import (
+    APPLIED,
+    ENDED_CHANNEL,
+    Run,
+    RunStatus,
+    chunk_counters,
+    definition,
+    error_counts,
+    finish,
+    get_run,
+)
 from dx.shared.settings import get_settings
 from dx.workers import staging
 
@@ -74,5 +84,6 @@ def notify(run_id: int) -> None:
         if recipients:
             mail.send(settings, mail.compose(settings, run, error_counts(conn, run_id), recipients))
         conn.execute("UPDATE dx.runs SET email_sent_at = now() WHERE id = %s", (run_id,))
+        conn.execute("SELECT pg_notify(%s, %s)", (ENDED_CHANNEL, str(run_id)))  # its last step: wake the waiters
         conn.commit()
     log.info("run.notified", recipients=len(recipients))
