@@ -58,8 +58,9 @@ class ErrorCode(StrEnum):
                            "read-only transaction, the statement timeout, or (MySQL) a watermark column of "
                            "another type than a number, date or time, or a row longer than max_allowed_packet.")
     MALFORMED_HEADER = ("MALFORMED_HEADER", Level.RUN,
-                        "The header line is missing, empty or names a column twice (XML: the document holds "
-                        "no element of the configured record_element).")
+                        "The header line is missing, empty or names a column twice, or two columns differ only "
+                        "by case and so map to one field (XML: the document holds no element of the configured "
+                        "record_element).")
     UNKNOWN_COLUMN = ("UNKNOWN_COLUMN", Level.RUN,
                       "The source has columns that map to no field of the database (a misspelled name?). "
                       "With unknown_columns: fail the run fails before anything is written; with warn (the "
@@ -67,7 +68,9 @@ class ErrorCode(StrEnum):
     MISSING_REQUIRED_COLUMN = ("MISSING_REQUIRED_COLUMN", Level.RUN,
                                "The source has no column for the primary key or a required field.")
     EMPTY_SOURCE = ("EMPTY_SOURCE", Level.RUN,
-                    "An overwrite found no valid record; the old content is kept (allow_empty: true permits it).")
+                    "An overwrite found no valid record; the old content is kept (allow_empty: true permits it). "
+                    "In any mode, a file of 0 bytes where a header or an XML document is expected (an upload "
+                    "cut short), whatever allow_empty says.")
     ERROR_RATIO_EXCEEDED = ("ERROR_RATIO_EXCEEDED", Level.RUN,
                             "More records were rejected than the module's max_error_ratio allows.")
     CONSTRAINT_VIOLATED = ("CONSTRAINT_VIOLATED", Level.RUN,

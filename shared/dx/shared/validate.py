@@ -98,6 +98,12 @@ def missing_required(source_columns: list[str], db: DatabaseCfg, *, all_required
     return missing
 
 
+def ambiguous_columns(source_columns: list[str], db: DatabaseCfg) -> dict[str, list[str]]:
+    """Fields that several source columns match (names compared without case), with those columns."""
+    found = {name: [c for c in source_columns if c.lower() == name.lower()] for name in db.fields}
+    return {name: cols for name, cols in found.items() if len(cols) > 1}
+
+
 def unmapped_columns(source_columns: list[str], db: DatabaseCfg, *, also: tuple[str, ...] = ()) -> list[str]:
     """Source columns, in source order, that map to no field (see ``map_columns``) nor to a name of
     ``also`` (columns a run reads besides the fields: the operation, the watermark; matched alike)."""

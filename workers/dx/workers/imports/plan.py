@@ -46,7 +46,7 @@ from dx.shared.formats import open_source, read_ahead
 from dx.shared.formats.csv import Malformed
 from dx.shared.runs import RunStatus, add_warning
 from dx.shared.settings import get_settings
-from dx.shared.validate import key_expr, map_columns
+from dx.shared.validate import ambiguous_columns, key_expr, map_columns
 from dx.workers import staging
 from dx.workers.failures import fail_run, notify
 from dx.workers.imports.files import after_end, finish_ended, is_pattern, record_source, unseen
@@ -114,6 +114,10 @@ def _partition(run_id: int, kind: ImportKind, source: Path | Download, n_chunks:
         path = source.wait() if isinstance(source, Download) else source
     columns, source_batches = open_source(path, mdef, opener)
     batches = read_ahead(source_batches)
+    if twins := ambiguous_columns(columns, mdef.database):
+        raise RunError(ErrorCode.MALFORMED_HEADER, "; ".join(
+            f"columns {', '.join(cols)} all map to field {name} (names match without case): keep one"
+            for name, cols in twins.items()))
     missing = kind.missing_columns(columns)
     if missing:
         raise RunError(ErrorCode.MISSING_REQUIRED_COLUMN,
@@ -269,6 +273,9 @@ def _plan(run_id: int, kind: ImportKind) -> None:
                 return
             record_source(run_id, picked)
             info = _settled(remote, picked, src.settle_s)
+            if info.size_bytes == 0 and (src.header or src.format == "xml"):
+                raise RunError(ErrorCode.EMPTY_SOURCE, f"{info.path!r} is empty (0 bytes): not even a header line, "
+                               "so it is likely an upload cut short; nothing was imported")
             if n_chunks := _n_chunks(info.size_bytes, chunk_bytes):
                 with downloading(remote, info.path, source_dir) as download:
                     parts = _partition(run_id, kind, download, n_chunks)
