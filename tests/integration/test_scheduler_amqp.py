@@ -86,3 +86,27 @@ def test_a_published_request_runs_like_dx_run_and_bad_ones_are_dead_lettered(
         forget_tenant(TENANT, cluster_env["DX_BROKER_URL"])
     # and SIGTERM stopped it cleanly
     assert code == 0
+
+
+def test_a_message_id_reused_for_another_module_is_dead_lettered_not_taken_for_the_first_run(
+        cluster_env, sshd, tmp_path):
+    # Given two modules of a tenant, and a request for the first with message_id m-1 that made a run
+    from dx.scheduler.amqp import Rejected, handle
+
+    tenant = "amqpreuse"
+    apply(config(tenant, sshd, [{"id": f"{tenant}-{n}", "mode": "upsert", "source": {"path": f"{tenant}/{n}.csv"}}
+                                for n in ("a", "b")]), tmp_path)
+    try:
+        first = handle(json.dumps({"tenant": tenant, "module": f"{tenant}-a"}).encode(), "m-1")
+        # When the same message_id comes with a request for the other module
+        with pytest.raises(Rejected) as refused:
+            handle(json.dumps({"tenant": tenant, "module": f"{tenant}-b"}).encode(), "m-1")
+        # Then it is refused with REQUEST_ID_REUSED naming the first run, and no run of the second module exists
+        assert refused.value.code.value == "REQUEST_ID_REUSED" and f"run {first}" in refused.value.reason
+        with db.connect() as conn:
+            assert conn.execute("SELECT count(*) AS n FROM dx.runs WHERE module = %s",
+                                (f"{tenant}-b",)).fetchone()["n"] == 0
+        # and the same request again still finds its run
+        assert handle(json.dumps({"tenant": tenant, "module": f"{tenant}-a"}).encode(), "m-1") == first
+    finally:
+        forget_tenant(tenant, cluster_env["DX_BROKER_URL"])

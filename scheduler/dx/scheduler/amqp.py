@@ -26,7 +26,7 @@ import pika
 import pika.exceptions
 import structlog
 
-from dx.scheduler.requests import TenantDisabled, UnknownModule, request_run
+from dx.scheduler.requests import RequestIdReused, TenantDisabled, UnknownModule, request_run
 from dx.shared.errors import ErrorCode, RetriableError
 from dx.shared.runs import Trigger
 
@@ -83,7 +83,7 @@ def handle(body: bytes, message_id: str | None = None) -> int:
         return request_run(req.module, Trigger.AMQP, req.requested_by, tenant=req.tenant, request_id=message_id)
     except UnknownModule as exc:
         raise Rejected(ErrorCode.UNKNOWN_MODULE, str(exc)) from None
-    except TenantDisabled as exc:
+    except (TenantDisabled, RequestIdReused) as exc:
         raise Rejected(exc.code, exc.message) from None
 
 

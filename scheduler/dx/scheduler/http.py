@@ -44,7 +44,7 @@ from dx.scheduler.http_models import (
     ScheduleOut,
 )
 from dx.scheduler.limits import BodyLimit
-from dx.scheduler.requests import TenantDisabled, UnknownModule, module_tenant, request_run
+from dx.scheduler.requests import RequestIdReused, TenantDisabled, UnknownModule, module_tenant, request_run
 from dx.scheduler.schedule import next_fire, schedule_of, set_paused, upcoming
 from dx.scheduler.tokens import Principal, authenticate
 from dx.shared import db
@@ -191,12 +191,9 @@ def run_now(module_id: ModuleId, response: Response, conn: Connection, who: Tena
                              tenant=who.tenant, request_id=body.request_id)
     except UnknownModule:
         raise _not_found("module", module_id) from None
-    except TenantDisabled as exc:
+    except (TenantDisabled, RequestIdReused) as exc:
         raise ApiError(409, exc.code, exc.message) from None
     run = _own_run(conn, who, run_id)
-    if run["module"] != module_id:
-        raise ApiError(409, ErrorCode.REQUEST_ID_REUSED,
-                       f"request_id {body.request_id!r} made run {run_id} of module {run['module']!r}")
     response.headers["Location"] = f"/api/v1/runs/{run_id}"
     return _run_out(run)
 

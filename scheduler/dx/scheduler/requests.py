@@ -44,11 +44,24 @@ class TenantDisabled(DxError):
         super().__init__(f"{self.code.value}: {self.message}")
 
 
-def _requested(conn: Conn, tenant: str, request_id: str | None) -> int | None:
-    """The run an earlier request with this id made, if any."""
+class RequestIdReused(DxError):
+    """A request's id was used before by the tenant, for another module: no run is made or returned."""
+
+    code = ErrorCode.REQUEST_ID_REUSED
+
+    def __init__(self, request_id: str, run_id: int, module_id: str) -> None:
+        self.message = f"request_id {request_id!r} made run {run_id} of module {module_id!r}"
+        super().__init__(f"{self.code.value}: {self.message}")
+
+
+def _requested(conn: Conn, tenant: str, module_id: str, request_id: str | None) -> int | None:
+    """The run an earlier request with this id made, if any; RequestIdReused if it was another module's."""
     if request_id is None:
         return None
-    row = conn.execute("SELECT id FROM dx.runs WHERE tenant = %s AND request_id = %s", (tenant, request_id)).fetchone()
+    row = conn.execute("SELECT id, module FROM dx.runs WHERE tenant = %s AND request_id = %s",
+                       (tenant, request_id)).fetchone()
+    if row is not None and row["module"] != module_id:
+        raise RequestIdReused(request_id, int(row["id"]), row["module"])
     return None if row is None else int(row["id"])
 
 
@@ -57,12 +70,13 @@ def request_run(module_id: str, trigger: Trigger, requested_by: str | None = Non
     """Create a run of the module and enqueue its plan; returns the run id.
 
     With a ``request_id`` (the client's id of its request) a repeated request
-    returns the run the first one made, and creates nothing. UnknownModule, or
-    TenantDisabled for a module of a disabled tenant."""
+    returns the run the first one made, and creates nothing (RequestIdReused if
+    that was another module's). UnknownModule, or TenantDisabled for a module of
+    a disabled tenant."""
     try:
         with db.transaction() as conn:
             owner = module_tenant(conn, module_id, tenant)
-            earlier = _requested(conn, owner, request_id)
+            earlier = _requested(conn, owner, module_id, request_id)
             if earlier is not None:  # made while the tenant was enabled: the same answer as then
                 return earlier
             if not tenant_enabled(conn, owner):
@@ -70,7 +84,7 @@ def request_run(module_id: str, trigger: Trigger, requested_by: str | None = Non
             run_id = create_queued_run(conn, owner, module_id, trigger, requested_by, request_id=request_id)
     except psycopg.errors.UniqueViolation:  # the same request, made at the same moment by another replica
         with db.connect() as conn:
-            earlier = _requested(conn, module_tenant(conn, module_id, tenant), request_id)
+            earlier = _requested(conn, module_tenant(conn, module_id, tenant), module_id, request_id)
         assert earlier is not None
         return earlier
     try:

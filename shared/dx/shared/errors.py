@@ -132,7 +132,8 @@ class ErrorCode(StrEnum):
     REQUEST_TOO_LARGE = ("REQUEST_TOO_LARGE", Level.API,
                          "413: the request body is larger than the API reads (64 KiB); it was not read.")
     REQUEST_ID_REUSED = ("REQUEST_ID_REUSED", Level.API,
-                         "409: a run-now's request_id was already used by the tenant for another module.")
+                         "409: a run-now's request_id was already used by the tenant for another module (an "
+                         "AMQP request whose message_id was is dead-lettered with this code).")
     SERVICE_UNAVAILABLE = ("SERVICE_UNAVAILABLE", Level.API,
                            "503: PostgreSQL or RabbitMQ does not answer; try again later.")
     SERVER_ERROR = ("SERVER_ERROR", Level.API, "500: the API failed unexpectedly; its log says why.")
