@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +15,7 @@ from psycopg import sql
 
 from dx.cli.command import EXIT_FAILED, EXIT_OK, Command, out, usage_error
 from dx.shared import db, messages
+from dx.shared.db import Conn
 from dx.shared.errors import DxError
 from dx.shared.runs import (
     COUNTERS,
@@ -65,12 +67,25 @@ class Progress:
             sys.stderr.write("\n")
 
 
+@contextmanager
+def _listening() -> Iterator[Conn]:
+    """A connection told of every run's end and e-mail (``ENDED_CHANNEL``)."""
+    with db.connect(autocommit=True) as conn:
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ENDED_CHANNEL)))
+        yield conn
+
+
+def _nudged(conn: Conn) -> None:
+    """Wait until a run announces something, or POLL_S has passed (for the progress bar)."""
+    for _ in conn.notifies(timeout=POLL_S, stop_after=1):
+        pass
+
+
 def wait_for(run_id: int, timeout_s: float | None = None) -> Run:
     """Follow the run until it ends, drawing a progress bar on stderr."""
     progress = Progress()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    with db.connect(autocommit=True) as conn:
-        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ENDED_CHANNEL)))
+    with _listening() as conn:
         while True:
             run = get_run(conn, run_id)
             assert run is not None
@@ -80,8 +95,7 @@ def wait_for(run_id: int, timeout_s: float | None = None) -> Run:
                 return run
             if deadline is not None and time.monotonic() > deadline:
                 raise DxError(f"run {run_id} did not end within {timeout_s} s; it goes on: dx show {run_id}")
-            for _ in conn.notifies(timeout=POLL_S, stop_after=1):  # a run ended: look again now
-                pass
+            _nudged(conn)
 
 
 def exit_code(run: Run) -> int:
@@ -121,8 +135,7 @@ def reported(run: Run) -> tuple[Run, int | None]:
     if source is None:
         return run, None
     deadline = time.monotonic() + FOLLOW_S
-    with db.connect(autocommit=True) as conn:
-        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ENDED_CHANNEL)))
+    with _listening() as conn:
         while True:
             ended = get_run(conn, run["id"])
             assert ended is not None
@@ -132,8 +145,7 @@ def reported(run: Run) -> tuple[Run, int | None]:
                 print(f"dx: run {run['id']} has not sent its e-mail yet; later runs of {run['module']}: "
                       f"dx runs --module {run['module']}", file=sys.stderr)
                 return ended, None
-            for _ in conn.notifies(timeout=POLL_S, stop_after=1):  # the e-mail went: look again now
-                pass
+            _nudged(conn)
 
 
 def print_run(run: Run, brief: bool = False) -> None:
