@@ -10,12 +10,7 @@ polars, so the check can see what it looks for.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 
@@ -26,11 +21,11 @@ from dx.scheduler.tokens import create_token
 from dx.shared import db
 from dx.shared.runs import Trigger
 from tests.integration.helpers import apply, config
+from tests.integration.procs import DX, answers, start, stop, until
 
 #: Libraries of the data plane that the control plane must never load.
 DATA_PLANE = {"polars", "pyarrow", "paramiko"}
 TENANT = "procs"
-DX = str(Path(sys.executable).with_name("dx"))
 
 
 def _imported(stderr: str) -> set[str]:
@@ -43,29 +38,11 @@ def _env(cluster_env: dict[str, str]) -> dict[str, str]:
     return {**os.environ, **cluster_env, "PYTHONPROFILEIMPORTTIME": "1"}
 
 
-def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        return subprocess.Popen([DX, *args], env=env, stdout=out, stderr=out)
-
-
-def _stop(proc: subprocess.Popen[bytes], log: Path) -> str:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
-    return log.read_text(errors="replace")
-
-
 def _status(run_id: int) -> str:
     with db.connect() as conn:
         row = conn.execute("SELECT status FROM dx.runs WHERE id = %s", (run_id,)).fetchone()
     assert row is not None
     return str(row["status"])
-
-
-def _until(predicate: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} within {timeout_s} s"
-        time.sleep(0.2)
 
 
 def test_scheduler_serve_and_run_load_no_data_plane_library(cluster_env, sshd, workers, tmp_path):
@@ -81,22 +58,22 @@ def test_scheduler_serve_and_run_load_no_data_plane_library(cluster_env, sshd, w
 
     # When: the scheduler sends the queued run's plan, the API takes a run-now, dx run --wait runs one
     scheduler_log = tmp_path / "scheduler.log"
-    scheduler = _start(["scheduler"], env, scheduler_log)
+    scheduler = start(["scheduler"], env, scheduler_log)
     try:
-        _until(lambda: _status(queued) not in ("queued",), "the scheduler sent the queued run's plan")
+        until(lambda: _status(queued) not in ("queued",), "the scheduler sent the queued run's plan")
     finally:
-        scheduler_out = _stop(scheduler, scheduler_log)
+        scheduler_out = stop(scheduler, scheduler_log)
     port = free_port()
     serve_log = tmp_path / "serve.log"
-    serve = _start(["serve", "--host", "127.0.0.1", "--port", str(port)], env, serve_log)
+    serve = start(["serve", "--host", "127.0.0.1", "--port", str(port)], env, serve_log)
     try:
-        _until(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), "dx serve answered /healthz")
+        until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), "dx serve answered /healthz")
         answer = httpx.post(f"http://127.0.0.1:{port}/api/v1/modules/procs-import/runs",
                             headers={"Authorization": f"Bearer {token}"}, timeout=30)
         assert answer.status_code == 202, answer.text
         wait_for(answer.json()["id"], 120)
     finally:
-        serve_out = _stop(serve, serve_log)
+        serve_out = stop(serve, serve_log)
     run = subprocess.run([DX, "run", "procs-import", "--wait"], env=env, capture_output=True, text=True,
                          timeout=180)
 
@@ -112,18 +89,11 @@ def test_scheduler_serve_and_run_load_no_data_plane_library(cluster_env, sshd, w
 def test_a_worker_process_does_load_the_data_plane(cluster_env, tmp_path):
     # Given: a dx worker with -X importtime
     log = tmp_path / "worker.log"
-    worker = _start(["worker", "--threads", "1"], _env(cluster_env), log)
+    worker = start(["worker", "--threads", "1"], _env(cluster_env), log)
     try:
         # When: it has started
-        _until(lambda: "worker.started" in log.read_text(errors="replace"), "the worker started")
+        until(lambda: "worker.started" in log.read_text(errors="replace"), "the worker started")
     finally:
-        out = _stop(worker, log)
+        out = stop(worker, log)
     # Then: the same check finds polars, pyarrow and paramiko in it
     assert DATA_PLANE <= _imported(out)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False

@@ -62,8 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = COMMANDS[args.command]
     try:
         settings = get_settings()
-        configure("WARNING" if not command.role and settings.log_level == "INFO" else settings.log_level,
-                  json=command.role)
+        configure("WARNING" if not command.role and settings.log_level == "INFO" else settings.log_level)
         try:
             return int(command.run(args))
         except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):

@@ -24,7 +24,7 @@ class Command:
     arguments: Callable[[argparse.ArgumentParser], None] = _no_arguments
     #: reads or writes the control schema without migrating it first: `dx migrate` must have run
     needs_schema: bool = False
-    #: a long-running role (worker, scheduler, serve): JSON logs at the configured level
+    #: a long-running role (worker, scheduler, serve): logs at the configured level, not WARNING
     role: bool = False
 
 

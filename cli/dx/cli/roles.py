@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
@@ -11,12 +10,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+import structlog
+
 from dx.cli.command import EXIT_OK, EXIT_USAGE, Command
 from dx.shared import db
 from dx.shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     import dramatiq
+
+log = structlog.get_logger(__name__)
 
 #: Worker threads of the worker a command starts in its own process on the embedded broker.
 EMBEDDED_THREADS = 2
@@ -47,10 +50,6 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _event(name: str, **fields: object) -> None:
-    print(json.dumps({"event": name, **fields}), file=sys.stderr, flush=True)
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = get_settings()
     if settings.embedded_broker:
@@ -62,7 +61,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     db.migrate()
     stop = _stop_on_signals()
     worker = start_worker(args.threads or settings.worker_threads)
-    _event("worker.started", threads=worker.worker_threads)
+    log.info("worker.started", threads=worker.worker_threads)
     stop.wait()
     worker.stop()  # finishes the messages in hand, returns the prefetched ones
     return EXIT_OK
@@ -78,7 +77,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     with embedded_worker(settings) as worker:
         consumer = None
         if worker is not None:  # the runs it fires are worked on in this process
-            _event("scheduler.embedded", note="DX_BROKER_URL is unset: no dx.requests consumer; "
+            log.info("scheduler.embedded", note="DX_BROKER_URL is unset: no dx.requests consumer; "
                    "fired runs are worked on in this process")
         else:
             assert settings.broker_url is not None

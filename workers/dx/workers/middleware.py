@@ -1,7 +1,8 @@
 """Middleware wrapping every actor; consumes nothing and sends nothing.
 
-LogContext binds run and chunk of the message being processed to the logs
-(the actors bind tenant and module themselves once they have loaded the run).
+LogContext binds the stage (the actor's name), run and chunk of the message being processed to the
+logs, the libraries' lines included (the actors bind tenant and module themselves once they have
+loaded the run).
 GiveBackMemory returns to the system what pyarrow's allocator kept after a
 message (see ``dx/workers/__init__.py`` for Polars').
 """
@@ -16,13 +17,13 @@ from dramatiq.broker import MessageProxy
 
 
 class LogContext(dramatiq.Middleware):
-    """Every log line of a message's processing carries its run and chunk."""
+    """Every log line of a message's processing carries its stage, run and chunk."""
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         structlog.contextvars.clear_contextvars()
         kwargs = message.kwargs or {}
         structlog.contextvars.bind_contextvars(
-            actor=message.actor_name, message_id=message.message_id,
+            stage=message.actor_name, message_id=message.message_id,
             run=kwargs.get("run_id"), chunk=kwargs.get("chunk_no"))
 
     def after_process_message(self, broker: dramatiq.Broker, message: MessageProxy, *,
