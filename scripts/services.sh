@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests use answer on loopback: PostgreSQL, Redis,
-# RabbitMQ, MariaDB (started if down, with the machine's own start commands) and that
+# RabbitMQ with its Prometheus plugin, MariaDB (started if down, with the machine's own start commands) and that
 # Debian's OpenSSH server is installed (the tests start their own sshd).
 set -uo pipefail
 
@@ -23,6 +23,9 @@ ensure PostgreSQL 5432 'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgr
 ensure Redis 6379 'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log' || exit 1
 ensure RabbitMQ 5672 'rabbitmq-server -detached' || exit 1
 for _ in $(seq 1 60); do rabbitmqctl -q status >/dev/null 2>&1 && break; sleep 1; done
+# RabbitMQ's own Prometheus endpoint (:15692), whose queue series the dashboard in deploy/monitoring reads
+rabbitmq-plugins -q enable rabbitmq_prometheus >/dev/null || { echo "services: rabbitmq_prometheus" >&2; exit 1; }
+wait_for "RabbitMQ's Prometheus plugin" 15692 || exit 1
 # the client's MySQL of tests/integration/test_source_mysql.py (each session makes its own database)
 ensure MariaDB 3306 'start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd' || exit 1
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from dx.cli.command import EXIT_OK, EXIT_USAGE, Command
-from dx.shared import db
+from dx.shared import db, probes
 from dx.shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -50,17 +50,40 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _mail_undeliverable(settings: Settings) -> str | None:
+    """Why the reports' e-mails could not go out: DX_SMTP_URL unset in a cluster (each pod would keep
+    them as files of its own) while a tenant or module names recipients; else None."""
+    if settings.smtp_url or settings.embedded_broker:
+        return None
+    with db.connect() as conn:
+        due = conn.execute("SELECT EXISTS (SELECT 1 FROM dx.tenants WHERE notify <> '{}')"
+                           " OR EXISTS (SELECT 1 FROM dx.modules WHERE config->'notify' <> '[]')"
+                           " AS due").fetchone()
+    if due is not None and due["due"]:
+        return ("DX_SMTP_URL is unset, and tenants or modules have e-mail recipients: set "
+                "DX_SMTP_URL=smtp://HOST:PORT (or smtps://) so that run reports reach them")
+    return None
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = get_settings()
     if settings.embedded_broker:
         print("dx worker: DX_BROKER_URL is unset; with the embedded broker the worker runs inside "
               "`dx run` and `dx demo`. Set DX_BROKER_URL=amqp://... to run a separate worker.", file=sys.stderr)
         return EXIT_USAGE
+    from dx.workers import metrics
     from dx.workers.broker import start_worker
 
     db.migrate()
+    problem = metrics.staging_writable() or _mail_undeliverable(settings)
+    if problem:
+        print(f"dx worker: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     stop = _stop_on_signals()
     worker = start_worker(args.threads or settings.worker_threads)
+    if settings.probe_port:
+        probes.serve(settings.probe_port, metrics.registry(worker.worker_threads),
+                     lambda: metrics.live(worker), metrics.ready)
     log.info("worker.started", threads=worker.worker_threads)
     stop.wait()
     worker.stop()  # finishes the messages in hand, returns the prefetched ones
@@ -83,7 +106,13 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
             assert settings.broker_url is not None
             consumer = RequestConsumer(settings.broker_url, stop)
             consumer.start()
-        Scheduler(settings).run(stop)
+        scheduler = Scheduler(settings)
+        if settings.probe_port:
+            from dx.scheduler.metrics import scheduler_registry
+
+            probes.serve(settings.probe_port, scheduler_registry(settings, lambda: scheduler.leader),
+                         scheduler.live, scheduler.ready)
+        scheduler.run(stop)
         if consumer is not None:
             consumer.join(10)
     return EXIT_OK

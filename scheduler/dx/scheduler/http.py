@@ -301,7 +301,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "Errors: `{\"error\": {\"code\", \"message\"}}`, codes in docs/error-codes.md.")
     app.include_router(api)
     _install_handlers(app)
-    registry = metrics.registry(settings)
+    observed = metrics.ApiMetrics()
     files, swagger = resources.files("dx.scheduler").joinpath("console"), resources.files("fastapi_offline") / "static"
     pages = {path: (files.joinpath(name).read_bytes(), kind) for path, (name, kind) in CONSOLE.items()}
     pages |= {path: (swagger.joinpath(name).read_bytes(), kind) for path, (name, kind) in SWAGGER.items()}
@@ -310,14 +310,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def access_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         start = time.perf_counter()
         response = await call_next(request)
+        seconds = time.perf_counter() - start
+        route = request.scope.get("route")  # the path's template: ids would make a series each
+        observed.observe(request.method, getattr(route, "path", "unmatched"), response.status_code, seconds)
         log.info("http.request", method=request.method, path=request.url.path, status=response.status_code,
-                 tenant=getattr(request.state, "tenant", None),
-                 duration_ms=round((time.perf_counter() - start) * 1000, 1))
+                 tenant=getattr(request.state, "tenant", None), duration_ms=round(seconds * 1000, 1))
         return response
 
     @app.get("/metrics", include_in_schema=False)
     def get_metrics() -> Response:  # a sync route: the scrape's blocking I/O runs in the thread pool
-        return Response(generate_latest(registry), media_type=metrics.CONTENT_TYPE)
+        return Response(generate_latest(observed.registry), media_type=metrics.CONTENT_TYPE)
 
     @app.get("/healthz", summary="liveness: the process answers and PostgreSQL too")
     def healthz(conn: Connection) -> dict[str, str]:

@@ -64,6 +64,8 @@ class Scheduler:
         self._next: dict[str, tuple[str, datetime, datetime | None]] = {}
         self._compiled: dict[str, tuple[str, ScheduleCfg, Schedule]] = {}
         self._failures_checked = 0.0
+        self.beat = time.monotonic()  # of the loop's last round
+        self.problem: str | None = None  # why the last tick failed
 
     def _connection(self) -> db.Conn:
         if self._conn is None or self._conn.closed:
@@ -74,18 +76,31 @@ class Scheduler:
         """Tick every DX_SCHEDULER_TICK_S until ``stop`` is set; then hand the lease over."""
         log.info("scheduler.started", holder=self.holder, tick_s=self.settings.scheduler_tick_s)
         while not stop.is_set():
+            self.beat = time.monotonic()
             try:
                 self.tick()
+                self.problem = None
             except (psycopg.Error, OSError) as exc:  # a service restarting: the next tick tries again
                 log.warning("scheduler.tick_failed", error=str(exc))
+                self.problem = f"tick failed: {type(exc).__name__}"
                 self.close()
-            except Exception:
+            except Exception as exc:
                 log.exception("scheduler.tick_failed")
+                self.problem = f"tick failed: {type(exc).__name__}"
                 self.close()
             stop.wait(self.settings.scheduler_tick_s)
         self.release()
         self.close()
         log.info("scheduler.stopped", holder=self.holder)
+
+    def live(self) -> str | None:
+        """Liveness: the loop went round within ten ticks (or a minute, whichever is longer)."""
+        late = time.monotonic() - self.beat
+        return f"no tick for {late:.0f} s" if late > max(60.0, 10 * self.settings.scheduler_tick_s) else None
+
+    def ready(self) -> str | None:
+        """Readiness: the last tick reached PostgreSQL."""
+        return self.problem
 
     def close(self) -> None:
         """Close the database connection (reopened by the next tick)."""

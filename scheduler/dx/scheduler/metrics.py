@@ -1,22 +1,32 @@
-"""``/metrics``: queue depth per queue, runs by status, the scheduler leader.
+"""Metrics of the control plane: the cluster's gauges from the scheduler's leader, the API's requests.
 
-Everything is read when Prometheus scrapes (a custom collector), so the
-numbers are those of the whole cluster whichever API replica answers:
-queue depth from RabbitMQ (a passive ``queue_declare`` per queue on a short
-connection of its own), runs and the lease from PostgreSQL. A service that
-does not answer shows as ``dx_broker_up 0`` / ``dx_database_up 0``; the
-scrape itself still succeeds.
+``ClusterCollector`` reads the whole cluster when Prometheus scrapes a ``dx scheduler`` replica
+(DX_PROBE_PORT), and only on the replica that holds the lease: a standby reports
+``dx_scheduler_leader 0`` and nothing else, so that every series is counted once however many
+replicas run. Queue depth comes from RabbitMQ (a passive ``queue_declare`` per queue on a short
+connection of its own; with RabbitMQ's Prometheus plugin, its own series say the same), runs and
+modules from PostgreSQL. A service that does not answer shows as ``dx_broker_up 0`` /
+``dx_database_up 0``; the scrape itself still succeeds.
+
+``dx serve`` reports only its own process and requests (``api_registry``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pika
 import pika.exceptions
 import psycopg
 import structlog
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, ProcessCollector
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -62,15 +72,23 @@ def queue_stats(url: str, queues: tuple[str, ...] = WATCHED_QUEUES) -> dict[str,
     return stats
 
 
-class DxCollector(Collector):
-    """Collects the cluster's gauges at each scrape."""
+class ClusterCollector(Collector):
+    """The cluster's gauges, collected at each scrape of the scheduler replica that leads."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, leads: Callable[[], bool]) -> None:
+        self.settings, self.leads = settings, leads
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        """Nothing up front: describing would read the cluster at registration."""
+        return []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        yield from self._broker()
-        yield from self._database()
+        leads = self.leads()
+        yield GaugeMetricFamily("dx_scheduler_leader", "1 if this scheduler replica holds the lease",
+                                value=1 if leads else 0)
+        if leads:
+            yield from self._broker()
+            yield from self._database()
 
     def _broker(self) -> Iterator[GaugeMetricFamily]:
         if self.settings.broker_url is None:  # embedded: the queues live in this process only
@@ -98,8 +116,13 @@ class DxCollector(Collector):
             with db.connect(self.settings, connect_timeout=int(BROKER_TIMEOUT_S)) as conn:
                 counts = {r["status"]: int(r["n"]) for r in conn.execute(
                     "SELECT status, count(*) AS n FROM dx.runs GROUP BY status")}
-                lease = conn.execute("SELECT holder FROM dx.scheduler_lease"
-                                     " WHERE name = 'scheduler' AND expires_at > now()").fetchone()
+                oldest = conn.execute(
+                    "SELECT coalesce(extract(epoch FROM now() - min(coalesce(started_at, created_at))), 0) AS s"
+                    " FROM dx.runs WHERE status = 'running'").fetchone()
+                successes = conn.execute(
+                    "SELECT m.tenant, m.id AS module, extract(epoch FROM max(r.finished_at)) AS at"
+                    " FROM dx.modules m JOIN dx.runs r ON r.module = m.id"
+                    " WHERE r.status IN ('completed', 'completed_with_errors') GROUP BY m.tenant, m.id").fetchall()
         except (RetriableError, psycopg.Error) as exc:
             log.warning("metrics.database_unreachable", error=str(exc))
             up.add_metric([], 0)
@@ -109,17 +132,34 @@ class DxCollector(Collector):
         runs = GaugeMetricFamily("dx_runs", "Runs by status (all tenants, all time)", labels=["status"])
         for status in RunStatus:
             runs.add_metric([status.value], counts.get(status.value, 0))
-        leader = GaugeMetricFamily("dx_scheduler_leader", "1 for the scheduler replica holding the lease",
-                                   labels=["holder"])
-        if lease is not None and lease["holder"]:
-            leader.add_metric([lease["holder"]], 1)
-        yield from (up, runs, leader)
+        age = GaugeMetricFamily("dx_run_oldest_running_seconds", "Age of the oldest running run (0: none)",
+                                value=float(oldest["s"]) if oldest else 0.0)
+        last = GaugeMetricFamily("dx_module_last_success_timestamp_seconds",
+                                 "When the module's last completed run ended (Unix time)",
+                                 labels=["tenant", "module"])
+        for row in successes:
+            last.add_metric([row["tenant"], row["module"]], float(row["at"]))
+        yield from (up, runs, age, last)
 
 
-def registry(settings: Settings) -> CollectorRegistry:
-    """A registry of this process's and the cluster's metrics."""
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(DxCollector(settings))
-    ProcessCollector(registry=reg)
-    return reg
+def scheduler_registry(settings: Settings, leads: Callable[[], bool]) -> CollectorRegistry:
+    """A scheduler replica's registry: the process's own (its process, the runs it ended: skipped or
+    timed out) and the cluster's gauges while it leads."""
+    REGISTRY.register(ClusterCollector(settings, leads))
+    return REGISTRY
 
+
+class ApiMetrics:
+    """``dx serve``'s own series: its process, and its requests by route and status."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.registry)
+        self.requests = Counter("dx_http_requests", "HTTP requests answered, by route and status",
+                                ["method", "route", "status"], registry=self.registry)
+        self.duration = Histogram("dx_http_request_duration_seconds", "Time to answer an HTTP request, by route",
+                                  ["route"], registry=self.registry)
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.duration.labels(route).observe(seconds)

@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import structlog
+from prometheus_client import Counter
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
     from dx.shared.catalog import ModuleDef
 
 log = structlog.get_logger(__name__)
+#: Runs this process ended, and their records by counter (``rows_read``, ``inserted``, ...,
+#: ``rows_exported``): Prometheus sums them over the processes.
+RUNS_ENDED = Counter("dx_runs_ended", "Runs ended by this process, by outcome", ["tenant", "module", "status"])
+ROWS = Counter("dx_rows", "Records of the runs this process ended, by counter", ["tenant", "module", "outcome"])
 
 #: The channel on which a run announces its end and then its e-mail (its id as payload), for those waiting.
 ENDED_CHANNEL = "dx_run_ended"
@@ -264,10 +269,14 @@ def finish(conn: Conn, run_id: int, status: RunStatus, *, error_code: str | None
         sets.append(f"{name} = %s")
         params.append(value)
     sources = [s.value for s, targets in TRANSITIONS.items() if status in targets]
-    if conn.execute(f"UPDATE dx.runs SET {', '.join(sets)} WHERE id = %s AND status = ANY(%s)"  # noqa: S608
-                    " RETURNING id", [*params, run_id, sources]).fetchone() is None:
+    ended = conn.execute(f"UPDATE dx.runs SET {', '.join(sets)} WHERE id = %s AND status = ANY(%s)"  # noqa: S608
+                         " RETURNING tenant, module", [*params, run_id, sources]).fetchone()
+    if ended is None:
         return False
     conn.execute("SELECT pg_notify(%s, %s)", (ENDED_CHANNEL, str(run_id)))  # sent when the caller commits
+    RUNS_ENDED.labels(ended["tenant"], ended["module"], status.value).inc()
+    for name, value in (counters or {}).items():
+        ROWS.labels(ended["tenant"], ended["module"], name).inc(value)
     return True
 
 

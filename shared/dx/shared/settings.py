@@ -45,6 +45,8 @@ class Settings:
     scheduler_lease_s: float = 15.0
     clock_origin: tuple[datetime, float] | None = None  # (schedule time, at this Unix time)
     clock_speed: float = 1.0
+    #: the port of ``dx worker``'s and ``dx scheduler``'s /metrics, /healthz and /readyz (0: none)
+    probe_port: int = 0
 
     @property
     def outbox_dir(self) -> Path:
@@ -123,12 +125,15 @@ class Settings:
             scheduler_lease_s=number("DX_SCHEDULER_LEASE_S", 15.0, 0.1, float),
             clock_origin=clock_origin(),
             clock_speed=number("DX_CLOCK_SPEED", 1.0, 0.001, float),
+            probe_port=number("DX_PROBE_PORT", 0, 0, int),
         )
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             problems.append(f"DX_LOG_LEVEL={settings.log_level}: expected DEBUG, INFO, WARNING or ERROR")
         if settings.scheduler_lease_s < 2 * settings.scheduler_tick_s:
             problems.append(f"DX_SCHEDULER_LEASE_S={settings.scheduler_lease_s}: must be at least twice "
                             f"DX_SCHEDULER_TICK_S={settings.scheduler_tick_s}, or the leader loses its lease")
+        if settings.probe_port > 65535:
+            problems.append(f"DX_PROBE_PORT={settings.probe_port}: expected a TCP port (1-65535) or 0 for none")
         if settings.clock_speed != 1.0 and settings.clock_origin is None:
             problems.append("DX_CLOCK_SPEED is set without DX_CLOCK_ORIGIN=ISO-TIME@UNIX-SECONDS "
                             "(where the test clock starts)")

@@ -19,6 +19,7 @@ from dramatiq.rate_limits.backends import RedisBackend, StubBackend
 from dx.shared import messages
 from dx.shared.errors import RunError
 from dx.shared.settings import Settings, get_settings
+from dx.workers.metrics import Metrics
 from dx.workers.middleware import GiveBackMemory, LogContext
 
 _broker: dramatiq.Broker | None = None
@@ -61,6 +62,7 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
     broker.add_middleware(GroupCallbacks(backend))
     broker.add_middleware(LogContext())
     broker.add_middleware(GiveBackMemory())
+    broker.add_middleware(Metrics())
     dramatiq.set_broker(broker)
     for spec, fn, throws in _actors():
         dramatiq.actor(broker=broker, throws=throws, **spec.options())(fn)
