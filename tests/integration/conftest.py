@@ -6,6 +6,7 @@
 - OpenSSH: an ``sshd`` with its own config and host key on a free port,
   user ``dxsftp`` (password and key).
 - SMTP: aiosmtpd on a free port, keeping every message.
+- S3: moto's S3-compatible server on a free port (the object-storage staging tests).
 A service that does not answer fails the session (CI never skips).
 """
 
@@ -27,6 +28,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from dx.devkit.cluster import ServiceDown, Workers, private_services
+from dx.devkit.s3 import S3, running_s3
 from dx.devkit.sshd import SSHD, Sftp, free_port, running_sshd
 
 
@@ -54,6 +56,13 @@ class Mailbox:
                     return m
             time.sleep(0.1)
         raise AssertionError(f"no such e-mail within {timeout_s} s; got {[m['Subject'] for m in self.messages]}")
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3]:
+    """An S3-compatible server (moto's) on a free loopback port, with the staging bucket made."""
+    with running_s3() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,8 @@ class Settings:
     redis_url: str | None
     smtp_url: str | None
     staging_dir: Path
+    #: object storage for staging (``s3://BUCKET/PREFIX?endpoint_override=...``); None: DX_STAGING_DIR
+    staging_url: str | None
     mail_from: str
     chunk_bytes: int
     worker_threads: int
@@ -117,6 +119,7 @@ class Settings:
             redis_url=url("DX_REDIS_URL", ("redis", "rediss")),
             smtp_url=url("DX_SMTP_URL", ("smtp", "smtps")),
             staging_dir=Path(env.get("DX_STAGING_DIR") or home / "staging").expanduser(),
+            staging_url=url("DX_STAGING_URL", ("s3",)),
             mail_from=env.get("DX_MAIL_FROM") or "dataexchange@localhost",
             chunk_bytes=number("DX_CHUNK_BYTES", DEFAULT_CHUNK_BYTES, 1, int),
             worker_threads=number("DX_WORKER_THREADS", 1, 1, int),
