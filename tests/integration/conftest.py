@@ -7,12 +7,14 @@
   user ``dxsftp`` (password and key).
 - SMTP: aiosmtpd on a free port, keeping every message.
 - S3: moto's S3-compatible server on a free port (the object-storage staging tests).
+- A browser: Debian's Chromium, headless, driven by Playwright (the console's tests).
 A service that does not answer fails the session (CI never skips).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +65,20 @@ def s3() -> Iterator[S3]:
     """An S3-compatible server (moto's) on a free loopback port, with the staging bucket made."""
     with running_s3() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium, headless, driven by Playwright (no browser download)."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is missing: run scripts/services.sh (it installs it)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        yield browser
+        browser.close()
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,9 @@ from email.message import EmailMessage
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from dx.shared.errors import ErrorCode
+from dx.shared.errors import MEANINGS
 from dx.shared.runs import COUNTERS, Run
 from dx.shared.settings import Settings
-
-#: Meaning of each error code, for the e-mail's table.
-MEANINGS = {c.value: c.meaning for c in ErrorCode}
 
 
 def compose(settings: Settings, run: Run, errors: list[dict[str, Any]],
