@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from email import message_from_bytes
+from email import message_from_bytes, policy
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -87,7 +87,7 @@ def smtp() -> Iterator[Mailbox]:
 
     class Handler:
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            box.messages.append(message_from_bytes(envelope.content))
+            box.messages.append(message_from_bytes(envelope.content, policy=policy.default))
             return "250 OK"
 
     controller = Controller(Handler(), hostname="127.0.0.1", port=box.port)

@@ -9,7 +9,6 @@ With DX_SCREENSHOTS=folder, the module list, a module's page and a run's page ar
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from datetime import datetime
@@ -21,11 +20,12 @@ import polars as pl
 import pytest
 from playwright.sync_api import expect
 
-from dx.cli import main
+from dx.cli import main, wait_for
+from dx.devkit.cluster import Workers
 from dx.devkit.generate import contacts
 from dx.scheduler.users import create_user
 from dx.shared import db
-from tests.integration.helpers import apply, config
+from tests.integration.helpers import apply, config, text_of
 
 pytestmark = pytest.mark.timeout(300)
 PASSWORD = "correct horse battery staple"
@@ -180,5 +180,34 @@ def test_a_user_of_another_tenant_finds_nothing_of_it(shop, browser, api):
         assert _fetch(page, method, path)["status"] == 404, (method, path)
 
 
-def _csv(text: bytes) -> pl.DataFrame:
-    return pl.read_csv(io.BytesIO(text))
+def test_the_report_e_mail_s_links_open_the_run_s_page_and_its_failures(shop, browser, api, cluster_env, smtp,
+                                                                        tmp_path, capsysbinary):
+    # Given: workers that know the console's public address, and an operator signed in
+    workers = Workers({**cluster_env, "DX_PUBLIC_URL": api.url}, tmp_path)
+    workers.start(1)
+    page = _signed_in(browser, api, "op@shop.example")
+    try:
+        # When: the module runs, and its report e-mail arrives
+        run_id = _fetch(page, "POST", "/api/v1/modules/shop-import/runs", {})["body"]["id"]
+        wait_for(run_id, 120)
+        mail = smtp.wait_for(lambda m: f"(run {run_id})" in m["Subject"], 60)
+    finally:
+        workers.stop_all()
+    # Then: it has a text and an HTML part, and the failures attached as `dx report` writes them
+    assert main(["report", str(run_id)]) == 0
+    report = capsysbinary.readouterr().out
+    [attached] = list(mail.iter_attachments())
+    assert attached.get_filename() == f"run-{run_id}-failures.csv" and attached.get_payload(decode=True) == report
+    assert f"{api.url}/#/runs/{run_id}" in text_of(mail)
+    # When: the HTML part is opened in the browser, and its links followed
+    page.goto("about:blank")  # a page of its own, as a mail reader shows it
+    page.set_content(mail.get_body(("html",)).get_content())
+    assert page.locator("a[href$='/error-codes#INVALID_VALUE']").count() >= 1  # each code links to its meaning
+    page.click("#run-link")
+    # Then: the run's page opens, and the failures link downloads the same CSV
+    expect(page.locator("#run-id")).to_have_text(str(run_id))
+    page.goto("about:blank")
+    page.set_content(mail.get_body(("html",)).get_content())
+    with page.expect_download() as download:
+        page.click("#failures-link")
+    assert Path(download.value.path()).read_bytes() == report

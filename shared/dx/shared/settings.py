@@ -47,6 +47,8 @@ class Settings:
     scheduler_lease_s: float = 15.0
     clock_origin: tuple[datetime, float] | None = None  # (schedule time, at this Unix time)
     clock_speed: float = 1.0
+    #: the largest failures CSV attached to a report e-mail (a larger one is linked)
+    mail_attach_bytes: int = 2_000_000
     #: the console's address as clients reach it (links in e-mails); None: no links
     public_url: str | None = None
     #: the port of ``dx worker``'s and ``dx scheduler``'s /metrics, /healthz and /readyz (0: none)
@@ -131,6 +133,7 @@ class Settings:
             clock_origin=clock_origin(),
             clock_speed=number("DX_CLOCK_SPEED", 1.0, 0.001, float),
             probe_port=number("DX_PROBE_PORT", 0, 0, int),
+            mail_attach_bytes=number("DX_MAIL_ATTACH_BYTES", 2_000_000, 0, int),
             public_url=(url("DX_PUBLIC_URL", ("https", "http")) or "").rstrip("/") or None,
         )
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

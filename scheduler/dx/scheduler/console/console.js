@@ -334,7 +334,7 @@ async function runsPage(page, query) {
   await load();
 }
 
-async function runPage(page, id) {
+async function runPage(page, id, download) {
   const run = await api("/api/v1/runs/" + id);
   const failed = run.not_inserted + run.not_updated + run.not_deleted;
   const duration = run.started_at && run.finished_at ? ((new Date(run.finished_at) - new Date(run.started_at)) / 1000).toFixed(1) + " s" : "-";
@@ -370,7 +370,9 @@ async function runPage(page, id) {
       el("p", {}, el("a", { id: "failures", href: run.failures_url, download: "run-" + run.id + "-failures.csv" },
         "Download the failed operations: failures.csv (" + failed.toLocaleString() + " records)"))]
       : el("p", { class: "muted" }, "none"));
-  if (!TERMINAL.has(run.status)) timer = setTimeout(render, REFRESH_MS);
+  // the e-mail's link to the failures: clicked once the page is shown
+  if (download && failed) setTimeout(() => document.getElementById("failures").click(), 0);
+  else if (!TERMINAL.has(run.status)) timer = setTimeout(render, REFRESH_MS);
 }
 
 // ---- routing
@@ -391,7 +393,7 @@ async function render() {
     let match;
     if (path === "/sign-in") signInPage(fresh);
     else if ((match = path.match(/^\/modules\/(.+)$/))) await modulePage(fresh, decodeURIComponent(match[1]));
-    else if ((match = path.match(/^\/runs\/(\d+)$/))) await runPage(fresh, match[1]);
+    else if ((match = path.match(/^\/runs\/(\d+)(\/failures)?$/))) await runPage(fresh, match[1], !!match[2]);
     else if (path === "/runs") await runsPage(fresh, query || "");
     else await modulesPage(fresh);
   } catch (e) {
