@@ -83,7 +83,6 @@ def test_an_operator_schedules_pauses_runs_and_downloads_the_failures(shop, brow
     # Given: the module list shows the tenant's module, not the other tenant's
     assert page.locator("#modules tbody tr").all_inner_texts()[0].startswith("shop-import")
     assert "other-import" not in page.inner_text("#modules")
-    _shoot(page, "modules")
 
     # When: the operator opens the module and sets 08:00 and 17:00 on weekdays in Europe/Rome
     page.click("text=shop-import")
@@ -146,6 +145,9 @@ def test_an_operator_schedules_pauses_runs_and_downloads_the_failures(shop, brow
     assert main(["report", str(run_id)]) == 0
     assert downloaded == capsysbinary.readouterr().out
     assert downloaded.count(b"\r\n") == 4  # the header and the 3 failed records
+    page.goto("/#/")
+    expect(page.locator("#modules")).to_contain_text("completed with errors")
+    _shoot(page, "modules")
 
 
 def test_a_viewer_sees_the_pages_and_the_server_refuses_its_changes(shop, browser, api):

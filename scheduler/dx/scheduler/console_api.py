@@ -42,8 +42,8 @@ PREVIEW_FIRES = 10
 
 class SignIn(BaseModel):
     model_config = {"extra": "forbid"}
-    username: str = Field(min_length=1, max_length=200)
-    password: str = Field(min_length=1, max_length=1000)
+    username: str = Field(pattern=f"^{users.USERNAME_RE.pattern}$")
+    password: str = Field(min_length=1, max_length=1000, pattern=r"^[^\x00]*$")
 
 
 class SessionOut(BaseModel):

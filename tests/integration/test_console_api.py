@@ -1,0 +1,135 @@
+"""The console's routes over HTTP: sign-in and its limits, the cookie, CSRF, roles, schedule and
+notification edits with their audit, and how a later `dx apply` meets a console change."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from dx.cli import main
+from dx.scheduler.users import MAX_PER_USER, create_user
+from dx.shared import db
+from tests.integration.helpers import config
+
+PASSWORD = "a long enough password"
+
+
+@pytest.fixture(scope="module")
+def tenant(cluster_env, sshd, tmp_path_factory) -> dict[str, str]:
+    """Tenant capi with a module and an operator; its config file."""
+    tmp = tmp_path_factory.mktemp("capi")
+    text = config("capi", sshd, [{"id": "capi-import", "mode": "upsert", "source": {"path": "capi/in.csv"},
+                                  "schedule": {"times": ["06:00"], "timezone": "UTC"}}])
+    path = tmp / "config.yaml"
+    path.write_text(text)
+    assert main(["apply", "-f", str(path)]) == 0
+    with db.transaction() as conn:
+        create_user(conn, "capi", "op@capi.example", "operator", PASSWORD)
+        create_user(conn, "capi", "locked@capi.example", "operator", PASSWORD)
+    return {"config": str(path), "text": text}
+
+
+def _session(api, username: str = "op@capi.example") -> tuple[httpx.Client, str]:
+    client = httpx.Client(base_url=api.url, timeout=30)
+    answer = client.post("/console/session", json={"username": username, "password": PASSWORD})
+    assert answer.status_code == 200, answer.text
+    return client, answer.json()["csrf"]
+
+
+def test_the_session_cookie_is_http_only_and_strict_and_sign_out_ends_it(tenant, api):
+    client = httpx.Client(base_url=api.url, timeout=30)
+    answer = client.post("/console/session", json={"username": "op@capi.example", "password": PASSWORD})
+    cookie = answer.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    assert "Secure" not in cookie  # plain HTTP on loopback; behind HTTPS (DX_PUBLIC_URL https://) it is set
+    assert answer.json()["role"] == "operator" and client.get("/api/v1/modules").status_code == 200
+    csrf = answer.json()["csrf"]
+    assert client.delete("/console/session", headers={"X-CSRF-Token": csrf}).status_code == 204
+    assert client.get("/api/v1/modules").status_code == 401
+
+
+def test_a_change_without_the_csrf_token_is_refused(tenant, api):
+    client, csrf = _session(api)
+    for headers in ({}, {"X-CSRF-Token": "forged"}):
+        answer = client.post("/api/v1/modules/capi-import/pause", headers=headers)
+        assert (answer.status_code, answer.json()["error"]["code"]) == (403, "CSRF_FAILED")
+    assert client.post("/api/v1/modules/capi-import/pause", headers={"X-CSRF-Token": csrf}).status_code == 200
+    assert client.post("/api/v1/modules/capi-import/resume", headers={"X-CSRF-Token": csrf}).status_code == 200
+
+
+def test_failed_sign_ins_are_limited_even_for_the_right_password_then(tenant, api):
+    client = httpx.Client(base_url=api.url, timeout=30)
+    for _ in range(MAX_PER_USER):
+        wrong = client.post("/console/session", json={"username": "locked@capi.example", "password": "wrong" * 4})
+        assert (wrong.status_code, wrong.json()["error"]["code"]) == (401, "SIGN_IN_FAILED")
+    right = client.post("/console/session", json={"username": "locked@capi.example", "password": PASSWORD})
+    assert (right.status_code, right.json()["error"]["code"]) == (429, "TOO_MANY_ATTEMPTS")
+    assert int(right.headers["Retry-After"]) > 0 and "set-cookie" not in right.headers
+    unknown = client.post("/console/session", json={"username": "nobody@capi.example", "password": PASSWORD})
+    assert unknown.json()["error"]["code"] == "SIGN_IN_FAILED"  # same answer as a wrong password
+
+
+def test_a_schedule_edit_is_checked_audited_and_a_later_apply_must_agree_or_discard_it(tenant, api, capsys):
+    client, csrf = _session(api)
+    headers = {"X-CSRF-Token": csrf}
+    # Given: a bad draft is refused with each field named, and the preview saves nothing
+    bad = client.post("/api/v1/modules/capi-import/schedule/preview", headers=headers,
+                      json={"schedule": {"times": ["25:00"], "timezone": "Mars/Olympus"}})
+    assert bad.status_code == 422
+    assert {d["field"] for d in bad.json()["error"]["details"]} >= {"schedule.times.0", "schedule.timezone"}
+    # When: the operator saves a schedule
+    saved = client.put("/api/v1/modules/capi-import/schedule", headers=headers,
+                       json={"schedule": {"times": ["08:00", "17:00"], "weekdays": ["mon", "fri"],
+                                          "timezone": "Europe/Rome"}})
+    assert saved.status_code == 200 and len(saved.json()["fires"]) == 10
+    # Then: it is audited with before and after
+    [entry] = client.get("/api/v1/modules/capi-import/audit").json()["entries"][:1]
+    assert entry["actor"] == "user:op@capi.example" and entry["before"]["schedule"]["times"] == ["06:00"]
+    assert entry["after"]["schedule"]["times"] == ["08:00", "17:00"]
+    # When: the unchanged file is applied again / Then: it is refused, naming the console's change
+    capsys.readouterr()
+    assert main(["apply", "-f", tenant["config"]]) == 2
+    err = capsys.readouterr().err
+    assert "modules[0].schedule: changed in the console by user:op@capi.example" in err
+    assert client.get("/api/v1/modules/capi-import").json()["schedule"]["times"] == ["08:00", "17:00"]
+    # When: it is applied with --discard-console-changes / Then: the file's schedule is back
+    assert main(["apply", "-f", tenant["config"], "--discard-console-changes"]) == 0
+    assert client.get("/api/v1/modules/capi-import").json()["schedule"]["times"] == ["06:00"]
+    assert main(["apply", "-f", tenant["config"]]) == 0  # nothing left to disagree with
+
+
+def test_notifications_are_validated_and_saved(tenant, api):
+    client, csrf = _session(api)
+    bad = client.put("/api/v1/modules/capi-import/notifications", headers={"X-CSRF-Token": csrf},
+                     json={"notify": ["a@b.example\r\nBcc: x@y.example"], "notify_on": "always"})
+    assert bad.status_code == 422
+    good = client.put("/api/v1/modules/capi-import/notifications", headers={"X-CSRF-Token": csrf},
+                      json={"notify": ["desk@capi.example"], "notify_on": "failures"})
+    assert good.status_code == 200
+    config = client.get("/api/v1/modules/capi-import").json()["config"]
+    assert (config["notify"], config["notify_on"]) == (["desk@capi.example"], "failures")
+
+
+def test_dx_user_create_list_and_disable(tenant, cluster_env, api):
+    env = {**cluster_env, "PATH": ""}
+    dx = [sys.executable, "-m", "dx"]
+    made = subprocess.run([*dx, "user", "create", "new@capi.example", "--tenant", "capi", "--role", "viewer",
+                           "--password-stdin"], input="short\n", capture_output=True, text=True, env=env)
+    assert made.returncode == 2 and "at least 12 characters" in made.stderr
+    made = subprocess.run([*dx, "user", "create", "new@capi.example", "--tenant", "capi", "--role", "viewer",
+                           "--password-stdin"], input=PASSWORD + "\n", capture_output=True, text=True, env=env)
+    assert made.returncode == 0, made.stderr
+    listed = subprocess.run([*dx, "user", "list", "--tenant", "capi"], capture_output=True, text=True, env=env)
+    assert "new@capi.example" in listed.stdout and "viewer" in listed.stdout and PASSWORD not in listed.stdout
+    with db.connect() as conn:
+        stored = conn.execute("SELECT password_hash FROM dx.users WHERE username = 'new@capi.example'").fetchone()
+    assert stored["password_hash"].startswith("$argon2id$") and PASSWORD not in stored["password_hash"]
+    client = httpx.Client(base_url=api.url, timeout=30)
+    assert client.post("/console/session", json={"username": "new@capi.example", "password": PASSWORD}).status_code == 200
+    assert subprocess.run([*dx, "user", "disable", "new@capi.example"], capture_output=True, env=env).returncode == 0
+    assert client.get("/console/session").status_code == 401  # its session ended with it
+    refused = client.post("/console/session", json={"username": "new@capi.example", "password": PASSWORD})
+    assert refused.json()["error"]["code"] == "SIGN_IN_FAILED"
