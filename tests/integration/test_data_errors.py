@@ -227,6 +227,29 @@ def test_an_updater_key_whose_end_state_the_constraints_refuse_applies_its_recor
     _no_retry(workers)
 
 
+def test_a_rule_every_record_breaks_fails_the_run_at_once(cluster_env, sshd, smtp, workers, tmp_path):
+    # Given: an append over a table whose CHECK all 150 records of the file break
+    tenant = "rule-all"
+    path = f"{tenant}/in.csv"
+    apply(config(tenant, sshd, [_module(tenant, "append", path)]), tmp_path)
+    seed(tenant, BEFORE)
+    with db.transaction() as conn:
+        conn.execute(f'ALTER TABLE "tenant_{tenant}".contacts ADD CONSTRAINT points_positive CHECK (points >= 0)')
+    sshd.put(path, _records("append", [f"k{i}@x.it,K,-{i + 1}" for i in range(150)]))
+    workers.start(1)
+
+    # When: it runs
+    result, took_s = _timed_run(f"{tenant}-m")
+
+    # Then: the run failed with DATA_REFUSED naming the rule, at once, and nothing was added
+    assert result["status"] == "failed"
+    assert result["error_code"] == "DATA_REFUSED", result["error_message"]
+    assert "points_positive" in result["error_message"]
+    assert table(tenant) == {"keep@x.it": ("Keep", 1, None)}
+    assert took_s < FAST_S
+    _no_retry(workers)
+
+
 #: The documented limit of one record.
 RECORD_LIMIT = 16 * 1024 * 1024
 
