@@ -102,6 +102,12 @@ class ErrorCode(StrEnum):
                            "its final name and an Exporter's watermark did not move.")
     TARGET_UNENCODABLE = ("TARGET_UNENCODABLE", Level.RUN,
                           "A value has no representation in the target's encoding (choose utf-8).")
+    DATA_REFUSED = ("DATA_REFUSED", Level.RUN,
+                    "The database refused a chunk's records for a reason that is the data's own (a rule the "
+                    "client added to the contact table, a value its column cannot hold) but that single records "
+                    "do not explain, or that too many of them share (more than a chunk tells apart one by one: "
+                    "the message gives the database's reason and how many were found). Retrying cannot help, so "
+                    "the run failed at once.")
     INTERNAL_ERROR = ("INTERNAL_ERROR", Level.RUN,
                       "A worker failed unexpectedly after its retries; the log of the run says why.")
 
@@ -154,7 +160,11 @@ class ErrorCode(StrEnum):
                         "twice, or a field holds elements).")
     KEY_MISSING = ("KEY_MISSING", Level.RECORD, "The primary-key field is empty.")
     REQUIRED_FIELD_MISSING = ("REQUIRED_FIELD_MISSING", Level.RECORD, "A required field is empty.")
-    INVALID_VALUE = ("INVALID_VALUE", Level.RECORD, "A value does not parse as its field's type.")
+    INVALID_VALUE = ("INVALID_VALUE", Level.RECORD,
+                     "A value does not parse as its field's type, or holds a character no field may hold: a NUL "
+                     "byte (PostgreSQL cannot store it), or in an e-mail address a control or invisible formatting "
+                     "character (a byte-order mark U+FEFF, a zero-width space). A NUL is shown as U+FFFD in the "
+                     "report.")
     VALUE_TOO_LONG = ("VALUE_TOO_LONG", Level.RECORD, "A text value is longer than its field's max_length.")
     DUPLICATE_KEY = ("DUPLICATE_KEY", Level.RECORD,
                      "The key appears earlier in the same source; the first occurrence was applied.")
@@ -163,6 +173,25 @@ class ErrorCode(StrEnum):
                      "An update or delete names a key that is not in the database (at that point of the source).")
     BAD_OPERATION = ("BAD_OPERATION", Level.RECORD,
                      "The record's operation is not I (insert), U (update) or D (delete).")
+    RECORD_REFUSED = ("RECORD_REFUSED", Level.RECORD,
+                      "The database refused the record: it breaks a rule the client added to the contact table (a "
+                      "CHECK, NOT NULL or UNIQUE constraint, a foreign key) or holds a value the column cannot "
+                      "store (longer than a varchar(n), out of range); the message gives the database's reason. "
+                      "The chunk's other records are applied.")
+    RECORD_TOO_LARGE = ("RECORD_TOO_LARGE", Level.RECORD,
+                        "The CSV record is longer than 16 MiB (its bytes in UTF-8), the most one record may hold; "
+                        "its first characters are quoted.")
+
+
+#: SQLSTATE classes of the database errors that the same data raises every time: 22 (data exception: a
+#: value a column cannot hold) and 23 (integrity constraint violation: CHECK, NOT NULL, UNIQUE, foreign key).
+DATA_SQLSTATE_CLASSES = ("22", "23")
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a database error that the data written raises every time (never retried)."""
+    sqlstate = getattr(exc, "sqlstate", None)  # psycopg's errors carry it; not imported here
+    return isinstance(sqlstate, str) and sqlstate[:2] in DATA_SQLSTATE_CLASSES
 
 
 #: Each code's meaning, by code: the run page, the e-mail and the error-code page show it.

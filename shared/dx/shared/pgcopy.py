@@ -31,6 +31,7 @@ COPY_SLICE_ROWS = 16_384
 #: The Polars type each PostgreSQL column type is sent as (numeric: see ``numeric_wire``).
 ARROW_TYPES: dict[str, pl.DataType] = {
     "bigint": pl.Int64(), "integer": pl.Int32(), "smallint": pl.Int16(), "text": pl.String(),
+    "character varying": pl.String(), "character": pl.String(),  # a client's varchar(n), char(n): text's wire form
     "boolean": pl.Boolean(), "date": pl.Date(), "double precision": pl.Float64(),
     "timestamp with time zone": pl.Datetime("us", "UTC"), "timestamp without time zone": pl.Datetime("us"),
 }

@@ -59,6 +59,10 @@ class TextBytes:
                                                      & np.isin(self.bytes[ends - 2], WIDE_SPACE_BEFORE_LAST))) & edge
         return any(v[0].isspace() or v[-1].isspace() for v in self.text.gather(np.flatnonzero(maybe)).to_list())
 
+    def has_nul(self) -> bool:
+        """Whether a value holds a NUL byte (the 0 byte after the last value is not one)."""
+        return bool((self.bytes[:-1] == 0).any())
+
     def has_empty(self) -> bool:
         """Whether a value is the empty text (not a null)."""
         return int((self.lengths == 0).sum()) > self.text.null_count()

@@ -31,7 +31,9 @@ Unset = Literal["absent", "empty"]
 TRUE_WORDS = ["true", "t", "yes", "y", "1", "on"]
 FALSE_WORDS = ["false", "f", "no", "n", "0", "off"]
 BOOL_WORDS = {**dict.fromkeys(TRUE_WORDS, True), **dict.fromkeys(FALSE_WORDS, False)}
-EMAIL_RE = r"^[^@\s]+@([^@\s.]+\.)+[^@\s.]+$"
+#: An e-mail address: no white space, control character (a NUL) or invisible formatting character (a
+#: byte-order mark, a zero-width space: U+FEFF from files glued together is not part of a key).
+EMAIL_RE = r"^[^@\s\p{Cc}\p{Cf}]+@([^@\s.\p{Cc}\p{Cf}]+\.)+[^@\s.\p{Cc}\p{Cf}]+$"
 #: A decimal: ASCII digits (``\d`` takes any script's), an optional point, an exponent of at most 3 digits.
 DECIMAL_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
 #: A timestamp field without a format takes YYYY-MM-DD[( |T)HH:MM[:SS[.fraction]]], read as UTC:
@@ -40,6 +42,8 @@ TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 FRACTION_RE = r"^\.[0-9]{1,9}$"
 #: A repeated key's message ({} is the row of the key's first valid occurrence).
 DUPLICATE_MESSAGE = "the key appears earlier in the source (row {}); the first occurrence was applied"
+#: The character PostgreSQL cannot store in text (a NUL byte), and what a report shows in its place.
+NUL, NUL_SHOWN = "\x00", "\ufffd"
 #: Characters of a bad value quoted in a message.
 MESSAGE_VALUE_CHARS = 80
 FAILED_SCHEMA = {"row_number": pl.Int64, "key": pl.String, "operation": pl.String,
@@ -221,12 +225,15 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
     # trims were half of a chunk's validation (a column holding one such value is trimmed whole)
     trimmed: set[str] = set()
     empty: set[str] = set()
+    nul: set[str] = set()
     for col in mapping.values():  # one column's bytes at a time (a copy of them is made)
         text = TextBytes(chunk[col])
         if not text.needs_trim():
             trimmed.add(col)
         if text.has_empty():
             empty.add(col)
+        if text.has_nul():
+            nul.add(col)
     raw = {name: pl.col(col) if keep_blank_text and db.fields[name].type == "text"
            else _blank_as_null(col, trimmed=col in trimmed, empty=col in empty) for name, col in mapping.items()}
     pk = db.primary_key
@@ -259,6 +266,9 @@ def validate(chunk: pl.DataFrame, db: DatabaseCfg, source_columns: list[str], *,
         typed[name] = parsed.alias(_typed(name))
         value = pl.col(_typed(name))  # parsed once, in the first pass
         applies = pl.lit(True) if name == pk else writes
+        if mapping[name] in nul:  # checked first: the database would refuse the value whatever its type
+            checks.append((applies & pl.col(mapping[name]).str.contains(NUL, literal=True), ErrorCode.INVALID_VALUE,
+                           pl.lit(f"{name}: holds a NUL byte (shown as U+FFFD), which the database cannot store")))
         if f.required and name != pk:
             missing = raw[name].is_null()
             if name in unsets:  # an update keeps what a record leaves unset; an insert would leave it empty
@@ -320,8 +330,16 @@ def first_occurrences(good: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame | 
 
 
 def with_records(failed: pl.DataFrame, chunk: pl.DataFrame, source_columns: list[str]) -> pl.DataFrame:
-    """Failed operations with each record as received (JSON of its source columns), as FAILED_SCHEMA."""
+    """Failed operations with each record as received (JSON of its source columns), as FAILED_SCHEMA;
+    a NUL byte in them is shown as U+FFFD (PostgreSQL stores none, in text or JSON)."""
     records = chunk.join(failed.select(pl.col("row_number").alias(ROW)), on=ROW, how="semi").select(
-        pl.col(ROW).alias("row_number"), pl.struct(source_columns).struct.json_encode().alias("record"))
+        pl.col(ROW).alias("row_number"),
+        pl.struct([shown_nul(pl.col(c)) for c in source_columns]).struct.json_encode().alias("record"))
     return failed.join(records, on="row_number", how="left", maintain_order="left") \
+        .with_columns(shown_nul(pl.col("key")), shown_nul(pl.col("error_message"))) \
         .select(list(FAILED_SCHEMA)).cast(FAILED_SCHEMA)  # type: ignore[arg-type]
+
+
+def shown_nul(text: pl.Expr) -> pl.Expr:
+    """The text with each NUL byte shown as U+FFFD."""
+    return text.str.replace_all(NUL, NUL_SHOWN, literal=True)

@@ -44,6 +44,9 @@ from dx.shared.formats.csv import _open as open_decompressed
 BATCH_RECORDS = 50_000
 #: Characters of a malformed record quoted in its report.
 QUOTED_CHARS = 200
+#: The most bytes one value may hold: libxml2's limit on a text node (its option that lifts it,
+#: XML_PARSE_HUGE, lifts every other hard limit of the parser too).
+MAX_VALUE_BYTES = 10_000_000
 #: libxml2 error codes that mean the bytes are not in the declared encoding.
 ENCODING_ERRORS = {9, 31, 32, 81}
 
@@ -78,6 +81,13 @@ def _records(fh: IO[bytes], src: SourceCfg, name: str) -> Iterator[etree._Elemen
                                "check the module's source.record_element")
     except etree.XMLSyntaxError as exc:
         line, column = exc.position
+        if "CharRef" in exc.msg:  # &#0; and the like: well-formed XML references no such character
+            raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{name} is not well-formed XML at line {line}, column "
+                           f"{column}: it references a character XML does not allow (a NUL, &#0;, or another "
+                           f"control character): {exc.msg}") from None
+        if "Text node too long" in exc.msg or "huge text node" in exc.msg:
+            raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{name}: the value ending at line {line}, column {column} "
+                           f"is longer than {MAX_VALUE_BYTES:,} bytes, the most one XML value may hold") from None
         if exc.code in ENCODING_ERRORS:
             raise RunError(ErrorCode.SOURCE_UNDECODABLE, f"{name} is not in the encoding its XML declaration "
                            f"names (UTF-8 without one), line {line}, column {column}: {exc.msg}") from None

@@ -12,7 +12,13 @@ column-wise, and applies it in ONE transaction together with its
 ``dx.chunk_results`` row and its failed operations (a streamed chunk also
 writes the keys it applied, for the reduce).
 
-Retries: 5 with backoff; then ``run_crashed`` fails the run.
+A record the database refuses (a rule the client added to the contact
+table) is a RECORD_REFUSED failed operation, the others are applied
+(``refusals``); a data error no record explains, or one that too many
+records share, fails the run at once (DATA_REFUSED): the same data would
+fail the same way again.
+
+Retries: 5 with backoff, for transient failures only; then ``run_crashed`` fails the run.
 Idempotent: the result row is claimed first in the transaction, so a
 redelivered message (or one racing a twin) finds it and changes nothing; a
 worker killed mid-chunk leaves no trace and the chunk is applied again, whole.
@@ -23,15 +29,19 @@ from __future__ import annotations
 import time
 
 import polars as pl
+import psycopg
 import structlog
 
 from dx.shared import db, messages
 from dx.shared.catalog import ModuleDef
 from dx.shared.db import Conn
+from dx.shared.errors import ErrorCode, RunError, is_data_error
 from dx.shared.formats.csv import ROW
 from dx.shared.pgcopy import copy_frame
 from dx.shared.runs import FAILED_TABLE, Run, chunks_done, claim_chunk, definition, pending_chunk, streamed
 from dx.workers import staging
+from dx.workers.failures import fail_run
+from dx.workers.imports import refusals
 from dx.workers.imports.kinds import import_kind
 
 log = structlog.get_logger(__name__)
@@ -47,8 +57,28 @@ def chunk(run_id: int, chunk_no: int, attempt: int | None = None) -> None:
             return
         mdef = definition(conn, run)
         conn.commit()  # no snapshot held while the chunk is validated
-        if _apply(conn, run, mdef, chunk_no, attempt, started) and streamed(run):
+        try:
+            applied = _apply(conn, run, mdef, chunk_no, attempt, started)
+        except psycopg.Error as exc:
+            if not is_data_error(exc):
+                raise
+            conn.rollback()
+            _fail_at_once(run_id, mdef, RunError(ErrorCode.DATA_REFUSED, (
+                f"the database refused chunk {chunk_no}: {str(exc).splitlines()[0]}; "
+                "retrying would not help")))
+            return
+        except RunError as exc:
+            conn.rollback()
+            _fail_at_once(run_id, mdef, exc)
+            return
+        if applied and streamed(run):
             _reduce_if_last(conn, run_id)  # a streamed run's chunks have no group barrier
+
+
+def _fail_at_once(run_id: int, mdef: ModuleDef, exc: RunError) -> None:
+    """Fail the run for a deterministic error of its data, without retrying the chunk."""
+    log.warning("chunk.failed", code=exc.code.value, error=exc.message)
+    fail_run(run_id, exc.code, exc.message, kind=import_kind(mdef))
 
 
 def _apply(conn: Conn, run: Run, mdef: ModuleDef, chunk_no: int, attempt: int | None, started: float) -> bool:
@@ -62,9 +92,9 @@ def _apply(conn: Conn, run: Run, mdef: ModuleDef, chunk_no: int, attempt: int | 
     with conn.transaction():
         if not claim_chunk(conn, run_id, chunk_no, frame.height, "chunk", attempt=attempt):
             return False
-        outcome = kind.apply(conn, run, validated)
+        outcome, applied = refusals.apply_refusing(conn, run, kind, validated)
         if streamed(run):  # the reduce settles keys across chunks
-            staging.write_keys(run_id, chunk_no, kind.keys_applied(validated.good))
+            staging.write_keys(run_id, chunk_no, kind.keys_applied(applied))
         failed = outcome.failed.with_columns(pl.lit(run_id).alias("run_id"), pl.lit(chunk_no).alias("chunk_no"))
         copy_frame(conn, FAILED_TABLE, failed)
         counters = {k: int(v) for k, v in outcome.counters.items()}

@@ -81,6 +81,8 @@ def load_table(conn: Conn, mdef: ModuleDef, frame: pl.DataFrame,
     leaves a field unset holds NULL there, and writes nothing to it)."""
     target = table_ident(mdef.database.tenant, mdef.database.id)
     load = sql.Identifier(name)
+    # a chunk applied again in parts in one transaction (``refusals``) loads it again
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("pg_temp", name)))
     conn.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(load, target))
     not_null = [sql.SQL("ALTER COLUMN {} DROP NOT NULL").format(sql.Identifier(r["attname"])) for r in conn.execute(
         "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped"

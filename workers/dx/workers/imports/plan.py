@@ -224,8 +224,7 @@ def _new_attempt(run_id: int, mdef: ModuleDef, columns: list[str]) -> tuple[int,
 
 
 def _malformed(bad: list[Malformed]) -> list[dict]:
-    return [{"row_number": m.row_number, "error_code": ErrorCode.MALFORMED_RECORD.value,
-             "error_message": m.message} for m in bad]
+    return [{"row_number": m.row_number, "error_code": m.code.value, "error_message": m.message} for m in bad]
 
 
 
