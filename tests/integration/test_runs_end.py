@@ -231,7 +231,7 @@ def test_a_run_that_cannot_progress_times_out_and_its_module_runs_again(cluster_
     assert [r["status"] for r in fired] != ["skipped"] and len(fired) == 1
     assert wait_for(fired[0]["id"], 60)["status"] == "completed"
     assert table(tenant) == expected
-    assert not (sshd.root / path).exists()  # archived by the run that imported it
+    until(lambda: not (sshd.root / path).exists(), "the run that imported the file archives it")
 
 
 def test_a_run_over_its_time_limit_times_out_while_its_plan_still_works(cluster_env, sshd, smtp, workers,
@@ -240,6 +240,7 @@ def test_a_run_over_its_time_limit_times_out_while_its_plan_still_works(cluster_
     tenant = "overdue"
     path, _ = _source(tenant, sshd, 300)
     module = _module(tenant, sshd, tmp_path, "overwrite", path, settle_s=20)
+    os.utime(sshd.root / path)  # written just now
     _workers(workers, cluster_env, n=1, threads=2)  # a thread free for the message that times it out
     run_id = request_run(module, Trigger.MANUAL, "pytest")
     until(lambda: _status(run_id) == "running", "the plan starts")
@@ -254,12 +255,15 @@ def test_a_run_over_its_time_limit_times_out_while_its_plan_still_works(cluster_
     assert not [e for e in logs if e["event"] == "run.redriven"]
     assert ended["finished_at"] - ended["started_at"] < timedelta(seconds=15)
     smtp.wait_for(lambda m: f"(run {run_id})" in m["Subject"] and "timed_out" in m["Subject"])
-    # and once its plan woke up, it stopped without touching the table or the file
+    # and once its plan woke up (its staging folder gone with the run), it stopped without changing
+    # the run, the table or the file
     until(lambda: _plan_stopped(workers), "the plan stops", timeout_s=40)
+    with db.connect() as conn:
+        after = get_run(conn, run_id)
+    assert after is not None and (after["status"], after["error_code"]) == ("timed_out", "RUN_TIMED_OUT")
     assert table(tenant) == {"old@example.com": ("Old", 1, None)}
     assert tables_left(tenant) == ["contacts"]
     assert (sshd.root / path).exists()
-    assert _status(run_id) == "timed_out"
 
 
 def _status(run_id: int) -> str:
@@ -270,7 +274,9 @@ def _status(run_id: int) -> str:
 
 
 def _plan_stopped(workers) -> bool:
-    return any('"plan.skip"' in p.read_text() for p in workers.logdir.glob("worker-*.log"))
+    """A worker's plan message ended: quietly (the run had ended) or failing (a terminal run stays as it is)."""
+    return any(f'"{event}"' in p.read_text() for p in workers.logdir.glob("worker-*.log")
+               for event in ("plan.skip", "plan.failed"))
 
 
 def test_a_hung_stage_is_cut_by_its_time_limit_and_its_run_fails(cluster_env, sshd, smtp, workers, tmp_path,
