@@ -25,10 +25,10 @@ from dx.devkit.generate import contacts
 from dx.scheduler.loop import Scheduler
 from dx.scheduler.requests import request_run
 from dx.shared import db
-from dx.shared.messages import QUEUES, REDUCE_QUEUE
+from dx.shared.messages import EXPORT_CHUNK, QUEUES, REDUCE_QUEUE, send
 from dx.shared.runs import Trigger, get_run
 from dx.shared.settings import get_settings
-from tests.integration.helpers import apply, config, seed, table, tables_left
+from tests.integration.helpers import apply, config, export_config, seed, table, tables_left
 from tests.integration.procs import until
 from tests.integration.scheduling import FixedClock, queue_depth, runs_of
 
@@ -150,6 +150,38 @@ def test_chunks_delivered_again_after_their_reduce_was_lost_send_it(cluster_env,
     assert table(tenant) == expected
     assert ended["redrives"] == 0
     smtp.wait_for(lambda m: f"(run {run['id']})" in m["Subject"] and "completed" in m["Subject"])
+
+
+def test_an_export_chunk_delivered_again_after_its_barrier_was_lost_sends_the_reduce(cluster_env, sshd, smtp,
+                                                                                    workers, tmp_path, alone):
+    # Given: a Displacer run planned and its chunk written (here), whose group barrier was lost (a
+    # Redis restart: no completion callback comes), and whose chunk message comes again
+    from dx.workers.exports.chunk import export_chunk
+    from dx.workers.exports.plan import export_plan
+
+    tenant = "lostbarrier"
+    apply(export_config(tenant, sshd, {"people": {"email": {"type": "email", "required": True}, "name": "text"}},
+                        [{"id": "lostbarrier-out", "kind": "displacer", "database": "people",
+                          "target": {"path": "lostbarrier/people.csv"}}]), tmp_path)
+    with db.transaction() as conn:
+        conn.execute('INSERT INTO "tenant_lostbarrier".people (email, name) VALUES (%s, %s), (%s, %s)',
+                     ("a@x.io", "Ann", "b@x.io", "Bob"))
+    broker_url = cluster_env["DX_BROKER_URL"]
+    run_id = request_run("lostbarrier-out", Trigger.MANUAL, "pytest")
+    _purge(broker_url, "dx.plan")
+    export_plan(run_id)
+    _purge(broker_url, "dx.chunk")
+    export_chunk(run_id, 0)
+    send(EXPORT_CHUNK, run_id=run_id, chunk_no=0)
+
+    # When: a worker takes the chunk message (no scheduler runs)
+    _workers(workers, cluster_env, n=1)
+    ended = wait_for(run_id, 60)
+
+    # Then: the delivery that found its chunk done sent the reduce: the file is delivered
+    assert (ended["status"], ended["rows_exported"], ended["redrives"]) == ("completed", 2, 0)
+    assert (sshd.root / "lostbarrier/people.csv").read_text().splitlines() == [
+        "email,name", '"a@x.io","Ann"', '"b@x.io","Bob"']
 
 
 @pytest.mark.parametrize(("lost", "mode"), [("plan", "overwrite"), ("chunks", "upsert"), ("chunks", "overwrite"),
