@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests use answer on loopback: PostgreSQL, Redis,
 # RabbitMQ with its Prometheus plugin, MariaDB (started if down, with the machine's own start commands) and that
-# Debian's OpenSSH server is installed (the tests start their own sshd).
+# Debian's OpenSSH server (the tests start their own sshd) and Chromium (driven by Playwright) are installed.
 set -uo pipefail
 
 up() { timeout 1 bash -c "</dev/tcp/127.0.0.1/$1" 2>/dev/null; }
@@ -34,5 +34,11 @@ if [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   (apt-get update -qq && apt-get install -y -qq openssh-server >/dev/null) || {
     echo "services: could not install openssh-server" >&2; exit 1; }
+fi
+if ! command -v chromium >/dev/null; then
+  echo "services: installing Debian's chromium for the console's browser tests" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || {
+    echo "services: could not install chromium" >&2; exit 1; }
 fi
 exit 0

@@ -6,19 +6,22 @@
 - OpenSSH: an ``sshd`` with its own config and host key on a free port,
   user ``dxsftp`` (password and key).
 - SMTP: aiosmtpd on a free port, keeping every message.
+- S3: moto's S3-compatible server on a free port (the object-storage staging tests).
+- A browser: Debian's Chromium, headless, driven by Playwright (the console's tests).
 A service that does not answer fails the session (CI never skips).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from email import message_from_bytes
+from email import message_from_bytes, policy
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from dx.devkit.cluster import ServiceDown, Workers, private_services
+from dx.devkit.s3 import S3, running_s3
 from dx.devkit.sshd import SSHD, Sftp, free_port, running_sshd
 
 
@@ -57,12 +61,33 @@ class Mailbox:
 
 
 @pytest.fixture(scope="session")
+def s3() -> Iterator[S3]:
+    """An S3-compatible server (moto's) on a free loopback port, with the staging bucket made."""
+    with running_s3() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium, headless, driven by Playwright (no browser download)."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is missing: run scripts/services.sh (it installs it)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="session")
 def smtp() -> Iterator[Mailbox]:
     box = Mailbox(free_port())
 
     class Handler:
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            box.messages.append(message_from_bytes(envelope.content))
+            box.messages.append(message_from_bytes(envelope.content, policy=policy.default))
             return "250 OK"
 
     controller = Controller(Handler(), hostname="127.0.0.1", port=box.port)

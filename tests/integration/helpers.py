@@ -37,6 +37,11 @@ def config(tenant: str, sftp: Any, modules: list[dict[str, Any]], *, host_key: s
     })
 
 
+def text_of(message: Any) -> str:
+    """The plain-text part of an e-mail (its HTML part and attachments aside)."""
+    return str(message.get_body(("plain",)).get_content())
+
+
 def apply(text: str, tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(text)

@@ -18,7 +18,7 @@ from dx.scheduler.loop import Scheduler
 from dx.shared import db
 from dx.shared.runs import definition, get_run
 from dx.workers.imports.files import after_end
-from tests.integration.helpers import apply, config, run, table
+from tests.integration.helpers import apply, config, run, table, text_of
 from tests.integration.scheduling import FixedClock, forget_tenant, runs_of
 
 pytestmark = pytest.mark.timeout(240)
@@ -37,7 +37,7 @@ def _reported(run_id: int, smtp: Any) -> tuple[dict[str, Any], str]:
     with db.connect() as conn:
         ended = get_run(conn, run_id)
     assert ended is not None
-    return dict(ended), mail.get_payload(decode=True).decode()
+    return dict(ended), text_of(mail)
 
 
 def _files(folder: Path) -> list[str]:

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.helpers import apply, config, run, seed, table, tables_left
+from tests.integration.helpers import apply, config, run, seed, table, tables_left, text_of
 
 BEFORE = [("keep1@x.it", "Keep", 1), ("keep2@x.it", "Keep", 2)]
 GOOD = b"email,first_name,points\nnew@x.it,New,3\n"
@@ -61,7 +61,7 @@ def test_bad_input_fails_with_its_code_and_keeps_the_data(case, cluster_env, ssh
     assert tables_left(tenant) == ["contacts"]
     # and the e-mail says so
     mail = smtp.wait_for(lambda m: f"(run {result['id']})" in m["Subject"])
-    body = mail.get_payload(decode=True).decode()
+    body = text_of(mail)
     assert code in body
     # and a source whose content failed the run is moved to rejected/ beside it, with its reason, and the
     # e-mail says where; a source failed by anything else (the server's key) is left in place for the next run

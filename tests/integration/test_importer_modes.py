@@ -11,7 +11,7 @@ import pytest
 
 from dx.cli import main
 from dx.shared import db
-from tests.integration.helpers import apply, config, failures, run, seed, table
+from tests.integration.helpers import apply, config, failures, run, seed, table, text_of
 
 # Given: a Latin-1, semicolon-separated file with good and bad records.
 SOURCE = (
@@ -88,9 +88,11 @@ def test_mode_applies_exactly_and_reports_every_bad_record(mode, modes_tenant, s
     assert any(r["points"] == "notanint" and r["error_code"] == "INVALID_VALUE" for r in rows)
     # and the e-mail arrives with the counters
     mail = smtp.wait_for(lambda m: f"(run {result['id']})" in m["Subject"])
-    body = mail.get_payload(decode=True).decode()
+    body = text_of(mail)
     assert f"inserted     {expected['counters']['inserted']:>13,}" in body
-    assert "INVALID_VALUE" in body and f"dx report {result['id']}" in body
+    assert "INVALID_VALUE" in body and f"attached: run-{result['id']}-failures.csv" in body
+    [attached] = [p for p in mail.iter_attachments() if p.get_filename() == f"run-{result['id']}-failures.csv"]
+    assert attached.get_payload(decode=True) == out.read_bytes()  # the failures file, as `dx report` wrote it
     # and the text key is still compared byte-wise, under its primary key (an overwrite swapped the table)
     with db.connect() as conn:
         key = conn.execute("SELECT a.attnotnull AS not_null, c.collname, i.indisprimary FROM pg_attribute a"

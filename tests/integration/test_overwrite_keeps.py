@@ -25,7 +25,7 @@ from dx.cli import main, wait_for
 from dx.scheduler.requests import request_run
 from dx.shared import db
 from dx.shared.runs import Trigger
-from tests.integration.helpers import apply, config, run, seed, table, tables_left
+from tests.integration.helpers import apply, config, run, seed, table, tables_left, text_of
 
 ROLE = f"dx_reporting_{os.getpid()}"
 BEFORE = [("a@x.it", "Ann", 1), ("b@x.it", "Bob", 150), ("z@x.it", "Zoe", 3)]
@@ -189,7 +189,7 @@ def _shown(run_id: int, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
 def _mailed_counters(smtp: Any, run_id: int) -> dict[str, int]:
     """The counters in the run's e-mail."""
     mail = smtp.wait_for(lambda m: f"(run {run_id})" in m["Subject"])
-    body = mail.get_payload(decode=True).decode().replace("\r\n", "\n")
+    body = text_of(mail).replace("\r\n", "\n")
     return {m[1]: int(m[2].replace(",", "")) for m in re.finditer(r"^  (\w+) +([\d,]+)$", body, re.M)}
 
 

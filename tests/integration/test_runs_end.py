@@ -28,7 +28,7 @@ from dx.shared import db
 from dx.shared.messages import EXPORT_CHUNK, QUEUES, REDUCE_QUEUE, send
 from dx.shared.runs import Trigger, get_run
 from dx.shared.settings import get_settings
-from tests.integration.helpers import apply, config, export_config, seed, table, tables_left
+from tests.integration.helpers import apply, config, export_config, seed, table, tables_left, text_of
 from tests.integration.procs import until
 from tests.integration.scheduling import FixedClock, queue_depth, runs_of
 
@@ -250,7 +250,7 @@ def test_a_run_that_cannot_progress_times_out_and_its_module_runs_again(cluster_
     assert table(tenant) == {"old@example.com": ("Old", 1, None)}
     assert tables_left(tenant) == ["contacts"]
     mail = smtp.wait_for(lambda m: f"(run {run['id']})" in m["Subject"])
-    assert "timed_out" in mail["Subject"] and "RUN_TIMED_OUT" in mail.get_payload()
+    assert "timed_out" in mail["Subject"] and "RUN_TIMED_OUT" in text_of(mail)
     # and its file stayed where it was
     assert (sshd.root / path).exists()
 

@@ -16,6 +16,7 @@ from dx.scheduler.requests import create_queued_run
 from dx.scheduler.schedule import set_paused
 from dx.shared import db
 from dx.shared.runs import RunStatus, Trigger, finish
+from tests.integration.helpers import text_of
 from tests.integration.scheduling import (
     FixedClock,
     claims,
@@ -153,7 +154,7 @@ def test_auto_pause_after_consecutive_failures_sends_an_email(sched, smtp):
     with db.connect() as conn:
         assert conn.execute("SELECT paused FROM dx.modules WHERE id = 'sched-fail'").fetchone()["paused"]
     msg = smtp.wait_for(lambda m: "sched-fail: schedule paused after 2 failed runs" in m["Subject"])
-    body = msg.get_payload()
+    body = text_of(msg)
     assert f"run {ids[2]}" in body and f"run {ids[1]}" in body and "dx resume sched-fail" in body
     # and after a resume, the same old failures do not pause it again
     with db.transaction() as conn:

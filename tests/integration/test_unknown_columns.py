@@ -12,7 +12,7 @@ import pytest
 from dx.cli import main
 from dx.scheduler.tokens import create_token
 from dx.shared import db
-from tests.integration.helpers import apply, config, run, seed, table, tables_left
+from tests.integration.helpers import apply, config, run, seed, table, tables_left, text_of
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -63,7 +63,7 @@ def test_a_misspelled_column_completes_with_a_warning_in_dx_show_the_mail_and_th
     # and the e-mail says so in its subject and in a Warnings section with the code's meaning
     mail = smtp.wait_for(lambda m: f"(run {result['id']})" in m["Subject"])
     assert "completed, 1 warning" in mail["Subject"]
-    body = mail.get_payload(decode=True).decode()
+    body = text_of(mail)
     assert "Warnings:" in body and f"UNKNOWN_COLUMN: {message}" in body
     assert "map to no field of the database (a misspelled name?)" in body
 
@@ -88,7 +88,7 @@ def test_a_misspelled_column_completes_with_a_warning_in_dx_show_the_mail_and_th
     assert ignored["warnings"] == []
     assert table(tenant) == {"a@x.it": (None, 1, None), "b@x.it": (None, 2, None)}
     quiet = smtp.wait_for(lambda m: f"(run {ignored['id']})" in m["Subject"])
-    assert "warning" not in quiet["Subject"] and "Warnings:" not in quiet.get_payload(decode=True).decode()
+    assert "warning" not in quiet["Subject"] and "Warnings:" not in text_of(quiet)
 
 
 def test_under_fail_a_misspelled_column_fails_the_run_before_anything_is_written(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import time
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,7 @@ TEMP = "out/.people.csv.part-7"
 pytestmark = pytest.mark.usefixtures("staging_dir")
 
 
-def _parts(*bodies: bytes) -> list[Path]:
+def _parts(*bodies: bytes) -> list[staging.Staged]:
     """The run's local parts, written whole."""
     parts = [staging.export_part(RUN, i) for i in range(len(bodies))]
     for part, body in zip(parts, bodies, strict=True):
@@ -29,9 +28,9 @@ def _parts(*bodies: bytes) -> list[Path]:
     return parts
 
 
-def _place(remote: LocalRemote, part: Path, offset: int) -> None:
+def _place(remote: LocalRemote, part: staging.Staged, offset: int) -> None:
     """What a chunk does once its offset is known: write its part there, then note it."""
-    with open(part, "rb") as fh:
+    with part.open("rb") as fh:
         remote.place(TEMP, [(offset, fh)])
     placement.note_placed(part, offset)
 
@@ -79,7 +78,7 @@ def test_a_chunk_places_after_its_own_only_parts_not_placed_where_they_belong(tm
     assert placement.placeable(RUN, 0, len(HEAD)) == [(len(HEAD), parts[0]), (len(HEAD) + 4, parts[1])]
 
 
-def _complete(remote: LocalRemote, parts: list[Path]) -> int:
+def _complete(remote: LocalRemote, parts: list[staging.Staged]) -> int:
     return placement.complete(remote, RUN, HEAD, parts, TAIL, TEMP)
 
 

@@ -18,7 +18,7 @@ from typing import NoReturn
 
 import psycopg
 
-from dx.cli import config, dev, modules, roles, runs, tokens
+from dx.cli import config, dev, modules, roles, runs, tokens, users
 from dx.cli.command import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Command
 from dx.cli.runs import run_module, wait_for
 from dx.shared import db
@@ -29,10 +29,10 @@ from dx.shared.settings import get_settings
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main", "run_module", "wait_for"]
 
 #: Every command, by name.
-COMMANDS: dict[str, Command] = {c.name: c for m in (config, modules, runs, roles, tokens, dev) for c in m.COMMANDS}
+COMMANDS: dict[str, Command] = {c.name: c for m in (config, modules, runs, roles, tokens, users, dev) for c in m.COMMANDS}
 #: The order in which ``dx --help`` lists them.
 ORDER = ("migrate", "apply", "modules", "pause", "resume", "run", "runs", "show", "report", "schedule",
-         "scheduler", "serve", "token", "worker", "generate", "demo", "docs")
+         "scheduler", "serve", "token", "user", "worker", "generate", "demo", "docs")
 assert sorted(ORDER) == sorted(COMMANDS), "every command is listed once in ORDER"
 
 

@@ -41,7 +41,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         cfg = parse_config(text, known(conn))
         try:
             with conn.transaction():
-                changes = apply_config(conn, cfg)
+                changes = apply_config(conn, cfg, discard_console_changes=args.discard_console_changes)
                 if args.dry_run:  # everything was checked against the database; nothing is kept
                     raise psycopg.Rollback()
         except psycopg.Rollback:
@@ -67,6 +67,8 @@ def cmd_docs(args: argparse.Namespace) -> int:
 def _apply_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--file", required=True)
     p.add_argument("--dry-run", action="store_true", help="validate only; change nothing")
+    p.add_argument("--discard-console-changes", action="store_true",
+                   help="let the file's schedule and notifications replace those changed in the console since")
 
 
 def _docs_arguments(p: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ Tokens travel only in the Authorization header, which is never logged.
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -23,17 +24,28 @@ import dramatiq.errors
 import pika.exceptions
 import psycopg
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import generate_latest
 from starlette.exceptions import HTTPException
 
-from dx.scheduler import metrics
+from dx.scheduler import console_api, metrics
+from dx.scheduler.api_base import (
+    ApiError,
+    Connection,
+    ModuleId,
+    Operator,
+    Tenant,
+    Who,
+    error,
+    not_found,
+    own_run,
+)
 from dx.scheduler.clock import Clock
 from dx.scheduler.http_models import (
     ErrorOut,
+    ExportOut,
     ModuleDetail,
     ModuleList,
     ModuleOut,
@@ -46,26 +58,26 @@ from dx.scheduler.http_models import (
 from dx.scheduler.limits import BodyLimit
 from dx.scheduler.requests import RequestIdReused, TenantDisabled, UnknownModule, module_tenant, request_run
 from dx.scheduler.schedule import next_fire, schedule_of, set_paused, upcoming
-from dx.scheduler.tokens import Principal, authenticate
 from dx.shared import db
 from dx.shared.catalog import module_rows
 from dx.shared.db import Conn
-from dx.shared.errors import ErrorCode, RetriableError
+from dx.shared.errors import MEANINGS, ErrorCode, RetriableError
 from dx.shared.report import report_text
-from dx.shared.runs import Run, RunStatus, Trigger, chunks_done, error_counts, get_run
+from dx.shared.runs import Run, RunStatus, Trigger, chunks_done, error_counts
 from dx.shared.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
 #: The console's files and the API's reference page, served as they are.
 CONSOLE = {"/": ("index.html", "text/html; charset=utf-8"),
            "/console.js": ("console.js", "text/javascript; charset=utf-8"),
+           "/console.css": ("console.css", "text/css; charset=utf-8"),
            "/docs": ("docs.html", "text/html; charset=utf-8"),
            "/docs/docs.js": ("docs.js", "text/javascript; charset=utf-8")}
 #: Swagger UI's files for the reference page, from the fastapi-offline package: nothing from another host.
 SWAGGER = {"/docs/swagger-ui-bundle.js": ("swagger-ui-bundle.js", "text/javascript; charset=utf-8"),
            "/docs/swagger-ui.css": ("swagger-ui.css", "text/css; charset=utf-8")}
 #: The console runs no script but its own file and talks only to this server.
-CONSOLE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
+CONSOLE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
                "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 #: Failures that mean a service is down: answer 503, the client may retry.
 UNAVAILABLE = (RetriableError, psycopg.OperationalError, pika.exceptions.AMQPError, dramatiq.errors.BrokerError)
@@ -76,55 +88,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class ApiError(Exception):
-    """An HTTP error with a stable code."""
-
-    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _error(status: int, code: ErrorCode, message: str, details: list[dict[str, str]] | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"code": code.value, "message": message}
-    if details is not None:
-        body["details"] = details
-    if status == 401:
-        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="dx"'}
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
-
-
-def _not_found(what: str, ident: object) -> ApiError:
-    return ApiError(404, ErrorCode.NOT_FOUND, f"no {what} {ident!r}")
-
-
-def connection() -> Iterator[Conn]:
-    """One database connection per request (committed at the end)."""
-    with db.connect() as conn:
-        yield conn
-
-
-Connection = Annotated[Conn, Depends(connection)]
-bearer = HTTPBearer(auto_error=False, description="a tenant's token, from `dx token create --tenant T`")
-
-
-def principal(request: Request, conn: Connection,
-              credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
-    """The tenant the request's bearer token belongs to; 401 otherwise."""
-    if credentials is None:
-        raise ApiError(401, ErrorCode.UNAUTHENTICATED, "send a tenant's token: Authorization: Bearer dx_...")
-    who = authenticate(conn, credentials.credentials)
-    conn.commit()  # its last-used time, whatever the route does next
-    if who is None:
-        raise ApiError(401, ErrorCode.UNAUTHENTICATED, "the bearer token is unknown or revoked")
-    request.state.tenant = who.tenant
-    return who
-
-
-Tenant = Annotated[Principal, Depends(principal)]
-ModuleId = Annotated[str, Path(min_length=1, max_length=200)]
-
-
 def _run_out(run: Run) -> RunOut:
     return RunOut.model_validate(run)
 
@@ -132,24 +95,19 @@ def _run_out(run: Run) -> RunOut:
 def _module_out(row: dict[str, Any], now: datetime, detail: bool = False) -> ModuleOut:
     last = None if row["last_run"] is None else {
         "id": row["last_run"], "status": row["last_status"], "finished_at": row["last_finished"]}
+    schedule = schedule_of(row["config"])
     doc = {"id": row["id"], "kind": row["kind"], "mode": row["mode"], "database": row["database"],
            "paused": row["paused"], "schedule": row["config"].get("schedule"),
-           "next_fire": next_fire(row["config"], now, row["tenant_timezone"]), "last_run": last}
+           "next_fire": next_fire(row["config"], now, row["tenant_timezone"]), "last_run": last,
+           "timezone": None if schedule is None else schedule.zone(row["tenant_timezone"])}
     return ModuleDetail(**doc, config=row["config"]) if detail else ModuleOut(**doc)
 
 
-def _own_module(conn: Conn, who: Principal, module_id: str) -> dict[str, Any]:
+def _own_module(conn: Conn, who: Who, module_id: str) -> dict[str, Any]:
     rows = module_rows(conn, tenant=who.tenant, module=module_id)
     if not rows:
-        raise _not_found("module", module_id)
+        raise not_found("module", module_id)
     return rows[0]
-
-
-def _own_run(conn: Conn, who: Principal, run_id: int) -> Run:
-    run = get_run(conn, run_id)
-    if run is None or run["tenant"] != who.tenant:
-        raise _not_found("run", run_id)
-    return run
 
 
 api = APIRouter(prefix="/api/v1", responses=ERRORS)
@@ -183,28 +141,28 @@ def get_schedule(module_id: ModuleId, conn: Connection, who: Tenant,
 @api.post("/modules/{module_id}/runs", status_code=202, response_model=RunOut, summary="run the module now",
           responses={409: {"model": ErrorOut, "description": "request_id already used for another module, "
                                                              "or the tenant's DataExchange is disabled"}})
-def run_now(module_id: ModuleId, response: Response, conn: Connection, who: Tenant,
+def run_now(module_id: ModuleId, response: Response, conn: Connection, who: Operator,
             body: RunNowIn | None = None) -> RunOut:
     body = body or RunNowIn()
     try:
-        run_id = request_run(module_id, Trigger.HTTP, body.requested_by or f"token:{who.name}",
+        run_id = request_run(module_id, Trigger.HTTP, body.requested_by or who.name,
                              tenant=who.tenant, request_id=body.request_id)
     except UnknownModule:
-        raise _not_found("module", module_id) from None
+        raise not_found("module", module_id) from None
     except (TenantDisabled, RequestIdReused) as exc:
         raise ApiError(409, exc.code, exc.message) from None
-    run = _own_run(conn, who, run_id)
+    run = own_run(conn, who, run_id)
     response.headers["Location"] = f"/api/v1/runs/{run_id}"
     return _run_out(run)
 
 
 def _set_paused(paused: bool) -> Callable[..., ModuleOut]:
-    def route(module_id: ModuleId, conn: Connection, who: Tenant) -> ModuleOut:
+    def route(module_id: ModuleId, conn: Connection, who: Operator) -> ModuleOut:
         with conn.transaction():
             try:
                 module_tenant(conn, module_id, who.tenant)
             except UnknownModule:
-                raise _not_found("module", module_id) from None
+                raise not_found("module", module_id) from None
             set_paused(conn, module_id, paused, Clock.from_settings().now())
         return _module_out(_own_module(conn, who, module_id), Clock.from_settings().now())
     return route
@@ -242,9 +200,18 @@ def list_runs(conn: Connection, who: Tenant,
 
 @api.get("/runs/{run_id}", response_model=RunDetail, summary="one run with its error counts")
 def get_one_run(run_id: Annotated[int, Path(ge=1)], conn: Connection, who: Tenant) -> RunDetail:
-    run = _own_run(conn, who, run_id)
-    return RunDetail(**_run_out(run).model_dump(), chunks_done=chunks_done(conn, run_id),
-                     errors={e["error_code"]: int(e["n"]) for e in error_counts(conn, run_id)},
+    run = own_run(conn, who, run_id)
+    errors = {e["error_code"]: int(e["n"]) for e in error_counts(conn, run_id)}
+    codes = {*errors, *(w["code"] for w in run.get("warnings") or []), *([run["error_code"]] if run["error_code"] else [])}
+    read = conn.execute("SELECT coalesce(sum(rows_read), 0)::bigint AS n FROM dx.chunk_results WHERE run_id = %s",
+                        (run_id,)).fetchone()
+    export = conn.execute("SELECT target_path, bytes, sha256, delivered_at FROM dx.exports WHERE run_id = %s",
+                          (run_id,)).fetchone()
+    target = ((run.get("definition") or {}).get("module") or {}).get("target") or {}
+    return RunDetail(**_run_out(run).model_dump(), chunks_done=chunks_done(conn, run_id), errors=errors,
+                     meanings={c: MEANINGS[c] for c in codes if c in MEANINGS},
+                     rows_so_far=int(read["n"]) if read else 0, source_bytes=run.get("source_bytes"),
+                     export=ExportOut(**export, manifest=bool(target.get("manifest"))) if export else None,
                      failures_url=f"/api/v1/runs/{run_id}/failures.csv")
 
 
@@ -257,7 +224,7 @@ def _stream_report(run_id: int) -> Iterator[bytes]:
 @api.get("/runs/{run_id}/failures.csv", summary="the run's failed operations as CSV (as `dx report`)",
          response_class=StreamingResponse, responses={200: {"content": {"text/csv": {}}}})
 def get_failures(run_id: Annotated[int, Path(ge=1)], conn: Connection, who: Tenant) -> StreamingResponse:
-    _own_run(conn, who, run_id)
+    own_run(conn, who, run_id)
     return StreamingResponse(_stream_report(run_id), media_type="text/csv; charset=utf-8",
                              headers={"Content-Disposition": f'attachment; filename="run-{run_id}-failures.csv"'})
 
@@ -265,31 +232,31 @@ def get_failures(run_id: Annotated[int, Path(ge=1)], conn: Connection, who: Tena
 def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message)
+        return error(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
-        return _error(422, ErrorCode.INVALID_REQUEST, "; ".join(f"{d['field']}: {d['message']}" for d in details),
+        return error(422, ErrorCode.INVALID_REQUEST, "; ".join(f"{d['field']}: {d['message']}" for d in details),
                       details)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(exc.status_code,
                                                                                  ErrorCode.INVALID_REQUEST)
-        return _error(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
+        return error(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
 
     for kind in UNAVAILABLE:
         @app.exception_handler(kind)
         async def unavailable(request: Request, exc: Exception) -> JSONResponse:
             log.warning("http.unavailable", error=str(exc), path=request.url.path)
-            return _error(503, ErrorCode.SERVICE_UNAVAILABLE, "a service the API needs does not answer; "
+            return error(503, ErrorCode.SERVICE_UNAVAILABLE, "a service the API needs does not answer; "
                           "try again later", headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
         log.error("http.failed", path=request.url.path, exc_info=exc)
-        return _error(500, ErrorCode.SERVER_ERROR, "the API failed unexpectedly; its log says why")
+        return error(500, ErrorCode.SERVER_ERROR, "the API failed unexpectedly; its log says why")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -300,11 +267,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Bearer token per tenant (`dx token create --tenant T`). "
                               "Errors: `{\"error\": {\"code\", \"message\"}}`, codes in docs/error-codes.md.")
     app.include_router(api)
+    app.include_router(console_api.edits)
+    app.include_router(console_api.console)
     _install_handlers(app)
     observed = metrics.ApiMetrics()
     files, swagger = resources.files("dx.scheduler").joinpath("console"), resources.files("fastapi_offline") / "static"
     pages = {path: (files.joinpath(name).read_bytes(), kind) for path, (name, kind) in CONSOLE.items()}
     pages |= {path: (swagger.joinpath(name).read_bytes(), kind) for path, (name, kind) in SWAGGER.items()}
+    pages["/error-codes"] = (error_codes_page(), "text/html; charset=utf-8")
 
     @app.middleware("http")
     async def access_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -331,6 +301,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                           name=f"console {path}")
     app.add_middleware(BodyLimit)
     return app
+
+
+def error_codes_page() -> bytes:
+    """Every error code with its meaning, each row an anchor (``/error-codes#CODE``): the console and the
+    report e-mails link there."""
+    rows = "\n".join(f'<tr id="{c.value}"><td><code>{c.value}</code></td><td>{c.level.value}</td>'
+                     f"<td>{html.escape(c.meaning)}</td></tr>" for c in ErrorCode)
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>DataExchange error codes</title>'
+            f'<link rel="stylesheet" href="/console.css"></head><body><main><h1>DataExchange error codes</h1>'
+            f"<table><thead><tr><th>code</th><th>level</th><th>meaning</th></tr></thead><tbody>{rows}"
+            f"</tbody></table></main></body></html>").encode()
 
 
 def _static(body: bytes, kind: str) -> Callable[[], Response]:

@@ -40,6 +40,7 @@ class ModuleOut(BaseModel):
     paused: bool
     schedule: dict[str, Any] | None = Field(description="the module's schedule as configured, or null")
     next_fire: datetime | None = Field(description="next scheduled fire, in the module's time zone")
+    timezone: str | None = Field(None, description="the time zone of the schedule (its own, else the tenant's)")
     last_run: LastRun | None
 
 
@@ -110,11 +111,25 @@ class RunOut(BaseModel):
     finished_at: datetime | None
 
 
+class ExportOut(BaseModel):
+    """Where an export run wrote its file."""
+
+    target_path: str
+    bytes: int | None
+    sha256: str | None
+    delivered_at: datetime | None
+    manifest: bool = Field(description="a NAME.manifest.json was written beside the file")
+
+
 class RunDetail(RunOut):
     """One run with its error counts, progress and where its failures are."""
 
     errors: dict[str, int]
+    meanings: dict[str, str] = Field(description="what each error or warning code of the run means")
     chunks_done: int
+    rows_so_far: int = Field(description="records the committed chunks read (progress while it runs)")
+    source_bytes: int | None
+    export: ExportOut | None
     failures_url: str
 
 

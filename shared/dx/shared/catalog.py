@@ -6,6 +6,7 @@ Each tenant's contact databases live in their own PostgreSQL schema
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,8 +103,30 @@ def _sync_table(conn: Conn, db: DatabaseCfg, path: str) -> list[str]:
     return changes
 
 
-def apply_config(conn: Conn, cfg: Config) -> list[str]:
-    """Write the configuration into the control schema; returns what changed."""
+#: What the console may change in a module: the keys its ``console_changes`` can hold.
+CONSOLE_KEYS = ("schedule", "notify", "notify_on")
+
+
+def _console_conflicts(conn: Conn, cfg: Config) -> list[str]:
+    """Each module key changed in the console since the last apply to a value the file does not give."""
+    problems = []
+    for i, m in enumerate(cfg.modules):
+        row = conn.execute("SELECT console_changes FROM dx.modules WHERE id = %s", (m.id,)).fetchone()
+        written = m.model_dump(mode="json")
+        for key, change in ((row or {}).get("console_changes") or {}).items():
+            if written.get(key) != change["value"]:
+                problems.append(f"modules[{i}].{key}: changed in the console by {change['by']} at {change['at']} "
+                                f"to {json.dumps(change['value'])}; write that into the file, or apply with "
+                                "--discard-console-changes to put the file's back")
+    return problems
+
+
+def apply_config(conn: Conn, cfg: Config, *, discard_console_changes: bool = False) -> list[str]:
+    """Write the configuration into the control schema; returns what changed. A module whose schedule or
+    notifications were changed in the console since the last apply is refused (ConfigError) unless the
+    file gives the same, or ``discard_console_changes``: neither side is lost in silence."""
+    if not discard_console_changes and (conflicts := _console_conflicts(conn, cfg)):
+        raise ConfigError(conflicts)
     changes: list[str] = []
     for t in cfg.tenants:
         conn.execute(
@@ -140,7 +163,8 @@ def apply_config(conn: Conn, cfg: Config) -> list[str]:
             "INSERT INTO dx.modules (id, tenant, kind, database, config, paused)"
             " VALUES (%(id)s, %(tenant)s, %(kind)s, %(database)s, %(config)s, coalesce(%(paused)s, false))"
             " ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, database = EXCLUDED.database,"
-            " config = EXCLUDED.config, paused = coalesce(%(paused)s, dx.modules.paused), updated_at = now()",
+            " config = EXCLUDED.config, paused = coalesce(%(paused)s, dx.modules.paused), console_changes = '{}',"
+            " updated_at = now()",
             {"id": m.id, "tenant": m.tenant, "kind": m.kind, "database": m.database,
              "config": Jsonb(m.model_dump(mode="json")), "paused": m.paused})
         changes.append(f"module {m.id}")

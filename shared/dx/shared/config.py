@@ -433,6 +433,9 @@ class ModuleCfg(Strict):
     chunk_bytes: int | None = Field(None, ge=1)
     schedule: ScheduleCfg | None = None
     notify: list[Address] = []
+    #: which runs' report e-mails go out: every run's, those with errors (failed, or completed with failed
+    #: records, or timed out), or failed runs' only.
+    notify_on: Literal["always", "errors", "failures"] = "always"
     #: true or false sets it; left out, a re-apply keeps what `dx pause`/`resume` or an auto-pause set.
     paused: bool | None = None
     timezone: TimeZone = "UTC"

@@ -128,8 +128,18 @@ class ErrorCode(StrEnum):
 
     # HTTP API: the request is refused, nothing changes (the body is {"error": {"code", "message"}})
     UNAUTHENTICATED = ("UNAUTHENTICATED", Level.API,
-                       "401: the request has no bearer token, or one that is unknown or revoked "
-                       "(`dx token create --tenant T` makes one).")
+                       "401: the request has no bearer token or console session, or one that is unknown, "
+                       "revoked or expired (`dx token create --tenant T` makes a token; the console signs in).")
+    SIGN_IN_FAILED = ("SIGN_IN_FAILED", Level.API,
+                      "401: the console's username or password is wrong, or the user or its tenant is disabled.")
+    TOO_MANY_ATTEMPTS = ("TOO_MANY_ATTEMPTS", Level.API,
+                         "429: too many failed sign-ins for this username or from this address; wait 15 minutes "
+                         "(Retry-After says how long) or ask an operator to check the account.")
+    FORBIDDEN = ("FORBIDDEN", Level.API,
+                 "403: the console user's role may read but not change (viewer); an operator may.")
+    CSRF_FAILED = ("CSRF_FAILED", Level.API,
+                   "403: a change sent with the console's session cookie lacks its X-CSRF-Token header, or sends "
+                   "another; reload the console.")
     NOT_FOUND = ("NOT_FOUND", Level.API,
                  "404: no such path, or no such module or run for the token's tenant (another tenant's "
                  "look the same as missing ones).")
@@ -160,6 +170,10 @@ class ErrorCode(StrEnum):
                      "An update or delete names a key that is not in the database (at that point of the source).")
     BAD_OPERATION = ("BAD_OPERATION", Level.RECORD,
                      "The record's operation is not I (insert), U (update) or D (delete).")
+
+
+#: Each code's meaning, by code: the run page, the e-mail and the error-code page show it.
+MEANINGS = {c.value: c.meaning for c in ErrorCode}
 
 
 class DxError(Exception):

@@ -37,6 +37,8 @@ class Settings:
     redis_url: str | None
     smtp_url: str | None
     staging_dir: Path
+    #: object storage for staging (``s3://BUCKET/PREFIX?endpoint_override=...``); None: DX_STAGING_DIR
+    staging_url: str | None
     mail_from: str
     chunk_bytes: int
     worker_threads: int
@@ -45,6 +47,10 @@ class Settings:
     scheduler_lease_s: float = 15.0
     clock_origin: tuple[datetime, float] | None = None  # (schedule time, at this Unix time)
     clock_speed: float = 1.0
+    #: the largest failures CSV attached to a report e-mail (a larger one is linked)
+    mail_attach_bytes: int = 2_000_000
+    #: the console's address as clients reach it (links in e-mails); None: no links
+    public_url: str | None = None
     #: the port of ``dx worker``'s and ``dx scheduler``'s /metrics, /healthz and /readyz (0: none)
     probe_port: int = 0
     #: seconds without progress after which the scheduler re-drives a run (``dx.scheduler.watchdog``)
@@ -128,6 +134,7 @@ class Settings:
             redis_url=url("DX_REDIS_URL", ("redis", "rediss")),
             smtp_url=url("DX_SMTP_URL", ("smtp", "smtps")),
             staging_dir=Path(env.get("DX_STAGING_DIR") or home / "staging").expanduser(),
+            staging_url=url("DX_STAGING_URL", ("s3",)),
             mail_from=env.get("DX_MAIL_FROM") or "dataexchange@localhost",
             chunk_bytes=number("DX_CHUNK_BYTES", DEFAULT_CHUNK_BYTES, 1, int),
             worker_threads=number("DX_WORKER_THREADS", 1, 1, int),
@@ -140,6 +147,8 @@ class Settings:
             stall_s=number("DX_STALL_S", 600.0, 0.1, float),
             max_redrives=number("DX_MAX_REDRIVES", 3, 0, int),
             run_timeout_s=number("DX_RUN_TIMEOUT_S", 21600.0, 0.0, float),
+            mail_attach_bytes=number("DX_MAIL_ATTACH_BYTES", 2_000_000, 0, int),
+            public_url=(url("DX_PUBLIC_URL", ("https", "http")) or "").rstrip("/") or None,
         )
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             problems.append(f"DX_LOG_LEVEL={settings.log_level}: expected DEBUG, INFO, WARNING or ERROR")

@@ -15,6 +15,7 @@ import structlog
 from dx.shared import db, mail
 from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode
+from dx.shared.report import report_text
 from dx.shared.runs import (
     APPLIED,
     ENDED_CHANNEL,
@@ -73,6 +74,22 @@ def fail_run(run_id: int, code: ErrorCode | None, message: str, *, status: RunSt
         notify(run_id)
 
 
+def _report(conn: Conn, run: Run, attach_bytes: int) -> mail.Report:
+    """The e-mail's errors by code, the failures CSV if it fits ``attach_bytes``, an export's file."""
+    errors = error_counts(conn, run["id"])
+    csv: bytes | None = None
+    if errors:
+        pieces, size = [], 0
+        for text in report_text(conn, run["id"]):
+            pieces.append(text.encode("utf-8"))
+            size += len(pieces[-1])
+            if size > attach_bytes:
+                break
+        csv = b"".join(pieces) if size <= attach_bytes else None
+    export = conn.execute("SELECT target_path, bytes FROM dx.exports WHERE run_id = %s", (run["id"],)).fetchone()
+    return mail.Report(errors, csv, export)
+
+
 def notify(run_id: int) -> None:
     """Send the report e-mail of an ended run, once."""
     settings = get_settings()
@@ -80,9 +97,10 @@ def notify(run_id: int) -> None:
         run = get_run(conn, run_id)
         if run is None or run["email_sent_at"] is not None or not RunStatus(run["status"]).terminal:
             return
-        recipients = list(definition(conn, run).notify)
+        mdef = definition(conn, run)
+        recipients = list(mdef.notify) if mail.due(mdef.module.notify_on, run["status"]) else []
         if recipients:
-            mail.send(settings, mail.compose(settings, run, error_counts(conn, run_id), recipients))
+            mail.send(settings, mail.compose(settings, run, _report(conn, run, settings.mail_attach_bytes), recipients))
         conn.execute("UPDATE dx.runs SET email_sent_at = now() WHERE id = %s", (run_id,))
         conn.execute("SELECT pg_notify(%s, %s)", (ENDED_CHANNEL, str(run_id)))  # its last step: wake the waiters
         conn.commit()

@@ -9,6 +9,7 @@ outcome are counted where a run ends (``dx.shared.runs.finish``).
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from typing import Any
@@ -21,6 +22,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from dx.shared import db
 from dx.shared.errors import RetriableError
 from dx.shared.settings import get_settings
+from dx.workers import staging
 
 _LABELS = ("queue_name", "actor_name")
 MESSAGES = Counter("dramatiq_messages", "Messages processed", _LABELS)
@@ -97,7 +99,8 @@ def database_answers() -> str | None:
 
 
 def staging_writable() -> str | None:
-    """None if the staging folder takes a file, else why not."""
+    """None if this worker's staging folder and the staging store (the same folder, or object storage)
+    each take a file, else why not."""
     folder = get_settings().staging_dir
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -105,4 +108,10 @@ def staging_writable() -> str | None:
             pass
     except OSError as exc:
         return f"staging folder {folder} is not writable: {exc.strerror}"
+    probe = staging.root() / f".probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return f"staging store {staging.root()} does not take a file: {exc}"
     return None

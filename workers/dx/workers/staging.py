@@ -1,6 +1,12 @@
 """The staging store: per-run folders of chunk files every worker reaches.
 
-Layout: ``<DX_STAGING_DIR>/runs/<run>/source/`` (a downloaded source, removed
+The store is the folder DX_STAGING_DIR (one volume every worker mounts), or with
+DX_STAGING_URL=s3://BUCKET/PREFIX object storage through pyarrow's S3 client:
+each stage reads and writes its files as ``Staged`` names, the same code for
+both. A downloaded source stays in the worker's own DX_STAGING_DIR: only the
+plan that downloaded it reads it.
+
+Layout: ``runs/<run>/source/`` (a downloaded source, removed
 after planning) and ``.../chunks/chunk-<n>.arrow`` (one Arrow IPC file per
 chunk, a record batch per source batch; a streamed chunk adds ``keys-<n>.arrow``,
 the keys it applied or found existing); an export's chunks write
@@ -12,25 +18,176 @@ reduce).
 
 from __future__ import annotations
 
+import io
+import posixpath
 import shutil
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyarrow import fs
 
 from dx.shared.settings import get_settings
 
 
-def run_dir(run_id: int) -> Path:
+class Size(NamedTuple):
+    """What ``Staged.stat`` tells: the size (the only field the stages read)."""
+
+    st_size: int
+
+
+class Staged:
+    """A file of the staging store, with the few ``pathlib`` methods the stages use."""
+
+    def __init__(self, store: fs.FileSystem, key: str) -> None:
+        self.store, self.key = store, key
+
+    def __truediv__(self, name: str) -> Staged:
+        return Staged(self.store, posixpath.join(self.key, name))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Staged) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __str__(self) -> str:
+        return self.key
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.key)
+
+    @property
+    def parent(self) -> Staged:
+        return Staged(self.store, posixpath.dirname(self.key))
+
+    @property
+    def local(self) -> Path | None:
+        """The file's path when the store is a local folder, else None."""
+        return Path(self.key) if isinstance(self.store, fs.LocalFileSystem) else None
+
+    def with_name(self, name: str) -> Staged:
+        return self.parent / name
+
+    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
+        if self.local is not None:  # object storage has no folders: a marker object would outlive the run
+            self.local.mkdir(parents=True, exist_ok=True)
+
+    def exists(self) -> bool:
+        return bool(self.store.get_file_info(self.key).type == fs.FileType.File)
+
+    def stat(self) -> Size:
+        info = self.store.get_file_info(self.key)
+        if info.type != fs.FileType.File:
+            raise FileNotFoundError(self.key)
+        return Size(int(info.size))
+
+    def open(self, mode: str = "rb") -> Any:
+        """A pyarrow file: random access for reading (``rb``), a stream for writing (``wb``)."""
+        if mode == "rb":
+            return self.store.open_input_file(self.key)
+        assert mode == "wb", mode
+        self.parent.mkdir(parents=True, exist_ok=True)
+        return self.store.open_output_stream(self.key)
+
+    def touch(self) -> None:
+        """Create the file empty (the stages touch markers only)."""
+        with self.open("wb"):
+            pass
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        try:
+            self.store.delete_file(self.key)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+    def replace(self, target: Staged) -> None:
+        """Rename to ``target`` (on object storage a copy, then a delete)."""
+        self.store.move(self.key, target.key)
+
+    def write_bytes(self, data: bytes) -> None:
+        with self.open("wb") as out:
+            out.write(data)
+
+    def read_bytes(self) -> bytes:
+        with self.open("rb") as f:
+            return bytes(f.read())
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def remove_tree(self) -> None:
+        """Delete this folder and everything in it, if it exists."""
+        try:
+            self.store.delete_dir(self.key)
+        except FileNotFoundError:
+            pass
+
+
+@lru_cache(maxsize=4)
+def _store(url: str | None, folder: Path) -> Staged:
+    """The store's root: the folder, or the bucket and prefix of an ``s3://`` URL."""
+    if url is None:
+        return Staged(fs.LocalFileSystem(), str(folder))
+    store, root = fs.FileSystem.from_uri(url)
+    return Staged(store, root.rstrip("/"))
+
+
+def root() -> Staged:
+    """The staging store's root (DX_STAGING_URL, else DX_STAGING_DIR)."""
+    settings = get_settings()
+    return _store(settings.staging_url, settings.staging_dir)
+
+
+def run_dir(run_id: int) -> Staged:
     """The run's staging folder."""
-    return get_settings().staging_dir / "runs" / str(run_id)
+    return root() / "runs" / str(run_id)
 
 
-def chunk_file(run_id: int, chunk_no: int) -> Path:
+def source_dir(run_id: int) -> Path:
+    """Where the plan downloads the run's source: this worker's own DX_STAGING_DIR (created)."""
+    folder = get_settings().staging_dir / "runs" / str(run_id) / "source"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@contextmanager
+def written_locally(target: Staged) -> Iterator[Path]:
+    """A local path to write ``target``'s content into (a program such as psql writes it); copied into
+    the store when the block ends without error. In a local store, the target's own path."""
+    if target.local is not None:
+        yield target.local
+        return
+    scratch = get_settings().staging_dir / "scratch" / target.key.replace("/", "_")
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield scratch
+        fs.copy_files(str(scratch), target.key, source_filesystem=fs.LocalFileSystem(),
+                      destination_filesystem=target.store)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def read_ipc(file: Staged, columns: list[str] | None = None) -> pl.DataFrame:
+    """An Arrow IPC file of the store as a frame (memory-mapped from a local store)."""
+    if file.local is not None:
+        return pl.read_ipc(file.local, columns=columns)
+    return pl.read_ipc(io.BytesIO(file.read_bytes()), columns=columns)
+
+
+def chunk_file(run_id: int, chunk_no: int) -> Staged:
     """The Arrow IPC file of one chunk's records."""
     return run_dir(run_id) / "chunks" / f"chunk-{chunk_no:04d}.arrow"
 
@@ -51,7 +208,7 @@ class ChunkFiles:
         if writer is None:
             path = chunk_file(self.run_id, chunk_no)
             path.parent.mkdir(parents=True, exist_ok=True)
-            writer = self.writers[chunk_no] = pa.ipc.new_file(being_written(path), table.schema)
+            writer = self.writers[chunk_no] = pa.ipc.new_file(being_written(path).open("wb"), table.schema)
         writer.write_table(table)
 
     def close(self, chunk_no: int) -> None:
@@ -117,7 +274,7 @@ def split(table: pa.Table, chunk_nos: np.ndarray, n_chunks: int) -> Iterator[tup
         start += counts[chunk_no]
 
 
-def being_written(path: Path) -> Path:
+def being_written(path: Staged) -> Staged:
     """The name a staging file has while it is written (a chunk file by the plan, an export part by its
     chunk): present means its writer is at work; it is renamed to ``path`` when whole."""
     return path.with_name(f".{path.name}.tmp")
@@ -130,10 +287,10 @@ def read_chunk(run_id: int, chunk_no: int, schema: dict[str, pl.DataType]) -> pl
     path = chunk_file(run_id, chunk_no)
     if not path.exists():
         return pl.DataFrame(schema=schema)
-    return pl.read_ipc(path)
+    return read_ipc(path)
 
 
-def keys_file(run_id: int, chunk_no: int) -> Path:
+def keys_file(run_id: int, chunk_no: int) -> Staged:
     """The keys (and row numbers) of a streamed chunk's valid records, for the reduce to find the
     keys that several chunks held."""
     return run_dir(run_id) / "chunks" / f"keys-{chunk_no:04d}.arrow"
@@ -142,39 +299,46 @@ def keys_file(run_id: int, chunk_no: int) -> Path:
 def write_keys(run_id: int, chunk_no: int, keys: pl.DataFrame) -> None:
     """Write a chunk's keys file whole (under its being-written name first)."""
     path = keys_file(run_id, chunk_no)
-    keys.write_ipc(being_written(path))
+    with being_written(path).open("wb") as out:
+        keys.write_ipc(out)
     being_written(path).replace(path)
 
 
 def remove_chunks(run_id: int) -> None:
     """Delete the run's chunk files (before a retried plan writes them again)."""
-    shutil.rmtree(run_dir(run_id) / "chunks", ignore_errors=True)
+    (run_dir(run_id) / "chunks").remove_tree()
 
 
 def remove_run(run_id: int) -> None:
-    """Delete the run's staging folder (after the run ended)."""
-    shutil.rmtree(run_dir(run_id), ignore_errors=True)
+    """Delete the run's staging folder (after the run ended), in the store and in this worker's folder."""
+    run_dir(run_id).remove_tree()
+    shutil.rmtree(get_settings().staging_dir / "runs" / str(run_id), ignore_errors=True)
 
 
-def _export_dir(run_id: int) -> Path:
+def remove_export(run_id: int) -> None:
+    """Delete the run's export parts and notes (before a retried plan)."""
+    (run_dir(run_id) / "export").remove_tree()
+
+
+def _export_dir(run_id: int) -> Staged:
     """The run's export folder, created."""
     folder = run_dir(run_id) / "export"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
-def export_part(run_id: int, chunk_no: int) -> Path:
+def export_part(run_id: int, chunk_no: int) -> Staged:
     """Where an export chunk writes its piece of the file (the folder is created)."""
     return _export_dir(run_id) / f"part-{chunk_no:04d}"
 
 
-def placements_void(run_id: int) -> Path:
+def placements_void(run_id: int) -> Staged:
     """Present when the chunks' notes of placed parts cannot be trusted: a chunk ran again after its part
     was written, so its size may have changed after the chunks behind it read it (the folder is created:
     a run with no row has no part)."""
     return _export_dir(run_id) / "placements-void"
 
 
-def placed_marker(part: Path) -> Path:
+def placed_marker(part: Staged) -> Staged:
     """Where a chunk notes the offset and size at which it wrote its part into the target file."""
     return part.with_name(f"{part.name}.placed")

@@ -3,7 +3,7 @@
 Export chunks write their rows as separate part files (gzip members when the
 target is compressed: members joined in order are one valid gzip file), then
 into the target file at their offsets; the file is head, parts in order and
-tail, and the reduce reads its size and SHA-256 from the local parts.
+tail, and the reduce reads its size and SHA-256 from the staged parts.
 """
 
 from __future__ import annotations
@@ -12,9 +12,17 @@ import csv
 import gzip
 import hashlib
 import io
-from pathlib import Path
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from dx.shared.config import TargetCfg
+
+
+class Openable(Protocol):
+    """A part file: a local path, or a file of the staging store."""
+
+    def open(self, mode: str) -> Any: ...
+
 
 #: Bytes read from a part file at a time.
 READ_BYTES = 1024 * 1024
@@ -22,12 +30,12 @@ READ_BYTES = 1024 * 1024
 XML_ENCODINGS = {"utf-8": "UTF-8", "latin-1": "ISO-8859-1", "cp1252": "windows-1252"}
 
 
-def file_digest(head: bytes, parts: list[Path], tail: bytes) -> tuple[int, str]:
+def file_digest(head: bytes, parts: Sequence[Openable], tail: bytes) -> tuple[int, str]:
     """(size in bytes, SHA-256 in hex) of the file that is ``head``, the part files in order and ``tail``."""
     digest = hashlib.sha256(head)
     size = len(head)
     for path in parts:
-        with open(path, "rb") as fh:
+        with path.open("rb") as fh:
             while block := fh.read(READ_BYTES):
                 digest.update(block)
                 size += len(block)

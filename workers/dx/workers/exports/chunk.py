@@ -95,7 +95,8 @@ def export_chunk(run_id: int, chunk_no: int) -> None:
     staging.placed_marker(part).unlink(missing_ok=True)
     tmp.touch()  # from now on, the chunks after this one find its part not whole
     try:
-        rows = _copy(statement, tmp, target.compression)
+        with staging.written_locally(tmp) as local:
+            rows = _copy(statement, local, target.compression)
         tmp.replace(part)
     except psql.CopyFailed as exc:
         if exc.sqlstate != UNENCODABLE:
@@ -108,14 +109,14 @@ def export_chunk(run_id: int, chunk_no: int) -> None:
         tmp.unlink(missing_ok=True)
     head, _ = head_and_tail(target, query.columns)
     offset = part_offset(run_id, chunk_no, len(head))
-    placed: list[tuple[int, Path]] = []  # the parts it wrote: its own first
+    placed: list[tuple[int, staging.Staged]] = []  # the parts it wrote: its own first
     if offset is not None:
         assert mdef.connection is not None
         parts = placeable(run_id, chunk_no, offset)  # its own, and those after it left to it
         try:
             with open_remote(mdef.connection) as remote, ExitStack() as files:
                 remote.place(temp_name(export["target_path"], run_id),
-                             [(at, files.enter_context(open(whole, "rb"))) for at, whole in parts])
+                             [(at, files.enter_context(whole.open("rb"))) for at, whole in parts])
             for at, whole in parts:
                 note_placed(whole, at)
             placed = parts

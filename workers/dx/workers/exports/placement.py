@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 from contextlib import ExitStack
-from pathlib import Path
 from typing import IO
 
 from dx.shared.connections import Remote
@@ -36,7 +35,7 @@ def part_offset(run_id: int, chunk_no: int, start: int) -> int | None:
     return offset
 
 
-def placeable(run_id: int, chunk_no: int, offset: int) -> list[tuple[int, Path]]:
+def placeable(run_id: int, chunk_no: int, offset: int) -> list[tuple[int, staging.Staged]]:
     """What chunk ``chunk_no`` places, its part beginning at ``offset``: its part, then each whole part
     after it, in order, up to one being written or not begun (their chunks found a part before theirs
     not whole, and left theirs to this one), less those already placed where they belong. A chunk
@@ -51,17 +50,17 @@ def placeable(run_id: int, chunk_no: int, offset: int) -> list[tuple[int, Path]]
     return out
 
 
-def _whole(part: Path) -> bool:
+def _whole(part: staging.Staged) -> bool:
     """Whether ``part`` is written whole (not being written again by a retried chunk)."""
     return part.exists() and not staging.being_written(part).exists()
 
 
-def note_placed(part: Path, offset: int) -> None:
+def note_placed(part: staging.Staged, offset: int) -> None:
     """Note that ``part`` was written whole into the target file at ``offset``."""
     staging.placed_marker(part).write_text(f"{offset} {part.stat().st_size}\n")
 
 
-def placed_at(part: Path) -> tuple[int, int] | None:
+def placed_at(part: staging.Staged) -> tuple[int, int] | None:
     """(offset, size) at which ``part``, as it is now, was written into the target file; None if it was not
     (a chunk deletes its note before it writes its part again)."""
     try:
@@ -71,7 +70,7 @@ def placed_at(part: Path) -> tuple[int, int] | None:
         return None
 
 
-def complete(remote: Remote, run_id: int, head: bytes, local: list[Path], tail: bytes, temp: str) -> int:
+def complete(remote: Remote, run_id: int, head: bytes, local: list[staging.Staged], tail: bytes, temp: str) -> int:
     """Write into ``temp`` what the chunks did not place there: the head, each part whose note does not
     match where and how large it is in the end, and the tail; cut the file to its size. Every part is
     written when the notes are void. Returns the number of parts written here."""
@@ -84,7 +83,7 @@ def complete(remote: Remote, run_id: int, head: bytes, local: list[Path], tail: 
         offset += size
     with ExitStack() as files:
         pieces: list[tuple[int, IO[bytes]]] = [
-            (0, io.BytesIO(head)), *((at, files.enter_context(open(part, "rb"))) for at, part in missing),
+            (0, io.BytesIO(head)), *((at, files.enter_context(part.open("rb"))) for at, part in missing),
             (offset, io.BytesIO(tail))]
         remote.place(temp, pieces, size=offset + len(tail))
     return len(missing)

@@ -23,7 +23,6 @@ share (where each part goes in it: ``dx.workers.exports.placement``).
 from __future__ import annotations
 
 import posixpath
-import shutil
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -98,7 +97,7 @@ def _plan(conn: Conn, run_id: int, mdef: ModuleDef) -> int:
                                                                       snapshot_to, bounds, path))
     n_chunks = len(bounds) + 1 if n_rows else 0
     conn.execute("UPDATE dx.runs SET n_chunks = %s, planned_at = clock_timestamp() WHERE id = %s", (n_chunks, run_id))
-    shutil.rmtree(staging.run_dir(run_id) / "export", ignore_errors=True)  # a retried plan starts afresh
+    staging.remove_export(run_id)  # a retried plan starts afresh
     log.info("export_plan.done", rows=n_rows, n_chunks=n_chunks, path=path)
     return n_chunks
 

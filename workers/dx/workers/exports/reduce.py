@@ -28,7 +28,6 @@ import posixpath
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import IO, TypeVar
 
 import structlog
@@ -74,14 +73,14 @@ def export_reduce(run_id: int) -> None:
     staging.remove_run(run_id)
 
 
-def record_digest(run_id: int, head: bytes, parts: list[Path], tail: bytes) -> None:
+def record_digest(run_id: int, head: bytes, parts: list[staging.Staged], tail: bytes) -> None:
     """Record the SHA-256 of the file delivered without a manifest (head, the parts in order, tail)."""
     _, sha256 = file_digest(head, parts, tail)
     with db.transaction() as conn:
         conn.execute("UPDATE dx.exports SET sha256 = %s WHERE run_id = %s", (sha256, run_id))
 
 
-def _deliver(run_id: int, mdef: ModuleDef) -> tuple[bytes, list[Path], bytes] | None:
+def _deliver(run_id: int, mdef: ModuleDef) -> tuple[bytes, list[staging.Staged], bytes] | None:
     """Upload, rename and record, under the run's lock; a terminal run is left as it is. Returns the
     file's head, parts and tail when its SHA-256 is still to be recorded (no manifest needed it)."""
     target, connection, kind = mdef.module.target, mdef.connection, export_kind(mdef)

@@ -77,7 +77,7 @@ def undo_append(conn: Conn, run: Run, mdef: ModuleDef) -> int:
     refused = _refused(conn, run_id)
     removed = 0
     for chunk_no in committed:
-        keys = pl.read_ipc(staging.keys_file(run_id, chunk_no), columns=[ROW, db.primary_key]).filter(
+        keys = staging.read_ipc(staging.keys_file(run_id, chunk_no), columns=[ROW, db.primary_key]).filter(
             ~pl.col(ROW).is_in(refused.implode()))
         removed += conn.execute(sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(
             table_ident(db.tenant, db.id), sql.Identifier(db.primary_key)), (keys[db.primary_key].to_list(),)).rowcount
@@ -112,7 +112,7 @@ def repeated_keys(run: Run, applied: int) -> pl.DataFrame | None:
     files = [staging.keys_file(run["id"], n) for n in range(run["n_chunks"])]
     hashes, filled = np.empty(applied, np.uint64), 0  # filled in place: 8 bytes a key, once
     for f in files:
-        keys = pl.read_ipc(f, columns=[KEY])[KEY]
+        keys = staging.read_ipc(f, columns=[KEY])[KEY]
         if filled + len(keys) > applied:
             raise RuntimeError(f"run {run['id']}: its keys files hold more keys than its chunks applied ({applied})")
         hashes[filled:filled + len(keys)] = keys.hash(seed=0).to_numpy()
@@ -125,7 +125,7 @@ def repeated_keys(run: Run, applied: int) -> pl.DataFrame | None:
     if not len(suspects):
         return None
     suspected = pl.col(KEY).hash(seed=0).is_in(pl.Series(suspects).implode())
-    candidates = pl.concat([pl.read_ipc(f, columns=[ROW, KEY]).filter(suspected)
+    candidates = pl.concat([staging.read_ipc(f, columns=[ROW, KEY]).filter(suspected)
                             .with_columns(pl.lit(n, pl.Int32).alias(CHUNK)) for n, f in enumerate(files)])
     repeated = candidates.filter(pl.col(KEY).is_duplicated())
     return None if repeated.is_empty() else repeated

@@ -254,8 +254,7 @@ def _plan(run_id: int, kind: ImportKind) -> None:
     mdef = kind.mdef
     src, settings = mdef.module.source, get_settings()
     assert src is not None and mdef.connection is not None
-    source_dir = staging.run_dir(run_id) / "source"
-    source_dir.mkdir(parents=True, exist_ok=True)
+    source_dir = staging.source_dir(run_id)
     started = time.monotonic()
     chunk_bytes = mdef.module.chunk_bytes or settings.chunk_bytes
     parts = Partitioned([], [], 0)
