@@ -20,7 +20,7 @@ import pika
 import pytest
 import structlog
 
-from dx.cli import wait_for
+from dx.cli import main, wait_for
 from dx.devkit.generate import contacts
 from dx.scheduler.loop import Scheduler
 from dx.scheduler.requests import request_run
@@ -187,7 +187,7 @@ def test_an_export_chunk_delivered_again_after_its_barrier_was_lost_sends_the_re
 @pytest.mark.parametrize(("lost", "mode"), [("plan", "overwrite"), ("chunks", "upsert"), ("chunks", "overwrite"),
                                             ("reduce", "upsert")])
 def test_a_run_whose_message_was_lost_is_redriven_and_completes(lost, mode, cluster_env, sshd, smtp, workers,
-                                                                tmp_path, alone):
+                                                                tmp_path, alone, capsys):
     # Given: a run whose plan, chunk or reduce messages were all lost (nothing waits for it in RabbitMQ)
     tenant = f"redrive{lost}{mode}"
     path, expected = _source(tenant, sshd, 3_000, seed_no=8)
@@ -216,6 +216,9 @@ def test_a_run_whose_message_was_lost_is_redriven_and_completes(lost, mode, clus
     assert ended["redrives"] == 1
     stage = {"plan": "plan", "chunks": "chunk", "reduce": "reduce"}[lost]
     assert [(e["run"], e["stage"]) for e in logs if e["event"] == "run.redriven"] == [(run_id, stage)]
+    capsys.readouterr()
+    assert main(["show", str(run_id)]) == 0
+    assert "re-driven 1 time after a stall" in capsys.readouterr().out
 
 
 def test_a_run_that_cannot_progress_times_out_and_its_module_runs_again(cluster_env, sshd, smtp, workers,

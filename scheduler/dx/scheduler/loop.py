@@ -160,7 +160,7 @@ class Scheduler:
             self.auto_pause()
         if time.monotonic() - self._watched >= min(WATCH_S, self.settings.stall_s / 2):
             self._watched = time.monotonic()
-            watch(self.settings)
+            watch(conn, self.settings)
 
     def _schedule(self, module: str, text: str, config: dict[str, Any],
                   tenant_timezone: str | None) -> tuple[ScheduleCfg, Schedule]:

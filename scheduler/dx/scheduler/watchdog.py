@@ -62,26 +62,26 @@ WHERE r.status = ANY(%(active)s)
 ORDER BY r.id"""
 
 
-def watch(settings: Settings) -> None:
-    """One round: re-drive the stalled runs, time out those given up, forget the beats of ended runs."""
-    with db.connect(settings, autocommit=True) as conn:
-        conn.execute("DELETE FROM dx.run_beats b WHERE NOT EXISTS"
-                     " (SELECT 1 FROM dx.runs r WHERE r.id = b.run_id AND r.status = ANY(%s))", (list(ACTIVE),))
-        rows = conn.execute(CANDIDATES, {"stall_s": settings.stall_s, "timeout_s": settings.run_timeout_s,
-                                         "active": list(ACTIVE)}).fetchall()
-        rows = [r for r in rows if r["stalled"] or r["overdue"]]
-        if not rows:
-            return
-        idle = any(r["stalled"] for r in rows) and _queues_idle(settings)
-        for row in rows:
-            if row["overdue"]:
-                _time_out(conn, row, f"the run was still running after {row['running_s']:.0f} s, longer than "
-                                     f"DX_RUN_TIMEOUT_S={settings.run_timeout_s:g}")
-            elif row["stalled"] and idle and row["redrives"] >= settings.max_redrives:
-                _time_out(conn, row, f"the run made no progress for {settings.stall_s:g} s (DX_STALL_S) after "
-                                     f"{row['redrives']} re-drives (DX_MAX_REDRIVES={settings.max_redrives})")
-            elif row["stalled"] and idle:
-                _redrive(conn, row, settings)
+def watch(conn: db.Conn, settings: Settings) -> None:
+    """One round on the leader's connection (autocommit): re-drive the stalled runs, time out those given
+    up, forget the beats of ended runs."""
+    conn.execute("DELETE FROM dx.run_beats b WHERE NOT EXISTS"
+                 " (SELECT 1 FROM dx.runs r WHERE r.id = b.run_id AND r.status = ANY(%s))", (list(ACTIVE),))
+    rows = conn.execute(CANDIDATES, {"stall_s": settings.stall_s, "timeout_s": settings.run_timeout_s,
+                                     "active": list(ACTIVE)}).fetchall()
+    rows = [r for r in rows if r["stalled"] or r["overdue"]]
+    if not rows:
+        return
+    idle = any(r["stalled"] for r in rows) and _queues_idle(settings)
+    for row in rows:
+        if row["overdue"]:
+            _time_out(conn, row, f"the run was still running after {row['running_s']:.0f} s, longer than "
+                                 f"DX_RUN_TIMEOUT_S={settings.run_timeout_s:g}")
+        elif row["stalled"] and idle and row["redrives"] >= settings.max_redrives:
+            _time_out(conn, row, f"the run made no progress for {settings.stall_s:g} s (DX_STALL_S) after "
+                                 f"{row['redrives']} re-drives (DX_MAX_REDRIVES={settings.max_redrives})")
+        elif row["stalled"] and idle:
+            _redrive(conn, row, settings)
 
 
 def _queues_idle(settings: Settings) -> bool:

@@ -34,12 +34,10 @@ class Heartbeat(dramatiq.Middleware):
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._beat, name="dx-heartbeat", daemon=True)
-        self._thread.start()
+        self._stop = threading.Event()  # its own: a worker started again in this process gets a new thread
+        threading.Thread(target=self._beat, args=(self._stop,), name="dx-heartbeat", daemon=True).start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self._stop.set()
@@ -81,9 +79,9 @@ class Heartbeat(dramatiq.Middleware):
         with self._lock:
             return set(self._held.values())
 
-    def _beat(self) -> None:
+    def _beat(self, stop: threading.Event) -> None:
         conn: db.Conn | None = None
-        while not self._stop.is_set():
+        while not stop.is_set():
             self._wake.wait(self.beat_s)
             self._wake.clear()
             runs = self.held()
