@@ -125,3 +125,21 @@ def test_the_test_clock_and_scheduler_timings_are_read_and_checked(tmp_path, mon
     assert any(p.startswith("DX_SCHEDULER_TICK_S='fast'") for p in problems)
     assert any(p.startswith("DX_SCHEDULER_LEASE_S=0.5: must be at least twice") for p in problems)
     assert any(p.startswith("DX_CLOCK_SPEED is set without DX_CLOCK_ORIGIN") for p in problems)
+
+
+def test_how_runs_end_has_defaults_and_is_read_from_the_environment():
+    # Given no setting, then the three set / When built
+    default = Settings.from_env({})
+    s = Settings.from_env({"DX_STALL_S": "2", "DX_MAX_REDRIVES": "0", "DX_RUN_TIMEOUT_S": "0"})
+    # Then a stall is 10 minutes, 3 re-drives, 6 hours at most, workers beating every 30 s; or as set
+    assert (default.stall_s, default.max_redrives, default.run_timeout_s, default.beat_s) == (600.0, 3, 21600.0, 30.0)
+    assert (s.stall_s, s.max_redrives, s.run_timeout_s, s.beat_s) == (2.0, 0, 0.0, 0.5)
+
+
+def test_a_run_time_limit_shorter_than_a_stall_is_refused():
+    # Given a run limit below the stall, and a negative number of re-drives / When built
+    problems = problems_of({"DX_STALL_S": "600", "DX_RUN_TIMEOUT_S": "60", "DX_MAX_REDRIVES": "-1"})
+    # Then both are named, the limit with what it must be
+    assert any(p.startswith("DX_MAX_REDRIVES=-1: must be at least 0") for p in problems)
+    assert any(p.startswith("DX_RUN_TIMEOUT_S=60.0: must be 0 (no limit) or at least DX_STALL_S=600.0")
+               for p in problems)

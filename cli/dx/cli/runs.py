@@ -163,6 +163,8 @@ def print_run(run: Run, brief: bool = False) -> None:
     if not brief:
         out(f"  trigger {run['trigger']}" + (f" by {run['requested_by']}" if run["requested_by"] else "")
             + f", source {run['source_path'] or '-'}, chunks {run['n_chunks'] if run['n_chunks'] is not None else '-'}")
+        if run["redrives"]:  # the scheduler sent a lost stage again (docs/operations.md: How runs end)
+            out(f"  re-driven {run['redrives']} time{'s' if run['redrives'] > 1 else ''} after a stall")
     counters: Mapping[str, Any] = run
     out("  " + "  ".join(f"{c}={counters[c]:,}" for c in COUNTERS if counters[c] or c == "rows_read"))
     for e in errors:

@@ -12,8 +12,10 @@ Per tick, the leader: moves the cursor of paused modules, and of a disabled
 tenant's, to now (such periods are never back-filled), fires what is due for
 active ones (a schedule without a time zone in its tenant's; misfire
 grace and coalescing: dx.scheduler.schedule.due), sends ready outbox rows
-(overlap ``queue`` runs wait there for their predecessor), and every few
-seconds pauses modules whose last ``max_failures`` ended runs all failed.
+(overlap ``queue`` runs wait there for their predecessor), every few seconds
+pauses modules whose last ``max_failures`` ended runs all failed, and runs the
+watchdog, which re-drives or times out the runs that stalled
+(dx.scheduler.watchdog).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import structlog
 from dx.scheduler.clock import Clock
 from dx.scheduler.requests import ACTIVE, create_queued_run, dispatch
 from dx.scheduler.schedule import due, schedule_of
+from dx.scheduler.watchdog import watch
 from dx.shared import db, mail
 from dx.shared.catalog import load_module
 from dx.shared.config import ScheduleCfg
@@ -45,6 +48,8 @@ from dx.shared.settings import Settings, get_settings
 log = structlog.get_logger(__name__)
 #: Real seconds between two checks for modules to auto-pause.
 FAILURE_CHECK_S = 2.0
+#: Real seconds at most between two rounds of the watchdog (more often when DX_STALL_S is short).
+WATCH_S = 5.0
 #: Statuses that end a run by itself (skipped and aborted runs neither fail nor succeed).
 ENDED = ("completed", "completed_with_errors", "failed", "timed_out")
 FAILED = ("failed", "timed_out")
@@ -64,6 +69,7 @@ class Scheduler:
         self._next: dict[str, tuple[str, datetime, datetime | None]] = {}
         self._compiled: dict[str, tuple[str, ScheduleCfg, Schedule]] = {}
         self._failures_checked = 0.0
+        self._watched = 0.0
         self.beat = time.monotonic()  # of the loop's last round
         self.problem: str | None = None  # why the last tick failed
 
@@ -152,6 +158,9 @@ class Scheduler:
         if time.monotonic() - self._failures_checked >= FAILURE_CHECK_S:
             self._failures_checked = time.monotonic()
             self.auto_pause()
+        if time.monotonic() - self._watched >= min(WATCH_S, self.settings.stall_s / 2):
+            self._watched = time.monotonic()
+            watch(conn, self.settings)
 
     def _schedule(self, module: str, text: str, config: dict[str, Any],
                   tenant_timezone: str | None) -> tuple[ScheduleCfg, Schedule]:

@@ -110,6 +110,13 @@ class ErrorCode(StrEnum):
                     "the run failed at once.")
     INTERNAL_ERROR = ("INTERNAL_ERROR", Level.RUN,
                       "A worker failed unexpectedly after its retries; the log of the run says why.")
+    RUN_TIMED_OUT = ("RUN_TIMED_OUT", Level.RUN,
+                     "The run did not end in time: it made no progress although the scheduler sent its "
+                     "missing stage again DX_MAX_REDRIVES times, or it ran longer than DX_RUN_TIMEOUT_S. "
+                     "Its status is timed_out; its file stays where it was (not archived, deleted or "
+                     "rejected) and an overwrite kept the old table. Check that workers run and reach "
+                     "RabbitMQ, PostgreSQL and the client's server (the scheduler's and workers' logs name "
+                     "the run), then run the module again.")
 
     # request-level: a run request or a scheduled fire does no work
     OVERLAP_FORBIDDEN = ("OVERLAP_FORBIDDEN", Level.REQUEST,

@@ -52,11 +52,27 @@ EXPORT_REDUCE = Actor("export_reduce", REDUCE_QUEUE, 5, 1000, 30_000, 30 * _MIN_
 RUN_CRASHED = Actor("run_crashed", REDUCE_QUEUE, 3, 1000, 10_000, 10 * _MIN_S)
 #: A console's "Test connection" or "Preview" (short, not retried: the API waits for it, the user asks again).
 CHECK = Actor("check", REDUCE_QUEUE, 0, 1000, 1000, 2 * _MIN_S)
-ACTORS = (PLAN, CHUNK, REDUCE, EXPORT_PLAN, EXPORT_CHUNK, EXPORT_REDUCE, RUN_CRASHED, CHECK)
+#: Sent by the scheduler's watchdog for a run that did not end in time: the run times out.
+RUN_TIMED_OUT = Actor("run_timed_out", REDUCE_QUEUE, 3, 1000, 10_000, 10 * _MIN_S)
+ACTORS = (PLAN, CHUNK, REDUCE, EXPORT_PLAN, EXPORT_CHUNK, EXPORT_REDUCE, RUN_CRASHED, RUN_TIMED_OUT, CHECK)
 
 
+@dataclass(frozen=True)
+class Stages:
+    """The plan, chunk and reduce actors of a kind of run."""
+
+    plan: Actor
+    chunk: Actor
+    reduce: Actor
+
+
+IMPORT_STAGES = Stages(PLAN, CHUNK, REDUCE)
+EXPORT_STAGES = Stages(EXPORT_PLAN, EXPORT_CHUNK, EXPORT_REDUCE)
+#: The stages of each module kind.
+STAGES_OF = {"importer": IMPORT_STAGES, "updater": IMPORT_STAGES, "displacer": EXPORT_STAGES,
+             "exporter": EXPORT_STAGES}
 #: The plan actor of each module kind.
-PLAN_OF = {"importer": PLAN, "updater": PLAN, "displacer": EXPORT_PLAN, "exporter": EXPORT_PLAN}
+PLAN_OF = {kind: stages.plan for kind, stages in STAGES_OF.items()}
 
 
 _lock = threading.Lock()
@@ -120,4 +136,18 @@ def send_chunks(chunk: Actor, reduce: Actor, run_id: int, n_chunks: int) -> None
 
     group = dramatiq.group([message(chunk, run_id=run_id, chunk_no=i) for i in range(n_chunks)], broker=broker())
     group.add_completion_callback(message(reduce, run_id=run_id))
+    group.run()
+
+
+def resend_chunks(stages: Stages, run_id: int, chunk_nos: list[int], attempt: int | None) -> None:
+    """Send a run's chunks ``chunk_nos`` again: a streamed run's alone, with the plan's ``attempt``
+    (the last to commit sends the reduce), else as a group whose completion sends the reduce."""
+    if attempt is not None:
+        for chunk_no in chunk_nos:
+            send(stages.chunk, run_id=run_id, chunk_no=chunk_no, attempt=attempt)
+        return
+    import dramatiq
+
+    group = dramatiq.group([message(stages.chunk, run_id=run_id, chunk_no=i) for i in chunk_nos], broker=broker())
+    group.add_completion_callback(message(stages.reduce, run_id=run_id))
     group.run()

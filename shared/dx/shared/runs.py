@@ -103,6 +103,10 @@ class Run(TypedDict):
     rejected_path: str | None
     #: the run of a ``files: all`` module whose end made this one, for the next pending file
     follows_run: int | None
+    #: how often the scheduler sent the run's missing stage again (``dx.scheduler.watchdog``)
+    redrives: int
+    #: when the scheduler last re-drove the run, or sent the message that times it out
+    redriven_at: datetime | None
 
 
 class Trigger(StrEnum):
@@ -191,6 +195,14 @@ def chunks_done(conn: Conn, run_id: int) -> int:
     """How many chunks of the run have committed their result."""
     row = conn.execute("SELECT count(*) AS n FROM dx.chunk_results WHERE run_id = %s", (run_id,)).fetchone()
     return int(row["n"]) if row else 0
+
+
+def reduce_due(conn: Conn, run_id: int) -> bool:
+    """Whether the run waits for its reduce: it has not ended, its plan is done, and every chunk's
+    result is in."""
+    run = conn.execute("SELECT status, planned_at, n_chunks FROM dx.runs WHERE id = %s", (run_id,)).fetchone()
+    return (run is not None and not RunStatus(run["status"]).terminal and run["planned_at"] is not None
+            and chunks_done(conn, run_id) >= run["n_chunks"])
 
 
 def pending_chunk(conn: Conn, run_id: int, chunk_no: int, actor: str) -> Run | None:

@@ -53,6 +53,17 @@ class Settings:
     public_url: str | None = None
     #: the port of ``dx worker``'s and ``dx scheduler``'s /metrics, /healthz and /readyz (0: none)
     probe_port: int = 0
+    #: seconds without progress after which the scheduler re-drives a run (``dx.scheduler.watchdog``)
+    stall_s: float = 600.0
+    #: re-drives of a run before a stall times it out
+    max_redrives: int = 3
+    #: seconds a run may run before it is timed out (0: no limit)
+    run_timeout_s: float = 21600.0
+
+    @property
+    def beat_s(self) -> float:
+        """How often a worker says it still holds a run's message: well within ``stall_s``."""
+        return min(30.0, self.stall_s / 4)
 
     @property
     def outbox_dir(self) -> Path:
@@ -133,6 +144,9 @@ class Settings:
             clock_origin=clock_origin(),
             clock_speed=number("DX_CLOCK_SPEED", 1.0, 0.001, float),
             probe_port=number("DX_PROBE_PORT", 0, 0, int),
+            stall_s=number("DX_STALL_S", 600.0, 0.1, float),
+            max_redrives=number("DX_MAX_REDRIVES", 3, 0, int),
+            run_timeout_s=number("DX_RUN_TIMEOUT_S", 21600.0, 0.0, float),
             mail_attach_bytes=number("DX_MAIL_ATTACH_BYTES", 2_000_000, 0, int),
             public_url=(url("DX_PUBLIC_URL", ("https", "http")) or "").rstrip("/") or None,
         )
@@ -143,6 +157,9 @@ class Settings:
                             f"DX_SCHEDULER_TICK_S={settings.scheduler_tick_s}, or the leader loses its lease")
         if settings.probe_port > 65535:
             problems.append(f"DX_PROBE_PORT={settings.probe_port}: expected a TCP port (1-65535) or 0 for none")
+        if 0 < settings.run_timeout_s < settings.stall_s:
+            problems.append(f"DX_RUN_TIMEOUT_S={settings.run_timeout_s}: must be 0 (no limit) or at least "
+                            f"DX_STALL_S={settings.stall_s}, the time a run may go without progress")
         if settings.clock_speed != 1.0 and settings.clock_origin is None:
             problems.append("DX_CLOCK_SPEED is set without DX_CLOCK_ORIGIN=ISO-TIME@UNIX-SECONDS "
                             "(where the test clock starts)")

@@ -19,6 +19,7 @@ from dramatiq.rate_limits.backends import RedisBackend, StubBackend
 from dx.shared import messages
 from dx.shared.errors import RunError
 from dx.shared.settings import Settings, get_settings
+from dx.workers.heartbeat import Heartbeat
 from dx.workers.metrics import Metrics
 from dx.workers.middleware import GiveBackMemory, LogContext
 
@@ -43,6 +44,7 @@ def _actors() -> list[tuple[messages.Actor, Callable[..., Any], tuple[type[BaseE
         (messages.EXPORT_REDUCE, export_reduce.export_reduce, ()),
         (messages.RUN_CRASHED, crashed.run_crashed, ()),
         (messages.CHECK, checks.check, ()),
+        (messages.RUN_TIMED_OUT, crashed.run_timed_out, ()),
     ]
 
 
@@ -64,6 +66,7 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
     broker.add_middleware(LogContext())
     broker.add_middleware(GiveBackMemory())
     broker.add_middleware(Metrics())
+    broker.add_middleware(Heartbeat(settings.beat_s))
     dramatiq.set_broker(broker)
     for spec, fn, throws in _actors():
         dramatiq.actor(broker=broker, throws=throws, **spec.options())(fn)

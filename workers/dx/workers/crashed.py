@@ -1,14 +1,18 @@
-"""Actor ``run_crashed`` (queue ``dx.reduce``): a stage's message failed for good, so its run fails.
+"""Actors ``run_crashed`` and ``run_timed_out`` (queue ``dx.reduce``): a run that cannot go on ends.
 
-Consumes the retry-exhausted callback of every plan, chunk and reduce message,
-an import's or an export's (``dx.shared.messages``); sends nothing. Marks the
-run failed with INTERNAL_ERROR, discarding what its kind leaves behind (an
-overwrite's shadow table: ``dx.workers.imports.kinds``), and sends the e-mail.
-The message knows only the run: the kind is picked by the run's definition,
-so this module imports a wing's ``kinds``, and no module of a wing imports it.
+``run_crashed`` consumes the retry-exhausted callback of every plan, chunk and
+reduce message, an import's or an export's (``dx.shared.messages``): the run
+fails with INTERNAL_ERROR. ``run_timed_out`` consumes what the scheduler's
+watchdog sends for a run that did not end in time (``dx.scheduler.watchdog``):
+the run ends ``timed_out`` with RUN_TIMED_OUT. Both send nothing; they discard
+what the run's kind leaves behind (an overwrite's shadow table:
+``dx.workers.imports.kinds``), keep what its chunks committed elsewhere, and
+send the e-mail; the source file stays where it was. The message knows only
+the run: the kind is picked by the run's definition, so this module imports a
+wing's ``kinds``, and no module of a wing imports it.
 
-Retries: 3. Idempotent: a terminal run stays as it is; the e-mail is sent once
-(``email_sent_at``).
+Retries: 3. Idempotent: a terminal run stays as it is (a run that completed
+meanwhile stays completed); the e-mail is sent once (``email_sent_at``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import structlog
 from dx.shared import db
 from dx.shared.config import EXPORT_KINDS
 from dx.shared.errors import ErrorCode
-from dx.shared.runs import definition, get_run
+from dx.shared.runs import RunStatus, definition, get_run
 from dx.workers.failures import Discards, fail_run
 from dx.workers.imports.kinds import import_kind
 
@@ -35,6 +39,12 @@ def run_crashed(message_data: dict[str, Any], retry_data: dict[str, Any]) -> Non
             f"{trace[-1] if trace else 'see the worker log'}")
     log.error("run.crashed", run=run_id, error=what)
     fail_run(run_id, ErrorCode.INTERNAL_ERROR, what, kind=_kind(run_id))
+
+
+def run_timed_out(run_id: int, reason: str) -> None:
+    """The scheduler gave up on the run: it ends timed_out, saying why."""
+    log.error("run.timed_out", run=run_id, error=reason)
+    fail_run(run_id, ErrorCode.RUN_TIMED_OUT, reason, status=RunStatus.TIMED_OUT, kind=_kind(run_id))
 
 
 def _kind(run_id: int) -> Discards | None:

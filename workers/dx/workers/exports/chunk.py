@@ -1,7 +1,10 @@
 """Actor ``export_chunk`` (queue ``dx.chunk``): write one chunk of an export file.
 
-Consumes ``export_chunk(run_id, chunk_no)`` from the export plan's group;
-sends nothing (the group's completion callback sends ``export_reduce``).
+Consumes ``export_chunk(run_id, chunk_no)`` from the export plan's group
+(the group's completion callback sends ``export_reduce``). A delivery that
+finds its chunk done sends ``export_reduce`` when every chunk is done and the
+run has not ended: a broker that restarted may have lost the callback while
+the chunks' messages come again (the reduce is idempotent).
 Runs the COPY of its key range (formatted, quoted and transcoded by
 PostgreSQL; written to the file by psql where it is installed, see
 ``dx.shared.psql``, else read by psycopg), gzips it if the target wants it
@@ -36,11 +39,11 @@ from typing import IO
 import psycopg
 import structlog
 
-from dx.shared import db, psql
+from dx.shared import db, messages, psql
 from dx.shared.connections import open_remote
 from dx.shared.errors import ErrorCode, RunError
 from dx.shared.formats.export import head_and_tail
-from dx.shared.runs import claim_chunk, definition, pending_chunk
+from dx.shared.runs import claim_chunk, definition, pending_chunk, reduce_due
 from dx.workers import staging
 from dx.workers.exports.kinds import export_kind
 from dx.workers.exports.placement import note_placed, part_offset, placeable
@@ -72,6 +75,11 @@ def export_chunk(run_id: int, chunk_no: int) -> None:
     with db.connect() as conn:
         run = pending_chunk(conn, run_id, chunk_no, "export_chunk")
         if run is None:
+            due = reduce_due(conn, run_id)  # its reduce may have been lost with the acknowledgement
+            conn.commit()
+            if due:
+                log.info("export_chunk.reduce_sent")
+                messages.send(messages.EXPORT_REDUCE, run_id=run_id)
             return
         mdef = definition(conn, run)
         export = conn.execute("SELECT snapshot_from::text, snapshot_to::text, bounds, target_path FROM dx.exports"

@@ -7,7 +7,10 @@ Importer's with ``importer``, by its mode, an Updater's with
 Consumes ``chunk(run_id, chunk_no)`` from the plan's group (the group's
 completion callback sends ``reduce``), or from a streaming plan (an
 overwrite's, ``chunk(run_id, chunk_no, attempt)``; an append's): there is no
-group then, and the last chunk to commit sends ``reduce``. Reads the chunk's file, validates it
+group then, and the last chunk to commit sends ``reduce``. A delivery that
+finds its chunk done sends ``reduce`` when every chunk is done and the run has
+not ended: a broker that restarted may have lost the reduce (or the message
+that would have sent it) while the chunks' messages come again. Reads the chunk's file, validates it
 column-wise, and applies it in ONE transaction together with its
 ``dx.chunk_results`` row and its failed operations (a streamed chunk also
 writes the keys it applied, for the reduce).
@@ -38,7 +41,7 @@ from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode, RunError, is_data_error
 from dx.shared.formats.csv import ROW
 from dx.shared.pgcopy import copy_frame
-from dx.shared.runs import FAILED_TABLE, Run, chunks_done, claim_chunk, definition, pending_chunk, streamed
+from dx.shared.runs import FAILED_TABLE, Run, claim_chunk, definition, pending_chunk, reduce_due, streamed
 from dx.workers import staging
 from dx.workers.failures import fail_run
 from dx.workers.imports import refusals
@@ -54,6 +57,7 @@ def chunk(run_id: int, chunk_no: int, attempt: int | None = None) -> None:
     with db.connect() as conn:  # one session for the whole chunk: each new one costs PostgreSQL a process
         run = pending_chunk(conn, run_id, chunk_no, "chunk")
         if run is None:
+            _reduce_if_last(conn, run_id)  # its reduce may have been lost with the acknowledgement
             return
         mdef = definition(conn, run)
         conn.commit()  # no snapshot held while the chunk is validated
@@ -107,10 +111,12 @@ def _apply(conn: Conn, run: Run, mdef: ModuleDef, chunk_no: int, attempt: int | 
 
 
 def _reduce_if_last(conn: Conn, run_id: int) -> None:
-    """A streamed run's last chunk sends reduce (there is no group barrier: the plan sent each chunk
-    alone, and sends reduce too when it ends, in case every chunk ended before it)."""
-    run = conn.execute("SELECT planned_at, n_chunks FROM dx.runs WHERE id = %s", (run_id,)).fetchone()
-    last = run is not None and run["planned_at"] is not None and chunks_done(conn, run_id) >= run["n_chunks"]
+    """Send reduce if every chunk is done and the run has not ended: by a streamed run's last chunk
+    (there is no group barrier: the plan sent each chunk alone, and sends reduce too when it ends, in
+    case every chunk ended before it), and by any delivery of a chunk done already. The reduce may
+    then come twice: it is idempotent."""
+    due = reduce_due(conn, run_id)
     conn.commit()
-    if last:
+    if due:
+        log.info("chunk.reduce_sent")
         messages.send(messages.REDUCE, run_id=run_id)
