@@ -25,6 +25,7 @@ from dx.scheduler.api_base import (
     ModuleId,
     Operator,
     Tenant,
+    Text,
     Who,
     not_found,
 )
@@ -42,8 +43,8 @@ PREVIEW_FIRES = 10
 
 class SignIn(BaseModel):
     model_config = {"extra": "forbid"}
-    username: str = Field(min_length=1, max_length=200)
-    password: str = Field(min_length=1, max_length=1000)
+    username: Text = Field(min_length=1, max_length=200)
+    password: Text = Field(min_length=1, max_length=1000)
 
 
 class SessionOut(BaseModel):

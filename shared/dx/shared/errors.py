@@ -24,6 +24,7 @@ class Level(StrEnum):
     RECORD = "record"
     REQUEST = "request"
     API = "api"
+    WARNING = "warning"
 
 
 class ErrorCode(StrEnum):
@@ -104,6 +105,13 @@ class ErrorCode(StrEnum):
                           "A value has no representation in the target's encoding (choose utf-8).")
     INTERNAL_ERROR = ("INTERNAL_ERROR", Level.RUN,
                       "A worker failed unexpectedly after its retries; the log of the run says why.")
+
+    # warnings: the run goes on and lists the code among its warnings
+    SOURCE_NOT_ARCHIVED = ("SOURCE_NOT_ARCHIVED", Level.WARNING,
+                           "After a run that imported it, the source file could not be archived (after: "
+                           "archive) or deleted (after: delete): the server refused the move or removal (a "
+                           "permission, a missing archive_dir, a full disk), or the file changed since. It stays "
+                           "where it is and is not imported again (the ledger has it); the message says why.")
 
     # request-level: a run request or a scheduled fire does no work
     OVERLAP_FORBIDDEN = ("OVERLAP_FORBIDDEN", Level.REQUEST,
@@ -207,6 +215,8 @@ def render_error_codes_markdown() -> str:
         Level.RECORD: "Record-level (one record is rejected and reported; the others are applied)",
         Level.REQUEST: "Request-level (a run request or a scheduled fire is refused or skipped; no data moves)",
         Level.API: "HTTP API (`dx serve`: the HTTP request is refused; nothing changes)",
+        Level.WARNING: "Warnings (the run goes on; `dx show`, the API and the e-mail list the code among its "
+                       "warnings)",
     }
     for level in Level:
         lines += [f"## {titles[level]}", "", "| code | meaning |", "|---|---|"]
