@@ -125,3 +125,12 @@ def test_the_test_clock_and_scheduler_timings_are_read_and_checked(tmp_path, mon
     assert any(p.startswith("DX_SCHEDULER_TICK_S='fast'") for p in problems)
     assert any(p.startswith("DX_SCHEDULER_LEASE_S=0.5: must be at least twice") for p in problems)
     assert any(p.startswith("DX_CLOCK_SPEED is set without DX_CLOCK_ORIGIN") for p in problems)
+
+
+def test_dx_chunk_bytes_below_the_floor_is_a_settings_problem():
+    # Given chunks of 4 KiB under the default floor of 1 MiB, then with the floor lowered
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"DX_CHUNK_BYTES": "4096"})
+    assert any(p.startswith("DX_CHUNK_BYTES=4096: must be at least 1048576") for p in info.value.problems)
+    lowered = Settings.from_env({"DX_CHUNK_BYTES": "4096", "DX_MIN_CHUNK_BYTES": "1024"})
+    assert (lowered.chunk_bytes, lowered.min_chunk_bytes) == (4096, 1024)
