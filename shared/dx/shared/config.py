@@ -152,7 +152,8 @@ class ConnectionCfg(Strict):
     @model_validator(mode="before")
     @classmethod
     def _database_port(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("type") in DATABASE_PORTS and "port" not in data:
+        if isinstance(data, dict) and isinstance(data.get("type"), str) and data["type"] in DATABASE_PORTS \
+                and "port" not in data:
             return {**data, "port": DATABASE_PORTS[data["type"]]}
         return data
 
@@ -722,6 +723,17 @@ class _StrictLoader(yaml.SafeLoader):
                     None, None, f"key {key!r} is given twice in this mapping", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> date | datetime:
+        """A date or time as PyYAML reads it, one that does not exist (2026-02-30) being a YAML error."""
+        try:
+            return super().construct_yaml_timestamp(node)  # type: ignore[no-any-return]
+        except (ValueError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value!r} is not a valid date or time ({exc})", node.start_mark) from None
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _StrictLoader.construct_yaml_timestamp)
 
 
 def _unstorable(value: object, loc: tuple[int | str, ...] = ()) -> Iterator[str]:
