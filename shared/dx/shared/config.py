@@ -727,7 +727,7 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> date | datetime:
         """A date or time as PyYAML reads it, one that does not exist (2026-02-30) being a YAML error."""
         try:
-            return super().construct_yaml_timestamp(node)  # type: ignore[no-any-return]
+            return super().construct_yaml_timestamp(node)
         except (ValueError, OverflowError) as exc:
             raise yaml.constructor.ConstructorError(
                 None, None, f"{node.value!r} is not a valid date or time ({exc})", node.start_mark) from None
