@@ -596,3 +596,13 @@ def test_yaml_that_python_cannot_hold_is_a_config_error_not_a_crash(text):
     # When applied / Then a ConfigError says the YAML is not valid
     [problem] = problems_of(text)
     assert problem.startswith("not valid YAML"), problem
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("modules: [{id: m, schedule: {cron: ['0 2 * * *'], start: 2026-02-30}}]\n", "is not a valid date or time"),
+    ("connections: [{id: c, tenant: acme, type: [postgres]}]\n", "connections[0].type"),
+])
+def test_values_found_by_fuzzing_are_config_errors_not_crashes(text, says):
+    # Given a date that does not exist, a list as a connection's type (on main: ValueError, TypeError)
+    # When applied / Then ConfigError names the problem
+    assert any(says in p for p in problems_of(text))
