@@ -121,8 +121,9 @@ class ErrorCode(StrEnum):
                        "The tenant's DataExchange is not enabled (tenants[].enabled: false): its modules do "
                        "not run, neither on schedule nor on demand.")
     REQUEST_MALFORMED = ("REQUEST_MALFORMED", Level.REQUEST,
-                         "An AMQP run request is not a JSON object with string fields tenant and module "
-                         "(and optionally requested_by); it is dead-lettered.")
+                         "An AMQP run request is not a JSON object with ids tenant and module (and optionally "
+                         "requested_by: text without control characters), or its message_id is not such text; it "
+                         "is dead-lettered.")
     UNKNOWN_MODULE = ("UNKNOWN_MODULE", Level.REQUEST,
                       "A run request names a module that does not exist or belongs to another tenant; "
                       "it is dead-lettered.")
