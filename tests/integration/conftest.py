@@ -103,7 +103,8 @@ def cluster_env(tmp_path_factory: pytest.TempPathFactory, smtp: Mailbox, sshd: S
     # would re-drive them); tests of the watchdog set their own DX_STALL_S.
     extra = {"DX_SMTP_URL": f"smtp://127.0.0.1:{smtp.port}",
              "DX_TEST_SFTP_PASSWORD": sshd.password, "DX_TEST_SFTP_KEY": sshd.private_key,
-             "DX_STALL_S": "86400", "DX_RUN_TIMEOUT_S": "0"}
+             "DX_STALL_S": "86400", "DX_RUN_TIMEOUT_S": "0",
+             "DX_MIN_CHUNK_BYTES": "1"}  # tests cut files of a few records into several chunks
     try:
         with private_services(f"dx_test_{os.getpid()}", tmp_path_factory.mktemp("dxhome"), extra) as env:
             # tests call stages in this process too: their later stages go to this vhost's workers

@@ -212,6 +212,71 @@ def test_bad_input_answers_422_and_unknown_paths_404_with_stable_codes(api, toke
         assert a.get("/api/v1/runs", params={"module": "apia-other"}).json()["runs"] == []
 
 
+#: Values the API refused with 500 (or took for something else) before it checked them: (method, path, query, JSON).
+BAD_VALUES: list[tuple[str, str, dict[str, str] | None, Any]] = [
+    ("GET", "/api/v1/modules/a%00b", None, None),
+    ("GET", "/api/v1/modules/a%00b/schedule", None, None),
+    ("POST", "/api/v1/modules/a%00b/runs", None, {}),
+    ("POST", "/api/v1/modules/a%00b/pause", None, None),
+    ("GET", "/api/v1/runs", {"module": "a\x00b"}, None),
+    ("GET", "/api/v1/runs", {"before": str(2**63)}, None),
+    ("GET", "/api/v1/runs/" + str(2**63), None, None),
+    ("GET", "/api/v1/runs/" + "9" * 30 + "/failures.csv", None, None),
+    ("GET", "/api/v1/runs", {"since": "1700000000"}, None),
+    ("GET", "/api/v1/runs", {"since": "10000-01-01T00:00:00+00:00"}, None),
+    ("GET", "/api/v1/runs", {"since": "0001-01-01T00:00:00+05:00"}, None),
+    ("GET", "/api/v1/modules/apia-import/schedule", {"from": "1700000000"}, None),
+    ("POST", "/api/v1/modules/apia-other/runs", None, {"request_id": "a\x00b"}),
+    ("POST", "/api/v1/modules/apia-other/runs", None, {"requested_by": "a\x00b"}),
+    ("POST", "/api/v1/modules/apia-import/schedule/preview", None,
+     {"schedule": {"cron": ["0 2 * * *"], "start": "9999-12-31"}}),
+    ("POST", "/api/v1/modules/apia-import/schedule/preview", None,
+     {"schedule": {"cron": ["0 2 * * *"], "start": 1699920000}}),
+    ("POST", "/api/v1/modules/apia-import/schedule/preview", None,
+     {"schedule": {"cron": ["0 2 * * *"], "max_failures": 2**31}}),
+    ("PUT", "/api/v1/modules/apia-import/schedule", None,
+     {"schedule": {"cron": ["0 2 * * *"], "start": "9999-12-31", "timezone": "Pacific/Kiritimati"}}),
+    ("PUT", "/api/v1/modules/apia-import/notifications", None, {"notify": ["a\x00b@x.it"], "notify_on": "always"}),
+    ("POST", "/console/session", None, {"username": "a\x00b", "password": "x"}),
+]
+#: Bodies Python's JSON parser gives up on, or whose strings no database can store.
+BAD_BODIES = [
+    ("POST", "/api/v1/modules/apia-other/runs", b'{"request_id": 1' + b"0" * 5000 + b"}"),
+    ("POST", "/api/v1/modules/apia-other/runs", b"[" * 5000 + b"]" * 5000),
+    ("POST", "/api/v1/modules/apia-other/runs", b'{"request_id": "a\\ud800"}'),
+    ("POST", "/console/session", b'{"username": "a\\ud800", "password": "x"}'),
+]
+
+
+def test_bad_values_answer_422_with_a_code_never_500(api, tokens):
+    # Given the schedule and recipients of a module as they are
+    with api.client(tokens["apia"]) as a:
+        before = a.get("/api/v1/modules/apia-import").json()["config"]
+    for method, path, params, body in [*BAD_VALUES, *[(m, p, None, b) for m, p, b in BAD_BODIES]]:
+        # When a NUL, an id past PostgreSQL's bigint, a number for a date-time, a date at the calendar's ends,
+        # a schedule that never fires or a body JSON cannot hold is sent (each on a connection of its own:
+        # a 500 closes the connection)
+        with api.client(tokens["apia"]) as a:
+            if isinstance(body, bytes):
+                response = a.request(method, path, content=body, headers={"Content-Type": "application/json"})
+            else:
+                response = a.request(method, path, params=params, json=body)
+        # Then 422 INVALID_REQUEST
+        assert (response.status_code, error_of(response)) == (422, "INVALID_REQUEST"), (path, params, body,
+                                                                                        response.text)
+    with api.client(tokens["apia"]) as a:
+        # and nothing changed, no run was made
+        assert a.get("/api/v1/modules/apia-import").json()["config"] == before
+        assert a.get("/api/v1/runs", params={"module": "apia-other"}).json()["runs"] == []
+        # and far dates that are valid are answered: fire times from year 1, none after the calendar's end
+        early = a.get("/api/v1/modules/apia-import/schedule", params={"from": "0001-01-01T00:00:00", "next": 3})
+        late = a.get("/api/v1/modules/apia-import/schedule", params={"from": "9999-12-31T23:00:00+00:00"})
+        assert (early.status_code, late.status_code, late.json()["fires"]) == (200, 200, [])
+        assert len(early.json()["fires"]) == 3
+    # and the server logged no failure
+    assert '"http.failed"' not in api.log.read_text()
+
+
 def test_openapi_document_lists_every_endpoint(api):
     # When: the OpenAPI document is fetched (no token needed)
     with api.client() as c:

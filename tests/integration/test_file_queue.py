@@ -3,6 +3,7 @@ imports every pending file one run each, and a file still being written skips th
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from dx.cli import main
 from dx.scheduler.loop import Scheduler
 from dx.shared import db
 from dx.shared.runs import definition, get_run
@@ -227,3 +229,31 @@ def test_a_file_still_being_written_skips_the_run_without_counting_as_a_failure(
     n = path.with_name("archive").joinpath(f"add_000.csv.run{imported['id']}").read_text().count("\n") - 1
     assert imported["rows_read"] == n and n >= 2
     assert "a@x.it" in table(tenant) and len(table(tenant)) == n
+
+
+def test_a_file_that_cannot_be_archived_is_a_coded_warning_of_its_run(cluster_env, sshd, smtp, workers, tmp_path,
+                                                                      capsys):
+    # Given an upsert module archiving into archive/, where a plain file of that name stands in the way
+    tenant = "fq-archive"
+    module = f"{tenant}-import"
+    apply(config(tenant, sshd, [{"id": module, "mode": "upsert", "source": {"path": f"{tenant}/in/add_*.csv"}}]),
+          tmp_path)
+    sshd.put(f"{tenant}/in/archive", b"not a folder\n")
+    sshd.put(f"{tenant}/in/add_001.csv", _csv(("a@x.it", "Ann", 1)))
+    workers.start(1)
+
+    # When the file is imported
+    imported, mail = _reported(run(module)["id"], smtp)
+
+    # Then the run completed, and says with a code that its file stays where it is (on main: a log line only)
+    assert imported["status"] == "completed" and set(table(tenant)) == {"a@x.it"}
+    [warning] = imported["warnings"]
+    assert warning["code"] == "SOURCE_NOT_ARCHIVED" and f"{tenant}/in/add_001.csv stays where it is" in warning["message"]
+    # and so do its e-mail and `dx show --json`
+    assert "SOURCE_NOT_ARCHIVED" in mail
+    capsys.readouterr()
+    assert main(["show", str(imported["id"]), "--json"]) == 0
+    assert [w["code"] for w in json.loads(capsys.readouterr().out)["warnings"]] == ["SOURCE_NOT_ARCHIVED"]
+    # and the file is still there, and the next run does not import it again
+    assert (sshd.root / tenant / "in" / "add_001.csv").exists()
+    assert run(module)["status"] == "skipped"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -139,3 +139,21 @@ def test_several_expressions_fire_once_per_instant_in_order():
 def test_a_bad_expression_says_what_is_wrong(expression, message):
     with pytest.raises(ValueError, match=message):
         parse_cron(expression)
+
+
+@pytest.mark.parametrize("after", [datetime.min.replace(tzinfo=timezone(timedelta(hours=14))),
+                                   datetime.min.replace(tzinfo=UTC), datetime(1, 1, 1, 5, tzinfo=ROME),
+                                   datetime(9999, 12, 28, 23, tzinfo=ZoneInfo("Etc/GMT+12")),
+                                   datetime.max.replace(tzinfo=timezone(timedelta(hours=-12)))])
+@pytest.mark.parametrize("tz", [ZoneInfo("Pacific/Kiritimati"), ZoneInfo("Pacific/Pago_Pago"), ROME])
+def test_fire_times_at_the_ends_of_the_calendar_stop_instead_of_overflowing(after, tz):
+    # Given daily, half-hourly and yearly schedules, with and without start and end dates at the calendar's ends
+    for schedule in (cron("0 2 * * *", tz=tz), cron("*/30 * * * *", tz=tz, end=date(9999, 12, 31)),
+                     cron("59 23 L 12 *", tz=tz, start=date(1, 1, 1)), cron("0 2 * * *", tz=tz, start=date(9999, 12, 31))):
+        # When the next fire times after an instant of year 1 or year 9999 are asked
+        fires = schedule.next_fires(after, 3)
+        # Then they are real instants after it (none past the calendar's end), in order
+        assert fires == sorted(fires) and all(f > after for f in fires)
+    # and a daily schedule from year 1 fires on its first days
+    early = cron("0 2 * * *", tz=tz).next_fires(datetime.min.replace(tzinfo=UTC), 1)
+    assert early and early[0].year == 1

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dx.scheduler.amqp import Rejected, parse_request
+from dx.scheduler.amqp import Rejected, handle, parse_request
 from dx.scheduler.schedule import due
 from dx.shared.config import parse_config
 from dx.shared.errors import ConfigError, ErrorCode
@@ -95,3 +95,56 @@ def test_a_malformed_request_is_rejected_with_its_reason(body, reason):
 def test_a_well_formed_request_parses():
     req = parse_request(b'{"tenant": "acme", "module": "acme-nightly-import", "requested_by": "crm"}')
     assert (req.tenant, req.module, req.requested_by) == ("acme", "acme-nightly-import", "crm")
+
+
+@pytest.mark.parametrize(("schedule", "says"), [
+    ({"cron": ["0 2 30 2 *"], "end": "2030-12-31"}, "never fires (no date matches"),
+    ({"cron": ["0 2 29 2 *"], "start": "2025-03-01", "end": "2027-12-31"}, "never fires between 2025-03-01 and 2027-12-31"),
+    ({"times": ["02:00"], "weekdays": ["sat"], "start": "2026-06-01", "end": "2026-06-05"}, "never fires between"),
+    ({"cron": ["0 2 * * *"], "start": "9999-12-31"}, "never fires from 9999-12-31"),
+])
+def test_a_schedule_whose_window_holds_no_fire_is_refused(schedule, says):
+    # Given a cron line that never matches, or start/end dates between which no day matches (on main: accepted
+    # when an end is given, and never fires)
+    # When applied / Then refused at the schedule, saying so
+    [problem] = problems(schedule)
+    assert problem.startswith("modules[0].schedule:") and says in problem, problem
+
+
+def test_a_schedule_whose_window_holds_a_fire_is_accepted():
+    # Given a window of one day that its rule matches (29 February of a leap year)
+    cfg = parse_config(with_schedule({"cron": ["0 2 29 2 *"], "start": "2028-02-29", "end": "2028-02-29"}))
+    assert cfg.modules[0].schedule is not None
+
+
+@pytest.mark.parametrize("start", [1700000000, 1699920000.0, True])
+def test_a_number_is_not_a_date(start):
+    # Given a start date written as seconds since 1970 (pydantic's lax mode read midnight ones as dates)
+    [problem] = problems({"cron": ["0 2 * * *"], "start": start})
+    assert problem.startswith("modules[0].schedule.start:") and "not a number" in problem, problem
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b'{"tenant": "acme", "module": "m\\u0000"}', "module must be"),
+    (b'{"tenant": "acme\\n", "module": "m"}', "tenant must be"),
+    (b'{"tenant": "acme", "module": "m", "requested_by": "crm\\u0000"}', "requested_by must be"),
+    (b'{"tenant": "acme", "module": "m", "requested_by": "\\ud800"}', "requested_by must be"),
+    (b'{"tenant": 1' + b"0" * 5000 + b"}", "not UTF-8 JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "larger than"),
+    (b"[" * 30_000 + b"]" * 30_000, "not UTF-8 JSON"),
+])
+def test_names_the_control_database_cannot_store_are_malformed_requests(body, reason):
+    # Given a NUL, a line end, a lone surrogate, a 5000-digit number, a huge or deeply nested body (on main:
+    # accepted then failed in PostgreSQL, or a ValueError/RecursionError: dead-lettered as INTERNAL_ERROR)
+    with pytest.raises(Rejected) as info:
+        parse_request(body)
+    # Then it is REQUEST_MALFORMED, saying why
+    assert info.value.code is ErrorCode.REQUEST_MALFORMED and reason in info.value.reason, info.value.reason
+
+
+@pytest.mark.parametrize("message_id", ["crm\x00001", "x" * 201, "\ud800"])
+def test_a_message_id_the_control_database_cannot_store_is_a_malformed_request(message_id):
+    # When a well-formed body comes with such a message_id / Then refused before the database is asked
+    with pytest.raises(Rejected) as info:
+        handle(b'{"tenant": "acme", "module": "m"}', message_id)
+    assert info.value.code is ErrorCode.REQUEST_MALFORMED and "message_id" in info.value.reason

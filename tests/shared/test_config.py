@@ -522,3 +522,87 @@ def test_notify_addresses_must_each_be_one_address(address):
     # Given a recipient that is not one address / When parsed / Then refused with its path
     problems = problems_of(config_with(lambda raw: raw["tenants"][0].__setitem__("notify", [address])))
     assert any(p.startswith("tenants[0].notify[0]") for p in problems), problems
+
+
+@pytest.mark.parametrize(("change", "path", "says"), [
+    (lambda raw: source(raw).update(path="/etc/passwd"), "modules[0].source.path", "relative to the connection's root"),
+    (lambda raw: source(raw).update(path="daily/../../x.csv"), "modules[0].source.path", ".. is not accepted"),
+    (lambda raw: source(raw).update(path="daily/a\tb.csv"), "modules[0].source.path", "control characters"),
+    (lambda raw: source(raw).update(path="*/contacts.csv"), "modules[0].source", "wildcards are allowed in the file name"),
+    (lambda raw: source(raw).update(archive_dir="/archive"), "modules[0].source.archive_dir", "relative"),
+    (lambda raw: source(raw).update(archive_dir="../archive"), "modules[0].source.archive_dir", ".."),
+    (lambda raw: source(raw).update(rejected_dir="../../rejected"), "modules[0].source.rejected_dir", ".."),
+    (lambda raw: source(raw).update(rejected_dir=""), "modules[0].source.rejected_dir", "at least 1"),
+])
+def test_paths_that_would_leave_the_connection_root_are_refused_at_apply(change, path, says):
+    # Given a source path, archive or rejected folder that is absolute, climbs with .., or is otherwise unusable
+    # When applied / Then a problem names the option and says why
+    [problem] = problems_of(config_with(change))
+    assert problem.startswith(f"{path}:") and says in problem, problem
+
+
+@pytest.mark.parametrize("target", ["/out/people.csv", "../people.csv", "out/{date:../%Y}/people.csv",
+                                    "{date:/%Y}/people.csv"])
+def test_a_target_path_that_would_leave_the_root_is_refused_even_through_its_date_format(target):
+    def displacer(raw: dict[str, Any]) -> None:
+        raw["modules"].append({"id": "acme-out", "tenant": "acme", "kind": "displacer", "database": "contacts",
+                               "target": {"connection": "acme-sftp", "path": target}})
+    # When a displacer writing there is applied / Then its target path is refused
+    [problem] = problems_of(config_with(displacer))
+    assert problem.startswith("modules[1].target.path:"), problem
+
+
+@pytest.mark.parametrize(("change", "path"), [
+    (lambda raw: module(raw).update(chunk_bytes=1 << 41), "modules[0].chunk_bytes"),
+    (lambda raw: module(raw).update(schedule={"cron": ["0 2 * * *"], "misfire_grace_s": 1e12}),
+     "modules[0].schedule.misfire_grace_s"),
+    (lambda raw: module(raw).update(schedule={"cron": ["0 2 * * *"], "max_failures": 2**31}),
+     "modules[0].schedule.max_failures"),
+    (lambda raw: raw["connections"][0].update(timeout_s=1e300), "connections[0].timeout_s"),
+    (lambda raw: source(raw).update(settle_s=1e300), "modules[0].source.settle_s"),
+    (lambda raw: raw["databases"][0]["fields"]["name"].update(max_length=10**20), "databases[0].fields.name.max_length"),
+])
+def test_numbers_past_what_the_system_can_use_are_refused_at_apply(change, path):
+    # Given a number larger than a timer, PostgreSQL's int or a worker can take (on main: crashes later, at run time)
+    # When applied / Then it is refused, naming the option
+    [problem] = problems_of(config_with(change))
+    assert problem.startswith(f"{path}:") and "less than or equal" in problem, problem
+
+
+def test_a_chunk_below_the_workers_floor_is_refused_and_the_floor_is_a_setting():
+    text = config_with(lambda raw: module(raw).update(chunk_bytes=4096))
+    # When applied with the default floor (1 MiB) / Then refused, naming DX_MIN_CHUNK_BYTES
+    [problem] = problems_of(text)
+    assert problem.startswith("modules[0].chunk_bytes: 4096 is below") and "DX_MIN_CHUNK_BYTES" in problem
+    # and with a floor the operator lowered, accepted
+    assert parse_config(text, min_chunk_bytes=1024).modules[0].chunk_bytes == 4096
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    (VALID_YAML.replace("path: daily/contacts_*.csv", 'path: "daily/contacts\\0_*.csv"'), "NUL characters"),
+    (VALID_YAML.replace("  - id: globex\n", '  - id: globex\n    notify: ["x\\ud800@globex.example"]\n'),
+     "lone surrogate"),
+])
+def test_text_the_control_database_cannot_store_is_refused_with_its_path(text, says):
+    # Given YAML escapes that make a NUL or a lone surrogate (on main: accepted, then PostgreSQL fails the apply)
+    # When applied / Then one problem names where
+    [problem] = problems_of(text)
+    assert says in problem and problem.startswith(("modules[0].source.path:", "tenants[1].notify[0]:")), problem
+
+
+@pytest.mark.parametrize("text", ["[x]: 1\n", "? {a: 1}\n: 2\n", "a: " + "[" * 5000 + "]" * 5000 + "\n"])
+def test_yaml_that_python_cannot_hold_is_a_config_error_not_a_crash(text):
+    # Given a list as a key, a mapping as a key, lists nested 5000 deep (on main: TypeError, RecursionError)
+    # When applied / Then a ConfigError says the YAML is not valid
+    [problem] = problems_of(text)
+    assert problem.startswith("not valid YAML"), problem
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("modules: [{id: m, schedule: {cron: ['0 2 * * *'], start: 2026-02-30}}]\n", "is not a valid date or time"),
+    ("connections: [{id: c, tenant: acme, type: [postgres]}]\n", "connections[0].type"),
+])
+def test_values_found_by_fuzzing_are_config_errors_not_crashes(text, says):
+    # Given a date that does not exist, a list as a connection's type (on main: ValueError, TypeError)
+    # When applied / Then ConfigError names the problem
+    assert any(says in p for p in problems_of(text))

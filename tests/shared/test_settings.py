@@ -143,3 +143,12 @@ def test_a_run_time_limit_shorter_than_a_stall_is_refused():
     assert any(p.startswith("DX_MAX_REDRIVES=-1: must be at least 0") for p in problems)
     assert any(p.startswith("DX_RUN_TIMEOUT_S=60.0: must be 0 (no limit) or at least DX_STALL_S=600.0")
                for p in problems)
+
+
+def test_dx_chunk_bytes_below_the_floor_is_a_settings_problem():
+    # Given chunks of 4 KiB under the default floor of 1 MiB, then with the floor lowered
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"DX_CHUNK_BYTES": "4096"})
+    assert any(p.startswith("DX_CHUNK_BYTES=4096: must be at least 1048576") for p in info.value.problems)
+    lowered = Settings.from_env({"DX_CHUNK_BYTES": "4096", "DX_MIN_CHUNK_BYTES": "1024"})
+    assert (lowered.chunk_bytes, lowered.min_chunk_bytes) == (4096, 1024)

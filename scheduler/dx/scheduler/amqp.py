@@ -18,6 +18,7 @@ redelivery or a client's re-send finds that run and makes no other.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ import pika.exceptions
 import structlog
 
 from dx.scheduler.requests import RequestIdReused, TenantDisabled, UnknownModule, request_run
+from dx.shared.config import ID_PATTERN
 from dx.shared.errors import ErrorCode, RetriableError
 from dx.shared.runs import Trigger
 
@@ -35,6 +37,13 @@ REQUESTS_QUEUE = "dx.requests"
 DEAD_QUEUE = "dx.requests.dead"
 #: Keys a request may carry.
 REQUEST_KEYS = {"tenant", "module", "requested_by"}
+#: The largest request body read: a request is a few names.
+MAX_BODY_BYTES = 64 * 1024
+#: The longest requested_by and message_id.
+MAX_NAME_CHARS = 200
+#: Characters no name of a request may hold (PostgreSQL's text cannot store NUL).
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+IDENTIFIER = re.compile(ID_PATTERN)
 #: Seconds between reconnection attempts, and the pause after a transient failure.
 RETRY_S = 2.0
 
@@ -56,29 +65,49 @@ class RunRequest:
     requested_by: str | None
 
 
+def _name(value: object) -> bool:
+    """Whether ``value`` is a name a request may carry: text of at most MAX_NAME_CHARS, no control
+    character, valid Unicode."""
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS or CONTROL.search(value):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON's "\ud800")
+        return False
+    return True
+
+
 def parse_request(body: bytes) -> RunRequest:
     """Decode and check a request body; Rejected(REQUEST_MALFORMED) says what is wrong."""
+    if len(body) > MAX_BODY_BYTES:
+        raise Rejected(ErrorCode.REQUEST_MALFORMED, f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:
         doc = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Rejected(ErrorCode.REQUEST_MALFORMED, f"not UTF-8 JSON: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON's, and too long a number
+        raise Rejected(ErrorCode.REQUEST_MALFORMED, f"not UTF-8 JSON: {str(exc)[:200]}") from None
     if not isinstance(doc, dict):
         raise Rejected(ErrorCode.REQUEST_MALFORMED, "expected a JSON object with tenant and module")
     unknown = sorted(set(doc) - REQUEST_KEYS)
     if unknown:
-        raise Rejected(ErrorCode.REQUEST_MALFORMED, f"unknown keys {unknown}; expected {sorted(REQUEST_KEYS)}")
+        raise Rejected(ErrorCode.REQUEST_MALFORMED,
+                       f"unknown keys {[k[:50] for k in unknown[:5]]}; expected {sorted(REQUEST_KEYS)}")
     for key in ("tenant", "module"):
-        if not isinstance(doc.get(key), str) or not doc[key]:
-            raise Rejected(ErrorCode.REQUEST_MALFORMED, f"{key} must be a non-empty string")
+        if not isinstance(doc.get(key), str) or not IDENTIFIER.fullmatch(doc[key]):
+            raise Rejected(ErrorCode.REQUEST_MALFORMED, f"{key} must be a non-empty string, an id: a lower-case "
+                           "letter, then at most 39 lower-case letters, digits, _ or -")
     by = doc.get("requested_by")
-    if by is not None and (not isinstance(by, str) or len(by) > 200):
-        raise Rejected(ErrorCode.REQUEST_MALFORMED, "requested_by must be a string of at most 200 characters")
+    if by is not None and not _name(by):
+        raise Rejected(ErrorCode.REQUEST_MALFORMED, f"requested_by must be a string of 1 to {MAX_NAME_CHARS} "
+                       "characters, without control characters")
     return RunRequest(doc["tenant"], doc["module"], by)
 
 
 def handle(body: bytes, message_id: str | None = None) -> int:
     """Turn one request body into a run (once per ``message_id``); Rejected if it never can."""
     req = parse_request(body)
+    if message_id is not None and not _name(message_id):
+        raise Rejected(ErrorCode.REQUEST_MALFORMED, f"the message_id property must be text of 1 to "
+                       f"{MAX_NAME_CHARS} characters, without control characters")
     try:
         return request_run(req.module, Trigger.AMQP, req.requested_by, tenant=req.tenant, request_id=message_id)
     except UnknownModule as exc:

@@ -10,17 +10,21 @@ also SameSite=Strict. A viewer's change is refused with 403, whatever the page s
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator, BeforeValidator
 
 from dx.scheduler import users
 from dx.scheduler.tokens import authenticate
 from dx.shared import db
+from dx.shared.config import ID_PATTERN
 from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode
 from dx.shared.runs import Run, get_run
@@ -117,7 +121,51 @@ def operator(who: Tenant) -> Who:
 
 
 Operator = Annotated[Who, Depends(operator)]
-ModuleId = Annotated[str, Path(min_length=1, max_length=200)]
+#: The largest id PostgreSQL's bigint holds: a run id past it is no id at all (422, not a database error).
+BIGINT_MAX = 2**63 - 1
+#: A module id, as `dx apply` accepts them: anything else is refused before it reaches the database.
+ModuleId = Annotated[str, Path(pattern=ID_PATTERN)]
+RunId = Annotated[int, Path(ge=1, le=BIGINT_MAX)]
+#: Characters no text of a request may hold: PostgreSQL's text cannot store NUL, and the others are
+#: never part of a name, an id or an address.
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: An ISO 8601 date-time: a date first (a bare number is not a time, whatever pydantic's lax mode makes of it).
+ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}([T ].*)?$")
+
+
+def _plain_text(value: str) -> str:
+    """Refuse control characters and lone surrogates (which no database or hash can encode)."""
+    if CONTROL.search(value):
+        raise ValueError("control characters (such as NUL) are not accepted")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (a lone surrogate)") from None
+    return value
+
+
+def _iso_datetime(value: object) -> datetime:
+    """An ISO 8601 date-time whose instant is in the calendar (year 1 to 9999 in UTC too)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not ISO_DATETIME.match(value):
+        raise ValueError("expected an ISO 8601 date-time, e.g. 2026-10-24T12:00+02:00")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"not a valid date-time: {exc}") from None
+    if parsed.tzinfo is not None:
+        try:
+            parsed.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("out of range: in UTC it falls before year 1 or after year 9999") from None
+    return parsed
+
+
+#: Text of a request (a body's string, a query's name): no control character, valid Unicode.
+Text = Annotated[str, AfterValidator(_plain_text)]
+#: A date-time parameter: ISO 8601 only (``1700000000`` is refused, not read as seconds since 1970).
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_datetime)]
 
 
 def own_run(conn: Conn, who: Who, run_id: int) -> Run:

@@ -26,6 +26,7 @@ from dx.scheduler.api_base import (
     ModuleId,
     Operator,
     Tenant,
+    Text,
     Who,
     not_found,
 )
@@ -46,8 +47,8 @@ CHECK_WAIT_S = 60
 
 class SignIn(BaseModel):
     model_config = {"extra": "forbid"}
-    username: str = Field(pattern=f"^{users.USERNAME_RE.pattern}$")
-    password: str = Field(min_length=1, max_length=1000, pattern=r"^[^\x00]*$")
+    username: Text = Field(pattern=f"^{users.USERNAME_RE.pattern}$")
+    password: Text = Field(min_length=1, max_length=1000)
 
 
 class SessionOut(BaseModel):

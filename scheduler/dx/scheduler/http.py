@@ -24,7 +24,7 @@ import dramatiq.errors
 import pika.exceptions
 import psycopg
 import structlog
-from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import generate_latest
@@ -32,10 +32,13 @@ from starlette.exceptions import HTTPException
 
 from dx.scheduler import console_api, metrics
 from dx.scheduler.api_base import (
+    BIGINT_MAX,
     ApiError,
     Connection,
+    IsoDateTime,
     ModuleId,
     Operator,
+    RunId,
     Tenant,
     Who,
     error,
@@ -60,6 +63,7 @@ from dx.scheduler.requests import RequestIdReused, TenantDisabled, UnknownModule
 from dx.scheduler.schedule import next_fire, schedule_of, set_paused, upcoming
 from dx.shared import db
 from dx.shared.catalog import module_rows
+from dx.shared.config import ID_PATTERN
 from dx.shared.db import Conn
 from dx.shared.errors import MEANINGS, ErrorCode, RetriableError
 from dx.shared.report import report_text
@@ -127,7 +131,7 @@ def get_module(module_id: ModuleId, conn: Connection, who: Tenant) -> ModuleOut:
 @api.get("/modules/{module_id}/schedule", response_model=ScheduleOut, summary="the next fire times")
 def get_schedule(module_id: ModuleId, conn: Connection, who: Tenant,
                  next: Annotated[int, Query(ge=1, le=1000, description="how many fire times")] = 5,
-                 from_: Annotated[datetime | None, Query(alias="from", description="count from this time "
+                 from_: Annotated[IsoDateTime | None, Query(alias="from", description="count from this time "
                                                          "(default now; no offset: the module's zone)")] = None,
                  ) -> ScheduleOut:
     row = _own_module(conn, who, module_id)
@@ -176,10 +180,10 @@ api.add_api_route("/modules/{module_id}/resume", _set_paused(False), methods=["P
 
 @api.get("/runs", response_model=RunList, summary="the tenant's runs, newest first")
 def list_runs(conn: Connection, who: Tenant,
-              module: Annotated[str | None, Query(max_length=200)] = None,
+              module: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
               status: RunStatus | None = None, trigger: Trigger | None = None,
-              since: Annotated[datetime | None, Query(description="created at or after")] = None,
-              before: Annotated[int | None, Query(ge=1, description="runs older than this id")] = None,
+              since: Annotated[IsoDateTime | None, Query(description="created at or after")] = None,
+              before: Annotated[int | None, Query(ge=1, le=BIGINT_MAX, description="runs older than this id")] = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 50) -> RunList:
     if since is not None and since.tzinfo is None:
         raise ApiError(422, ErrorCode.INVALID_REQUEST, "since: give a UTC offset, e.g. 2026-10-24T12:00+02:00")
@@ -199,7 +203,7 @@ def list_runs(conn: Connection, who: Tenant,
 
 
 @api.get("/runs/{run_id}", response_model=RunDetail, summary="one run with its error counts")
-def get_one_run(run_id: Annotated[int, Path(ge=1)], conn: Connection, who: Tenant) -> RunDetail:
+def get_one_run(run_id: RunId, conn: Connection, who: Tenant) -> RunDetail:
     run = own_run(conn, who, run_id)
     errors = {e["error_code"]: int(e["n"]) for e in error_counts(conn, run_id)}
     codes = {*errors, *(w["code"] for w in run.get("warnings") or []), *([run["error_code"]] if run["error_code"] else [])}
@@ -223,7 +227,7 @@ def _stream_report(run_id: int) -> Iterator[bytes]:
 
 @api.get("/runs/{run_id}/failures.csv", summary="the run's failed operations as CSV (as `dx report`)",
          response_class=StreamingResponse, responses={200: {"content": {"text/csv": {}}}})
-def get_failures(run_id: Annotated[int, Path(ge=1)], conn: Connection, who: Tenant) -> StreamingResponse:
+def get_failures(run_id: RunId, conn: Connection, who: Tenant) -> StreamingResponse:
     own_run(conn, who, run_id)
     return StreamingResponse(_stream_report(run_id), media_type="text/csv; charset=utf-8",
                              headers={"Content-Disposition": f'attachment; filename="run-{run_id}-failures.csv"'})
@@ -244,7 +248,10 @@ def _install_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(exc.status_code,
                                                                                  ErrorCode.INVALID_REQUEST)
-        return error(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
+        # FastAPI's 400 is a body its JSON parser gave up on (a number too long, nesting too deep):
+        # like any other bad body, a 422
+        status = 422 if exc.status_code == 400 else exc.status_code
+        return error(status, code, str(exc.detail), headers=dict(exc.headers or {}))
 
     for kind in UNAVAILABLE:
         @app.exception_handler(kind)

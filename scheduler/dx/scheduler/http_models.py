@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from dx.scheduler.api_base import Text
 from dx.shared.runs import RunStatus, Trigger
 
 
@@ -69,9 +70,9 @@ class RunNowIn(BaseModel):
     """A run-now request; a repeated ``request_id`` returns the run the first request made."""
 
     model_config = {"extra": "forbid"}
-    request_id: str | None = Field(default=None, min_length=1, max_length=200,
+    request_id: Text | None = Field(default=None, min_length=1, max_length=200,
                                    description="the client's id of this request (idempotency key)")
-    requested_by: str | None = Field(default=None, min_length=1, max_length=200,
+    requested_by: Text | None = Field(default=None, min_length=1, max_length=200,
                                      description="who asked; default: token:<token name>")
 
 

@@ -7,10 +7,11 @@ kept as references: their values are read only by the worker that needs them.
 
 from __future__ import annotations
 
+import posixpath
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -18,6 +19,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -25,8 +27,9 @@ from pydantic import (
     model_validator,
 )
 
-from dx.shared.cron import Rule, Schedule, console_rule, parse_cron
+from dx.shared.cron import EARLIEST, SEARCH_DAYS, Rule, Schedule, console_rule, parse_cron
 from dx.shared.errors import ConfigError
+from dx.shared.settings import DEFAULT_MIN_CHUNK_BYTES
 
 #: Identifiers of tenants, connections, databases, modules.
 ID_PATTERN = r"^[a-z][a-z0-9_-]{0,39}$"
@@ -51,10 +54,27 @@ DATABASE_PORTS = {"postgres": 5432, "mysql": 3306}
 QUERY_OPTIONS = ("table", "query", "watermark", "timeout_s")
 
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
-#: An e-mail address to notify: one address, no spaces or line breaks (which would lose the e-mail).
-Address = Annotated[str, Field(pattern=r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\".]+$", max_length=254)]
+#: An e-mail address to notify: one address, no spaces, line breaks or other control characters (which
+#: would lose the e-mail, or which the control database cannot store: NUL).
+Address = Annotated[str, Field(pattern=r"^[^@\s<>,;\"\x00-\x1f\x7f]+@[^@\s<>,;\"\x00-\x1f\x7f]+"
+                                       r"\.[^@\s<>,;\".\x00-\x1f\x7f]+$", max_length=254)]
 #: The largest configuration file `dx apply` reads.
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
+#: The largest chunk a module may ask for (a worker holds a chunk's records in memory).
+MAX_CHUNK_BYTES = 1 << 40
+#: The longest misfire grace window: a scheduler down longer fires nothing it missed.
+MAX_GRACE_S = 31 * 86400
+#: The most consecutive failed runs a schedule may wait for before it pauses itself.
+MAX_FAILURES = 1000
+#: The longest wait for a client's server to connect, and a source query's longest statement timeout.
+MAX_CONNECT_TIMEOUT_S = 600.0
+MAX_QUERY_TIMEOUT_S = 86400.0
+#: The longest settle time of a source file.
+MAX_SETTLE_S = 3600.0
+#: The largest max_length of a text field (PostgreSQL's text holds at most 1 GB).
+MAX_TEXT_LENGTH = 1_000_000_000
+#: Characters no path may hold.
+PATH_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 FieldType = Literal["text", "int", "decimal", "bool", "date", "timestamp", "email"]
 ENCODINGS = {
     "utf-8": "utf-8", "utf8": "utf-8", "utf-8-sig": "utf-8",
@@ -74,6 +94,22 @@ def _set(model: BaseModel, names: Iterable[str]) -> list[str]:
     its defaults, reads back the same)."""
     fields = type(model).model_fields
     return [n for n in names if getattr(model, n) != fields[n].default]
+
+
+def _relative_path(value: str) -> str:
+    """A path under the connection's root: relative, without ``..`` nor control characters (the
+    workers confine every path under the root again, symbolic links included)."""
+    if value.startswith("/"):
+        raise ValueError(f"{value!r}: give a path relative to the connection's root, without the leading /")
+    if ".." in value.split("/"):
+        raise ValueError(f"{value!r}: .. is not accepted in a path (every path stays under the connection's root)")
+    if PATH_CONTROL.search(value):
+        raise ValueError(f"{value!r}: control characters are not accepted in a path")
+    return value
+
+
+#: A folder or file under the connection's root (``archive``, ``in/contacts_*.csv``).
+RelativePath = Annotated[str, AfterValidator(_relative_path)]
 
 
 def _secret(value: str | None) -> str | None:
@@ -106,7 +142,7 @@ class ConnectionCfg(Strict):
     passphrase: str | None = None
     host_key: str | None = None
     #: seconds to connect (and, for sftp, to authenticate).
-    timeout_s: float = Field(15.0, gt=0)
+    timeout_s: float = Field(15.0, gt=0, le=MAX_CONNECT_TIMEOUT_S)
     #: postgres, mysql: the client's database and how to use TLS (libpq's sslmode names).
     dbname: str | None = None
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
@@ -116,7 +152,8 @@ class ConnectionCfg(Strict):
     @model_validator(mode="before")
     @classmethod
     def _database_port(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("type") in DATABASE_PORTS and "port" not in data:
+        if isinstance(data, dict) and isinstance(data.get("type"), str) and data["type"] in DATABASE_PORTS \
+                and "port" not in data:
             return {**data, "port": DATABASE_PORTS[data["type"]]}
         return data
 
@@ -164,7 +201,7 @@ class FieldCfg(Strict):
     #: date and timestamp: the strftime format of the values, or a list of the formats accepted (a
     #: value is read with the first that fits; an export writes the first).
     format: str | list[Annotated[str, Field(min_length=1)]] | None = None
-    max_length: int | None = Field(None, ge=1)
+    max_length: int | None = Field(None, ge=1, le=MAX_TEXT_LENGTH)
     #: bool: the words read as true and as false, each list replacing the defaults of its side
     #: (compared without case and surrounding spaces).
     true_values: list[Annotated[str, Field(min_length=1)]] | None = None
@@ -223,7 +260,7 @@ def _encoding_name(value: str) -> str:
 class SourceCfg(Strict):
     connection: Id
     #: a file source: the file, or a pattern in the file name (empty for a postgres source).
-    path: str = ""
+    path: RelativePath = ""
     format: Literal["csv", "xml"] = "csv"
     delimiter: str = Field(",", min_length=1, max_length=1)
     quote: str = Field('"', min_length=1, max_length=1)
@@ -232,12 +269,12 @@ class SourceCfg(Strict):
     encoding: str = "utf-8"
     compression: Literal["auto", "none", "gzip", "zip"] = "auto"
     after: Literal["archive", "delete", "keep"] = "archive"
-    archive_dir: str = "archive"
+    archive_dir: RelativePath = Field("archive", min_length=1)
     #: oldest: one file per run, the oldest-named pending one; all: one run per pending file, in name order.
     files: Literal["oldest", "all"] = "oldest"
     #: where a file that fails its run is moved, with NAME.reason.txt beside it (beside the source).
-    rejected_dir: str = "rejected"
-    settle_s: float = Field(2.0, ge=0)
+    rejected_dir: RelativePath = Field("rejected", min_length=1)
+    settle_s: float = Field(2.0, ge=0, le=MAX_SETTLE_S)
     #: blank: an empty or all-space cell is empty; unquoted: only an unquoted empty cell is,
     #: `""` is the empty string and text is kept as written (the files the Displacer writes).
     nulls: Literal["blank", "unquoted"] = "blank"
@@ -250,7 +287,7 @@ class SourceCfg(Strict):
     query: str | None = Field(None, min_length=1)
     watermark: Annotated[str, Field(min_length=1, max_length=63)] | None = None
     #: postgres: the statement timeout of the query, in seconds.
-    timeout_s: float = Field(900.0, gt=0)
+    timeout_s: float = Field(900.0, gt=0, le=MAX_QUERY_TIMEOUT_S)
 
     _check_encoding = field_validator("encoding")(_encoding_name)
 
@@ -271,6 +308,8 @@ class SourceCfg(Strict):
             return self
         if not self.path:
             raise ValueError("a source needs path (a file) or table/query (a postgres connection)")
+        if any(ch in posixpath.dirname(self.path) for ch in "*?["):
+            raise ValueError(f"path {self.path!r}: wildcards are allowed in the file name only, not in folders")
         wrong = _set(self, QUERY_OPTIONS)
         if wrong:
             raise ValueError(f"{', '.join(wrong)}: only a table or query source (postgres connection) takes these")
@@ -316,7 +355,20 @@ class TargetCfg(Strict):
             raise ValueError("a path may hold only {date:FORMAT}, {run} and {module} placeholders")
         if value.endswith("/"):
             raise ValueError("path must name a file, not a folder")
+        _relative_path(value)
+        _relative_path(render_sample(value))  # what a date format makes must stay under the root too
         return value
+
+
+def render_sample(template: str) -> str:
+    """A target path with its placeholders filled with sample values (a date, run 1, module ``m``)."""
+    sample = datetime(2026, 12, 31, 23, 59, 59)  # noqa: DTZ001 (a wall time: only its digits matter)
+
+    def value(m: re.Match[str]) -> str:
+        name, _, fmt = m.group(1).partition(":")
+        return sample.strftime(fmt or "%Y-%m-%d") if name == "date" else "1" if name == "run" else "m"
+
+    return PATH_FIELD.sub(value, template)
 
 
 class FilterCfg(Strict):
@@ -365,7 +417,16 @@ def _month(value: int | str) -> int | str:
     return value
 
 
+def _day(value: object) -> object:
+    """A date as YAML writes one (``2026-12-01``) or as text; a number is not a date."""
+    if isinstance(value, bool | int | float):
+        raise ValueError("expected a date as YYYY-MM-DD, not a number")
+    return value
+
+
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+#: A schedule's start or end date.
+Day = Annotated[date, BeforeValidator(_day)]
 
 
 class ScheduleCfg(Strict):
@@ -377,11 +438,11 @@ class ScheduleCfg(Strict):
     months: list[Annotated[int | str, AfterValidator(_month)]] = []
     #: unset: the tenant's timezone (read when the schedule is compiled), else UTC.
     timezone: TimeZone | None = None
-    start: date | None = None
-    end: date | None = None
-    misfire_grace_s: float = Field(300.0, ge=0)
+    start: Day | None = None
+    end: Day | None = None
+    misfire_grace_s: float = Field(300.0, ge=0, le=MAX_GRACE_S)
     overlap: Literal["forbid", "queue", "allow"] = "forbid"
-    max_failures: int | None = Field(None, ge=1)
+    max_failures: int | None = Field(None, ge=1, le=MAX_FAILURES)
 
     @model_validator(mode="after")
     def _one_form(self) -> ScheduleCfg:
@@ -394,9 +455,23 @@ class ScheduleCfg(Strict):
         if self.start and self.end and self.end < self.start:
             raise ValueError(f"end {self.end} is before start {self.start}")
         compiled = self.compile()
-        if self.end is None and not compiled.rules_can_fire():
+        if not compiled.rules_can_fire():
             raise ValueError("this schedule never fires (no date matches its days and months)")
+        if (self.start or self.end) and next(compiled.fires(self._window_start()), None) is None:
+            window = f"from {self.start}" if self.end is None else \
+                f"between {self.start or 'its start'} and {self.end}"
+            raise ValueError(f"this schedule never fires {window} (no date of that window matches its days "
+                             "and months, or it lies at the calendar's ends, years 1 and 9999)")
         return self
+
+    def _window_start(self) -> datetime:
+        """An instant just before the first day a fire is looked for: ``start``, else long before ``end``."""
+        earliest = EARLIEST.date() + timedelta(days=SEARCH_DAYS)
+        first = self.start or (self.end - timedelta(days=SEARCH_DAYS) if self.end and self.end > earliest
+                               else EARLIEST.date())
+        if first <= EARLIEST.date():
+            return EARLIEST
+        return datetime.combine(first - timedelta(days=1), time.max, tzinfo=ZoneInfo(self.zone()))
 
     def zone(self, tenant_timezone: str | None = None) -> str:
         """The time zone its fire times are read in: its own, else its tenant's, else UTC."""
@@ -429,8 +504,9 @@ class ModuleCfg(Strict):
     unknown_columns: Literal["ignore", "warn", "fail"] = "warn"
     #: updater U and importer upsert: an empty cell sets the field empty (null) or leaves it as it is (keep).
     empty_on_update: Literal["null", "keep"] = "null"
-    #: bytes of source per chunk for this module (an overwrite's: of parsed records; default: DX_CHUNK_BYTES).
-    chunk_bytes: int | None = Field(None, ge=1)
+    #: bytes of source per chunk for this module (an overwrite's: of parsed records; default: DX_CHUNK_BYTES);
+    #: at least DX_MIN_CHUNK_BYTES (checked by ``parse_config``).
+    chunk_bytes: int | None = Field(None, ge=1, le=MAX_CHUNK_BYTES)
     schedule: ScheduleCfg | None = None
     notify: list[Address] = []
     #: which runs' report e-mails go out: every run's, those with errors (failed, or completed with failed
@@ -639,26 +715,73 @@ class _StrictLoader(yaml.SafeLoader):
         seen: set[object] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int | float | bool | date | None):  # a list or mapping as a key
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key must be a name, not a list or mapping", key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} is given twice in this mapping", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
 
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> date | datetime:
+        """A date or time as PyYAML reads it, one that does not exist (2026-02-30) being a YAML error."""
+        try:
+            return super().construct_yaml_timestamp(node)
+        except (ValueError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value!r} is not a valid date or time ({exc})", node.start_mark) from None
 
-def parse_config(text: str, known: Known | None = None) -> Config:
-    """Parse and validate YAML text; ConfigError lists every problem with its path."""
-    if len(text.encode()) > MAX_CONFIG_BYTES:
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _StrictLoader.construct_yaml_timestamp)
+
+
+def _unstorable(value: object, loc: tuple[int | str, ...] = ()) -> Iterator[str]:
+    """Problems with text the control database cannot store: NUL characters and lone surrogates
+    (which YAML's escapes ``"\\0"`` and ``"\\ud800"`` make), in keys and values alike."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _unstorable(key, loc)
+            yield from _unstorable(item, (*loc, str(key)))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _unstorable(item, (*loc, i))
+    elif isinstance(value, str):
+        if "\x00" in value:
+            yield f"{_path(loc)}: NUL characters (\\0) are not accepted"
+        else:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                yield f"{_path(loc)}: not valid Unicode text (a lone surrogate such as \\ud800)"
+
+
+def _chunk_floor(cfg: Config, min_chunk_bytes: int) -> list[str]:
+    return [f"modules[{i}].chunk_bytes: {m.chunk_bytes} is below the smallest chunk the workers take, "
+            f"{min_chunk_bytes} bytes (DX_MIN_CHUNK_BYTES); leave it out to use DX_CHUNK_BYTES"
+            for i, m in enumerate(cfg.modules) if m.chunk_bytes is not None and m.chunk_bytes < min_chunk_bytes]
+
+
+def parse_config(text: str, known: Known | None = None, *,
+                 min_chunk_bytes: int = DEFAULT_MIN_CHUNK_BYTES) -> Config:
+    """Parse and validate YAML text; ConfigError lists every problem with its path. A module's
+    ``chunk_bytes`` must be at least ``min_chunk_bytes`` (the workers' DX_MIN_CHUNK_BYTES)."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
         raise ConfigError([f"the configuration is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; "
                            "split it into several files and apply each"])
     try:
         raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader, stricter
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"]) from exc
+    except RecursionError:
+        raise ConfigError(["not valid YAML: lists or mappings nested too deeply"]) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): expected a mapping with tenants, connections, databases, modules"])
+    unstorable = list(_unstorable(raw))
+    if unstorable:
+        raise ConfigError(unstorable)
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
@@ -669,7 +792,7 @@ def parse_config(text: str, known: Known | None = None) -> Config:
                 message = "unknown key (check its spelling)"
             problems.append(f"{_path(err['loc'])}: {message}")
         raise ConfigError(problems + _partial_cross_checks(raw, known or Known())) from exc
-    problems = _cross_checks(cfg, known or Known())
+    problems = _cross_checks(cfg, known or Known()) + _chunk_floor(cfg, min_chunk_bytes)
     if problems:
         raise ConfigError(problems)
     return cfg

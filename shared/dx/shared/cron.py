@@ -38,6 +38,11 @@ MAX_SHIFT = timedelta(hours=3)
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 LAST_DAY = 32  # marks ``L`` (last day of the month) among days of the month
+#: The span fire times are computed in: days inside the calendar's ends (years 1 and 9999), so that
+#: no time zone's offset, nor a day before or after, takes a time out of it.
+EARLIEST = datetime(1, 1, 3, tzinfo=UTC)
+LAST_DATE = date(9999, 12, 29)
+LATEST = datetime(LAST_DATE.year, LAST_DATE.month, LAST_DATE.day, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -146,7 +151,9 @@ class Schedule:
         """Fire instants strictly after ``after``, ascending, in the schedule's time zone."""
         if after.tzinfo is None:
             raise ValueError("after must be timezone-aware")
-        local = after.astimezone(self.tz)
+        if after >= LATEST:  # past the last day fire times are computed for
+            return
+        local = max(after, EARLIEST).astimezone(self.tz)
         # Candidates of the previous day may land after ``after`` (a gap, or fold).
         day = local.date() - timedelta(days=1)
         if self.start is not None and day < self.start:
@@ -154,7 +161,7 @@ class Schedule:
         floor = local.replace(tzinfo=None) - MAX_SHIFT
         last, idle_days = after, 0
         while idle_days < SEARCH_DAYS:  # a schedule that matches no date ends here
-            if self.end is not None and day > self.end:
+            if (self.end is not None and day > self.end) or day > LAST_DATE:
                 return
             idle_days += 1
             for instant in sorted(self._day_fires(day, floor)):

@@ -24,6 +24,7 @@ class Level(StrEnum):
     RECORD = "record"
     REQUEST = "request"
     API = "api"
+    WARNING = "warning"
 
 
 class ErrorCode(StrEnum):
@@ -118,6 +119,13 @@ class ErrorCode(StrEnum):
                      "RabbitMQ, PostgreSQL and the client's server (the scheduler's and workers' logs name "
                      "the run), then run the module again.")
 
+    # warnings: the run goes on and lists the code among its warnings
+    SOURCE_NOT_ARCHIVED = ("SOURCE_NOT_ARCHIVED", Level.WARNING,
+                           "After a run that imported it, the source file could not be archived (after: "
+                           "archive) or deleted (after: delete): the server refused the move or removal (a "
+                           "permission, a missing archive_dir, a full disk), or the file changed since. It stays "
+                           "where it is and is not imported again (the ledger has it); the message says why.")
+
     # request-level: a run request or a scheduled fire does no work
     OVERLAP_FORBIDDEN = ("OVERLAP_FORBIDDEN", Level.REQUEST,
                          "A scheduled fire found the module's previous run still going; with overlap: forbid "
@@ -126,8 +134,9 @@ class ErrorCode(StrEnum):
                        "The tenant's DataExchange is not enabled (tenants[].enabled: false): its modules do "
                        "not run, neither on schedule nor on demand.")
     REQUEST_MALFORMED = ("REQUEST_MALFORMED", Level.REQUEST,
-                         "An AMQP run request is not a JSON object with string fields tenant and module "
-                         "(and optionally requested_by); it is dead-lettered.")
+                         "An AMQP run request is not a JSON object with ids tenant and module (and optionally "
+                         "requested_by: text without control characters), or its message_id is not such text; it "
+                         "is dead-lettered.")
     UNKNOWN_MODULE = ("UNKNOWN_MODULE", Level.REQUEST,
                       "A run request names a module that does not exist or belongs to another tenant; "
                       "it is dead-lettered.")
@@ -246,6 +255,8 @@ def render_error_codes_markdown() -> str:
         Level.RECORD: "Record-level (one record is rejected and reported; the others are applied)",
         Level.REQUEST: "Request-level (a run request or a scheduled fire is refused or skipped; no data moves)",
         Level.API: "HTTP API (`dx serve`: the HTTP request is refused; nothing changes)",
+        Level.WARNING: "Warnings (the run goes on; `dx show`, the API and the e-mail list the code among its "
+                       "warnings)",
     }
     for level in Level:
         lines += [f"## {titles[level]}", "", "| code | meaning |", "|---|---|"]

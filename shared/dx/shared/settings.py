@@ -25,6 +25,9 @@ N = TypeVar("N", int, float)
 #: Bytes of source per chunk: enough chunks to keep every worker busy, small enough that a
 #: worker's memory stays flat in the file's size (see docs/performance.md).
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
+#: The smallest chunk a module's chunk_bytes or DX_CHUNK_BYTES may ask for: a chunk per few records
+#: would make millions of messages and transactions of a large file.
+DEFAULT_MIN_CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class Settings:
     public_url: str | None = None
     #: the port of ``dx worker``'s and ``dx scheduler``'s /metrics, /healthz and /readyz (0: none)
     probe_port: int = 0
+    #: the smallest chunk_bytes `dx apply` accepts of a module, and the smallest DX_CHUNK_BYTES
+    min_chunk_bytes: int = DEFAULT_MIN_CHUNK_BYTES
     #: seconds without progress after which the scheduler re-drives a run (``dx.scheduler.watchdog``)
     stall_s: float = 600.0
     #: re-drives of a run before a stall times it out
@@ -127,6 +132,7 @@ class Settings:
                 return None
 
         home = Path(env.get("DX_HOME") or Path.cwd() / ".dx").expanduser()
+        min_chunk_bytes = number("DX_MIN_CHUNK_BYTES", DEFAULT_MIN_CHUNK_BYTES, 1, int)
         settings = cls(
             home=home,
             database_url=url("DX_DATABASE_URL", ("postgresql", "postgres")),
@@ -136,7 +142,8 @@ class Settings:
             staging_dir=Path(env.get("DX_STAGING_DIR") or home / "staging").expanduser(),
             staging_url=url("DX_STAGING_URL", ("s3",)),
             mail_from=env.get("DX_MAIL_FROM") or "dataexchange@localhost",
-            chunk_bytes=number("DX_CHUNK_BYTES", DEFAULT_CHUNK_BYTES, 1, int),
+            chunk_bytes=number("DX_CHUNK_BYTES", DEFAULT_CHUNK_BYTES, min_chunk_bytes, int),
+            min_chunk_bytes=min_chunk_bytes,
             worker_threads=number("DX_WORKER_THREADS", 1, 1, int),
             log_level=(env.get("DX_LOG_LEVEL") or "INFO").upper(),
             scheduler_tick_s=number("DX_SCHEDULER_TICK_S", 1.0, 0.01, float),

@@ -125,7 +125,11 @@ def read_header(path: Path, src: SourceCfg, opener: Opener = open_file) -> list[
             raise RunError(ErrorCode.SOURCE_UNDECODABLE,
                            f"{path.name} is not valid {src.encoding} (byte {exc.start} of the file)") from None
         text = head[: exc.start].decode(encoding)
-    first = next(csv.reader(io.StringIO(text), delimiter=src.delimiter, quotechar=src.quote), None)
+    try:
+        first = next(csv.reader(io.StringIO(text), delimiter=src.delimiter, quotechar=src.quote), None)
+    except csv.Error:  # a carriage return alone inside the header line: where it ends is not clear
+        raise RunError(ErrorCode.MALFORMED_HEADER, f"{path.name}: the header line holds a carriage return "
+                       "outside quotes (lines must end with LF or CR LF)") from None
     names = [n.strip() for n in first] if first else []
     if not names or all(n == "" for n in names):
         raise RunError(ErrorCode.MALFORMED_HEADER, f"{path.name} has no header line")

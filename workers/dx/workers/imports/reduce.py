@@ -31,7 +31,18 @@ from dx.shared import db
 from dx.shared.catalog import ModuleDef
 from dx.shared.connections import open_remote
 from dx.shared.db import Conn
-from dx.shared.runs import APPLIED, Run, RunStatus, chunk_counters, chunks_done, definition, finish, get_run
+from dx.shared.errors import ErrorCode
+from dx.shared.runs import (
+    APPLIED,
+    Run,
+    RunStatus,
+    add_warning,
+    chunk_counters,
+    chunks_done,
+    definition,
+    finish,
+    get_run,
+)
 from dx.workers import staging
 from dx.workers.failures import notify
 from dx.workers.imports.files import after_end
@@ -93,7 +104,8 @@ def _record_in_ledger(conn: Conn, run: Run, mdef: ModuleDef) -> None:
 
 
 def _dispose_source(run_id: int, mdef: ModuleDef) -> None:
-    """Archive or delete the imported file, if it is still the one imported."""
+    """Archive or delete the imported file, if it is still the one imported; a file left where it is
+    is a warning of the run (SOURCE_NOT_ARCHIVED), which its e-mail, ``dx show`` and the API carry."""
     src = mdef.module.source
     if src is None or mdef.connection is None or src.after == "keep":
         return
@@ -101,10 +113,15 @@ def _dispose_source(run_id: int, mdef: ModuleDef) -> None:
         entry = conn.execute("SELECT path, size_bytes FROM dx.file_ledger WHERE run_id = %s", (run_id,)).fetchone()
     if entry is None:
         return
+    verb = "deleted" if src.after == "delete" else "archived"
     try:
         with open_remote(mdef.connection) as remote:
             info = remote.stat(entry["path"])
-            if info is None or info.size_bytes != entry["size_bytes"]:
+            if info is None:  # gone already (a reducer called twice archived it), or the client took it
+                return
+            if info.size_bytes != entry["size_bytes"]:
+                _not_disposed(run_id, entry["path"], f"it was not {verb}: it changed after it was imported "
+                              f"({entry['size_bytes']} bytes then, {info.size_bytes} now)")
                 return
             if src.after == "delete":
                 remote.remove(entry["path"])
@@ -113,4 +130,12 @@ def _dispose_source(run_id: int, mdef: ModuleDef) -> None:
                 remote.move(entry["path"], posixpath.join(folder, src.archive_dir, f"{name}.run{run_id}"))
         log.info("source.disposed", path=entry["path"], after=src.after)
     except Exception as exc:  # the ledger already keeps the file from a second import
-        log.warning("source.dispose_failed", path=entry["path"], error=str(exc))
+        _not_disposed(run_id, entry["path"], f"it could not be {verb}: {exc}")
+
+
+def _not_disposed(run_id: int, path: str, why: str) -> None:
+    """Say on the run that its file stays where it is (the ledger keeps it from a second import)."""
+    log.warning("source.dispose_failed", path=path, reason=why)
+    with db.transaction() as conn:
+        add_warning(conn, run_id, ErrorCode.SOURCE_NOT_ARCHIVED,
+                    f"{path} stays where it is, {why}; it will not be imported again (the ledger has it)")
