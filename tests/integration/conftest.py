@@ -84,7 +84,7 @@ def smtp() -> Iterator[Mailbox]:
 def cluster_env(tmp_path_factory: pytest.TempPathFactory, smtp: Mailbox, sshd: Sftp) -> Iterator[dict[str, str]]:
     """A private database and RabbitMQ vhost; the DX_* environment pointing at them."""
     extra = {"DX_SMTP_URL": f"smtp://127.0.0.1:{smtp.port}",
-             "DX_TEST_SFTP_PASSWORD": sshd.password, "DX_TEST_SFTP_KEY": sshd.private_key}
+             "DX_SECRET_TEST_SFTP_PASSWORD": sshd.password, "DX_SECRET_TEST_SFTP_KEY": sshd.private_key}
     try:
         with private_services(f"dx_test_{os.getpid()}", tmp_path_factory.mktemp("dxhome"), extra) as env:
             # tests call stages in this process too: their later stages go to this vhost's workers
