@@ -198,12 +198,12 @@ def test_a_query_that_writes_is_refused(cluster_env, client_pg, workers, tmp_pat
     # When: it runs
     result = run(module)
 
-    # Then: the run fails with SOURCE_QUERY_FAILED saying why, and nothing changed
+    # Then: the run fails with SOURCE_QUERY_FAILED, nothing changed, and the message says why
     assert (result["status"], result["error_code"]) == ("failed", "SOURCE_QUERY_FAILED")
-    assert result["error_message"] == f"the source could not be read: {says}"
     with psycopg.connect(client_pg.admin_dsn) as conn:
         assert conn.execute("SELECT email FROM crm.contacts").fetchall() == [("keep@x.it",)]
         assert conn.execute("SELECT to_regclass('crm.evil')").fetchone() == (None,)
+    assert result["error_message"] == f"the source could not be read: {says}"
 
 
 def test_a_query_beyond_its_timeout_fails_the_run(cluster_env, client_pg, workers, tmp_path):
