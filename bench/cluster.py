@@ -39,7 +39,7 @@ def config(sftp: Sftp, modules: list[dict[str, Any]]) -> str:
         "tenants": [{"id": TENANT, "notify": ["ops@bench.example"]}],
         "connections": [{"id": "bench-sftp", "tenant": TENANT, "type": "sftp", "host": "127.0.0.1",
                          "port": sftp.port, "username": sftp.user, "host_key": sftp.host_key,
-                         "root": str(sftp.root), "private_key": "${DX_BENCH_SFTP_KEY}"}],
+                         "root": str(sftp.root), "private_key": "${DX_SECRET_BENCH_SFTP_KEY}"}],
         "databases": [{"id": db, "tenant": TENANT, "primary_key": "email", "fields": FIELDS}
                       for db in ("contacts", "small")],
         "modules": [{"tenant": TENANT, **m} for m in modules],
@@ -161,7 +161,7 @@ def cluster(data_dir: Path, out_dir: Path, modules: list[dict[str, Any]]) -> Ite
         sftp = stack.enter_context(running_sshd())
         home = out_dir / "home"
         env = stack.enter_context(private_services(f"dx_bench_{os.getpid()}", home,
-                                                   {"DX_BENCH_SFTP_KEY": sftp.private_key}))
+                                                   {"DX_SECRET_BENCH_SFTP_KEY": sftp.private_key}))
         cfg = out_dir / "config.yaml"
         cfg.write_text(config(sftp, modules))
         if main(["apply", "-f", str(cfg)]) != 0:

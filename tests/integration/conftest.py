@@ -102,7 +102,7 @@ def cluster_env(tmp_path_factory: pytest.TempPathFactory, smtp: Mailbox, sshd: S
     # The watchdog leaves alone the runs that other tests leave going (a scheduler of a later test
     # would re-drive them); tests of the watchdog set their own DX_STALL_S.
     extra = {"DX_SMTP_URL": f"smtp://127.0.0.1:{smtp.port}",
-             "DX_TEST_SFTP_PASSWORD": sshd.password, "DX_TEST_SFTP_KEY": sshd.private_key,
+             "DX_SECRET_TEST_SFTP_PASSWORD": sshd.password, "DX_SECRET_TEST_SFTP_KEY": sshd.private_key,
              "DX_STALL_S": "86400", "DX_RUN_TIMEOUT_S": "0",
              "DX_MIN_CHUNK_BYTES": "1"}  # tests cut files of a few records into several chunks
     try:

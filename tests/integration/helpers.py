@@ -22,9 +22,9 @@ def config(tenant: str, sftp: Any, modules: list[dict[str, Any]], *, host_key: s
                             "port": sftp.port, "username": "dxsftp", "host_key": host_key or sftp.host_key,
                             "root": str(sftp.root), "timeout_s": 5}
     if auth == "password":
-        conn["password"] = "${DX_TEST_SFTP_PASSWORD}"
+        conn["password"] = "${DX_SECRET_TEST_SFTP_PASSWORD}"
     else:
-        conn["private_key"] = "${DX_TEST_SFTP_KEY}"
+        conn["private_key"] = "${DX_SECRET_TEST_SFTP_KEY}"
     mods = [{"tenant": tenant, "kind": "importer", "database": "contacts", **m} for m in modules]
     for m in mods:
         m["source"] = {"connection": f"{tenant}-sftp", "settle_s": 0, **m["source"]}
@@ -92,7 +92,7 @@ def export_config(tenant: str, sftp: Any, databases: dict[str, dict[str, Any]], 
     """
     conn = {"id": f"{tenant}-sftp", "tenant": tenant, "type": "sftp", "host": "127.0.0.1", "port": sftp.port,
             "username": "dxsftp", "host_key": sftp.host_key, "root": str(sftp.root), "timeout_s": 5,
-            "private_key": "${DX_TEST_SFTP_KEY}"}  # the key is this session's own; the password is shared
+            "private_key": "${DX_SECRET_TEST_SFTP_KEY}"}  # the key is this session's own; the password is shared
     mods = []
     for m in modules:
         m = {"tenant": tenant, **m}

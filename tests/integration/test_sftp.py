@@ -20,17 +20,28 @@ from dx.shared.connections import Remote, open_remote
 from dx.shared.connections import sftp as sftp_module
 from dx.shared.connections.sftp import REQUEST_BYTES, SftpRemote
 from dx.shared.errors import ErrorCode, RunError
+from dx.shared.settings import get_settings
 
 #: OpenSSH's sftp-server serves reads and writes of up to 255 KiB (SFTP_MAX_READ_LENGTH) and says so.
 OPENSSH_REQUEST_BYTES = 255 * 1024
 
 
+@pytest.fixture(autouse=True)
+def loopback_trusted(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The test servers listen on loopback, which tenant connections reach only when the platform trusts it."""
+    monkeypatch.setenv("DX_TRUSTED_HOSTS", "127.0.0.1")
+    get_settings.cache_clear()
+    yield
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
 def _cfg(server: Sftp, monkeypatch: pytest.MonkeyPatch) -> ConnectionCfg:
     """A connection to ``server`` by password (the same for every test sshd)."""
-    monkeypatch.setenv("DX_TEST_SFTP_PASSWORD", server.password)
+    monkeypatch.setenv("DX_SECRET_TEST_SFTP_PASSWORD", server.password)
     return ConnectionCfg(id="probe", tenant="probe", type="sftp", host="127.0.0.1", port=server.port,
                          username=server.user, host_key=server.host_key, root=str(server.root),
-                         password="${DX_TEST_SFTP_PASSWORD}")
+                         password="${DX_SECRET_TEST_SFTP_PASSWORD}")
 
 
 @contextmanager
@@ -197,7 +208,7 @@ def test_a_changed_secret_gets_a_new_session(sshd: Sftp, monkeypatch: pytest.Mon
     with open_remote(cfg) as first:
         kept = _session(first)
     # When the secret the connection names changes / Then the server is asked again, and refuses
-    monkeypatch.setenv("DX_TEST_SFTP_PASSWORD", "not-the-password")
+    monkeypatch.setenv("DX_SECRET_TEST_SFTP_PASSWORD", "not-the-password")
     with pytest.raises(RunError) as refused, open_remote(cfg):
         pass
     assert refused.value.code is ErrorCode.AUTHENTICATION_FAILED and kept.is_active()
@@ -221,3 +232,17 @@ def test_a_cut_or_idle_session_is_replaced(monkeypatch: pytest.MonkeyPatch) -> N
         with open_remote(cfg) as third:
             assert _session(third) is not fresh
         assert not fresh.is_active()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "169.254.169.254", "::ffff:127.0.0.1"])
+def test_an_sftp_server_on_an_internal_host_is_refused_unless_the_platform_trusts_it(
+        sshd: Sftp, monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    # Given a platform that trusts no internal host, and a connection to the test server's host by address or name
+    cfg = _cfg(sshd, monkeypatch).model_copy(update={"host": host})
+    monkeypatch.setenv("DX_TRUSTED_HOSTS", "")
+    get_settings.cache_clear()
+    # When it is opened / Then HOST_NOT_ALLOWED, before anything is sent
+    with pytest.raises(RunError) as refused, open_remote(cfg):
+        pass
+    assert refused.value.code is ErrorCode.HOST_NOT_ALLOWED
+    assert "DX_TRUSTED_HOSTS" in refused.value.message

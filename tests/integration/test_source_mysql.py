@@ -2,8 +2,10 @@
 reads by watermark, read-only, timeouts, logins, and 1,000,000 rows in bounded memory.
 
 "The client's" server is the MariaDB that runs on this machine (scripts/services.sh starts it): the
-session makes a database and a user of its own (with a random password, through the ${ENV_VAR} secret
-path) and drops them at the end. The user may write, so that read-only is shown by the server's refusal.
+session makes a database and a user of its own (with a random password, through the ${DX_SECRET_NAME}
+secret path) and drops them at the end. The user may write, so that read-only is shown by the server's
+refusal. The server offers no TLS and listens on loopback, which the test harness trusts
+(DX_TRUSTED_HOSTS), so the connections set ``sslmode: disable`` explicitly.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _admin(database: str | None = None, **options: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def client_mysql() -> Iterator[ClientMy]:
-    """Database and user ``dx_crm_<pid>`` (password in $DX_TEST_MY_PASSWORD) with table ``contacts``
+    """Database and user ``dx_crm_<pid>`` (password in $DX_SECRET_TEST_MY_PASSWORD) with table ``contacts``
     and a function that writes."""
     try:
         conn = _admin()
@@ -74,11 +76,11 @@ def client_mysql() -> Iterator[ClientMy]:
                     " seq BIGINT UNSIGNED)")
         cur.execute(f"CREATE FUNCTION `{name}`.touch() RETURNS INT MODIFIES SQL DATA BEGIN"  # noqa: S608
                     " INSERT INTO contacts (email) VALUES ('written@x.it'); RETURN 1; END")
-    os.environ["DX_TEST_MY_PASSWORD"] = password
+    os.environ["DX_SECRET_TEST_MY_PASSWORD"] = password
     try:
-        yield ClientMy(name, name, "DX_TEST_MY_PASSWORD")
+        yield ClientMy(name, name, "DX_SECRET_TEST_MY_PASSWORD")
     finally:
-        os.environ.pop("DX_TEST_MY_PASSWORD", None)
+        os.environ.pop("DX_SECRET_TEST_MY_PASSWORD", None)
         with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
             cur.execute("DROP USER IF EXISTS %s@'127.0.0.1'", (name,))
@@ -86,13 +88,13 @@ def client_mysql() -> Iterator[ClientMy]:
 
 
 def _configure(tmp_path: Path, client: ClientMy, tenant: str, modules: dict[str, dict[str, Any]], *,
-               password: str = "${DX_TEST_MY_PASSWORD}", port: int = 3306, sslmode: str = "disable",
+               password: str = "${DX_SECRET_TEST_MY_PASSWORD}", port: int = 3306, sslmode: str | None = "disable",
                fields: dict[str, Any] | None = None) -> None:
-    """Tenant, its mysql connection, database ``contacts``, and modules {id: module options with a
-    ``source`` whose connection is filled in; an importer in upsert mode unless they say}."""
+    """Tenant, its mysql connection (``sslmode`` None: left out), database ``contacts``, and modules {id:
+    module options with a ``source`` whose connection is filled in; an importer in upsert mode unless they say}."""
     conn = {"id": f"{tenant}-crm", "tenant": tenant, "type": "mysql", "host": "127.0.0.1", "port": port,
-            "dbname": client.dbname, "username": client.user, "password": password, "sslmode": sslmode,
-            "timeout_s": 3}
+            "dbname": client.dbname, "username": client.user, "password": password, "timeout_s": 3,
+            **({"sslmode": sslmode} if sslmode else {})}
     mods = [{"id": mid, "tenant": tenant, "database": "contacts", "kind": "importer",
              **({"mode": "upsert"} if m.get("kind", "importer") == "importer" else {}), **m,
              "source": {"connection": f"{tenant}-crm", **m["source"]}} for mid, m in modules.items()]
@@ -252,10 +254,10 @@ def test_an_integer_watermark_is_compared_exactly(cluster_env, client_mysql, wor
 
 @pytest.mark.parametrize("query, says", [
     # a write hidden in a function is refused by the read-only transaction
-    ("SELECT email, touch() AS t FROM contacts", "Cannot execute statement in a READ ONLY transaction"),
+    ("SELECT email, touch() AS t FROM contacts", "a write refused by the read-only transaction (MySQL error 1792)"),
     # a query that closes the subquery it runs in and adds a statement: one statement, which does not parse
-    ("SELECT email FROM contacts) AS x; DELETE FROM contacts; SELECT * FROM (SELECT 'a' AS email",
-     "You have an error in your SQL syntax"),
+    ("SELECT email FROM contacts) AS x; COMMIT; DELETE FROM contacts; SELECT * FROM (SELECT 'a' AS email",
+     "the query does not parse as one SELECT statement (MySQL error 1064 ER_PARSE_ERROR)"),
 ], ids=["writing-function", "two-statements"])
 def test_a_query_that_writes_is_refused(cluster_env, client_mysql, workers, tmp_path, query, says):
     # Given: a query that would insert or delete rows, through a user that may write
@@ -278,7 +280,8 @@ def test_a_query_that_writes_is_refused(cluster_env, client_mysql, workers, tmp_
 
 
 @pytest.mark.parametrize("source, says", [
-    ({"query": "SELECT email FROM no_such_table"}, "no_such_table' doesn't exist (MySQL error 1146)"),
+    ({"query": "SELECT email FROM no_such_table"},
+     "a table or view it names does not exist (MySQL error 1146 ER_NO_SUCH_TABLE)"),
     ({"query": "SELECT email, SLEEP(3) AS z FROM contacts", "timeout_s": 0.5},
      "the source query ran longer than its timeout_s (0.5 s)"),
     ({"table": "contacts", "watermark": "first_name"},
@@ -326,29 +329,57 @@ def test_a_row_longer_than_max_allowed_packet_fails_the_run_instead_of_vanishing
 def test_a_wrong_password_an_unreachable_server_no_tls_and_no_secret_have_their_codes(
         cluster_env, client_mysql, workers, tmp_path, monkeypatch):
     # Given: a module whose secret holds a wrong password, one pointing at a closed port, one that
-    # requires TLS of a server without it, and one whose secret is not set
-    monkeypatch.setenv("DX_TEST_MY_WRONG", "not-the-password")
-    monkeypatch.delenv("DX_TEST_MY_UNSET", raising=False)
+    # requires TLS of a server without it, one that leaves sslmode out (verify-full) and one whose
+    # secret is not set
+    monkeypatch.setenv("DX_SECRET_TEST_MY_WRONG", "not-the-password")
+    monkeypatch.delenv("DX_SECRET_TEST_MY_UNSET", raising=False)
     pull = {"source": {"table": "contacts"}}
-    _configure(tmp_path, client_mysql, "myauth", {"myauth-pull": pull}, password="${DX_TEST_MY_WRONG}")
+    _configure(tmp_path, client_mysql, "myauth", {"myauth-pull": pull}, password="${DX_SECRET_TEST_MY_WRONG}")
     _configure(tmp_path, client_mysql, "mydown", {"mydown-pull": pull}, port=free_port())
     _configure(tmp_path, client_mysql, "mytls", {"mytls-pull": pull}, sslmode="require")
-    _configure(tmp_path, client_mysql, "mynosecret", {"mynosecret-pull": pull}, password="${DX_TEST_MY_UNSET}")
+    _configure(tmp_path, client_mysql, "mydefault", {"mydefault-pull": pull}, sslmode=None)
+    _configure(tmp_path, client_mysql, "mynosecret", {"mynosecret-pull": pull}, password="${DX_SECRET_TEST_MY_UNSET}")
     workers.start(1)
 
     # When: each runs
-    refused, unreachable, plain, unset = (run(m) for m in ("myauth-pull", "mydown-pull", "mytls-pull",
-                                                           "mynosecret-pull"))
+    refused, unreachable, plain, default, unset = (run(m) for m in (
+        "myauth-pull", "mydown-pull", "mytls-pull", "mydefault-pull", "mynosecret-pull"))
 
     # Then: each fails with its code, and neither password is in any message
     assert (refused["status"], refused["error_code"]) == ("failed", "AUTHENTICATION_FAILED")
     assert (unreachable["status"], unreachable["error_code"]) == ("failed", "CONNECTION_FAILED")
-    assert (plain["status"], plain["error_code"]) == ("failed", "CONNECTION_FAILED")
-    assert "SSL is required" in plain["error_message"]
+    for result, sslmode in ((plain, "require"), (default, "verify-full")):
+        assert (result["status"], result["error_code"]) == ("failed", "TLS_REQUIRED")
+        assert result["error_message"] == (f"127.0.0.1:3306/{client_mysql.dbname}: the server does not offer TLS, "
+                                           f"and sslmode {sslmode} requires it: nothing was sent")
     assert (unset["status"], unset["error_code"]) == ("failed", "SECRET_MISSING")
-    for result in (refused, unreachable, plain, unset):
+    for result in (refused, unreachable, plain, default, unset):
         assert "not-the-password" not in result["error_message"]
-        assert os.environ["DX_TEST_MY_PASSWORD"] not in result["error_message"]
+        assert os.environ["DX_SECRET_TEST_MY_PASSWORD"] not in result["error_message"]
+
+
+def test_a_hostile_server_s_message_echoing_the_password_is_not_copied(cluster_env, client_mysql, workers,
+                                                                      tmp_path):
+    # Given: a query calling a function that signals an error whose message is the connection's password
+    password = os.environ[client_mysql.password_env]
+    _client(client_mysql, "DELETE FROM contacts")
+    _client(client_mysql, INSERT, [_row("leak@x.it", "L", 1, T0)])
+    _client(client_mysql, "DROP FUNCTION IF EXISTS leak")
+    _client(client_mysql, "CREATE FUNCTION leak() RETURNS INT NO SQL BEGIN"
+                          f" SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'password {password}'; RETURN 1; END")
+    _configure(tmp_path, client_mysql, "myleak", {"myleak-pull": {"source": {
+        "query": "SELECT email, leak() AS points FROM contacts"}}})
+    workers.start(1)
+
+    # When: it runs
+    result = run("myleak-pull")
+
+    # Then: it fails told by the error number, and the password is in neither its message nor the log
+    assert (result["status"], result["error_code"]) == ("failed", "SOURCE_QUERY_FAILED")
+    assert result["error_message"] == ("the source could not be read: an error signalled by a function it calls "
+                                       "(MySQL error 1644)")
+    logs = [log.read_text() for log in tmp_path.glob("worker-*.log")]
+    assert logs and not any(password in text for text in logs)
 
 
 @pytest.mark.slow

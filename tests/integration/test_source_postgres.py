@@ -1,8 +1,11 @@
-"""The client's PostgreSQL as a source: incremental reads by watermark, read-only, timeouts, logins.
+"""The client's PostgreSQL as a source: incremental reads by watermark, read-only, one statement,
+timeouts, logins, TLS, internal hosts, and a hostile server's messages.
 
 "The client's" server is a private PostgreSQL started for the session (its own
-data folder and port, scram-sha-256 logins): the connection's password goes
-through the ${ENV_VAR} secret path and a wrong one is really refused.
+data folder and port, scram-sha-256 logins, no TLS): the connection's password
+goes through the ${DX_SECRET_NAME} secret path and a wrong one is really
+refused. It listens on loopback, which the test harness trusts
+(DX_TRUSTED_HOSTS), so the connections set ``sslmode: disable`` explicitly.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ import psycopg
 import pytest
 import yaml
 
+from dx.cli import main
+from dx.devkit.cluster import Workers
+from dx.scheduler.tokens import create_token
 from dx.shared import db
 from tests.integration.conftest import free_port
 from tests.integration.helpers import FIELDS, apply, failures, run, table
@@ -46,7 +52,7 @@ def _as_postgres(*args: str) -> None:
 
 @pytest.fixture(scope="session")
 def client_pg() -> Iterator[ClientPg]:
-    """A private PostgreSQL with database `crm`, role `crm` (password in $DX_TEST_CRM_PASSWORD)
+    """A private PostgreSQL with database `crm`, role `crm` (password in $DX_SECRET_TEST_CRM_PASSWORD)
     owning table crm.contacts and a function that writes."""
     initdbs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not initdbs:
@@ -66,7 +72,7 @@ def client_pg() -> Iterator[ClientPg]:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE crm LOGIN PASSWORD '{crm_pw}'")
         conn.execute("CREATE DATABASE crm OWNER crm")
-    os.environ["DX_TEST_CRM_PASSWORD"] = crm_pw
+    os.environ["DX_SECRET_TEST_CRM_PASSWORD"] = crm_pw
     crm = f"postgresql://crm:{crm_pw}@127.0.0.1:{port}/crm"
     with psycopg.connect(crm, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA crm")
@@ -74,22 +80,25 @@ def client_pg() -> Iterator[ClientPg]:
         conn.execute("CREATE FUNCTION crm.touch() RETURNS int LANGUAGE sql AS"
                      " $$ INSERT INTO crm.contacts (email) VALUES ('written@x.it') RETURNING 1 $$")
     try:
-        yield ClientPg(port, crm, "DX_TEST_CRM_PASSWORD")
+        yield ClientPg(port, crm, "DX_SECRET_TEST_CRM_PASSWORD")
     finally:
-        os.environ.pop("DX_TEST_CRM_PASSWORD", None)
+        os.environ.pop("DX_SECRET_TEST_CRM_PASSWORD", None)
         subprocess.run(["runuser", "-u", "postgres", "--", str(bindir / "pg_ctl"), "-D", str(work / "data"),
                         "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _configure(tmp_path: Path, client: ClientPg, tenant: str, source: dict[str, Any], *, mode: str = "upsert",
-               password: str = "${DX_TEST_CRM_PASSWORD}", port: int | None = None) -> str:
+               password: str = "${DX_SECRET_TEST_CRM_PASSWORD}", port: int | None = None,
+               sslmode: str | None = "disable", notify: Sequence[str] = ()) -> str:
+    """Tenant, its postgres connection (``sslmode`` None: left out), database ``contacts`` and module
+    ``TENANT-pull`` reading ``source``; returns the module's id."""
     conn = {"id": f"{tenant}-crm", "tenant": tenant, "type": "postgres", "host": "127.0.0.1",
             "port": port or client.port, "dbname": "crm", "username": "crm", "password": password,
-            "sslmode": "disable", "timeout_s": 3}
+            "timeout_s": 3, **({"sslmode": sslmode} if sslmode else {})}
     module = {"id": f"{tenant}-pull", "tenant": tenant, "kind": "importer", "database": "contacts", "mode": mode,
               "source": {"connection": f"{tenant}-crm", **source}}
-    apply(yaml.safe_dump({"tenants": [{"id": tenant}], "connections": [conn],
+    apply(yaml.safe_dump({"tenants": [{"id": tenant, "notify": list(notify)}], "connections": [conn],
                           "databases": [{"id": "contacts", "tenant": tenant, "primary_key": "email", "fields": FIELDS}],
                           "modules": [module]}), tmp_path)
     return str(module["id"])
@@ -169,10 +178,16 @@ def test_a_watermark_reads_only_new_rows_and_a_failed_run_does_not_move_it(clust
 
 @pytest.mark.parametrize("query, says", [
     # a write the query shows is refused as it is read (the query is only ever a subquery)
-    ("WITH gone AS (DELETE FROM crm.contacts RETURNING *) SELECT * FROM gone", "data-modifying"),
+    ("WITH gone AS (DELETE FROM crm.contacts RETURNING *) SELECT * FROM gone",
+     "something the server does not do there (a write inside the query?) (SQLSTATE 0A000 feature_not_supported)"),
     # a write hidden in a function is refused by the read-only transaction
-    ("SELECT *, crm.touch() AS t FROM crm.contacts", "read-only transaction"),
-], ids=["delete-in-cte", "writing-function"])
+    ("SELECT *, crm.touch() AS t FROM crm.contacts",
+     "a write refused by the read-only transaction (SQLSTATE 25006 read_only_sql_transaction)"),
+    # a query that closes the subquery it runs in, ends the read-only transaction and writes: one statement only
+    ("SELECT * FROM crm.contacts) AS a; COMMIT; DELETE FROM crm.contacts; CREATE TABLE crm.evil (x int);"
+     " SELECT * FROM (SELECT * FROM crm.contacts",
+     "the query does not parse as one SELECT statement (SQLSTATE 42601 syntax_error)"),
+], ids=["delete-in-cte", "writing-function", "stacked-statements"])
 def test_a_query_that_writes_is_refused(cluster_env, client_pg, workers, tmp_path, query, says):
     # Given: a query that would delete or insert rows, through a role that may write
     _client(client_pg, "TRUNCATE crm.contacts")
@@ -183,11 +198,12 @@ def test_a_query_that_writes_is_refused(cluster_env, client_pg, workers, tmp_pat
     # When: it runs
     result = run(module)
 
-    # Then: the run fails with SOURCE_QUERY_FAILED saying why, and nothing changed
+    # Then: the run fails with SOURCE_QUERY_FAILED, nothing changed, and the message says why
     assert (result["status"], result["error_code"]) == ("failed", "SOURCE_QUERY_FAILED")
-    assert says in result["error_message"]
     with psycopg.connect(client_pg.admin_dsn) as conn:
         assert conn.execute("SELECT email FROM crm.contacts").fetchall() == [("keep@x.it",)]
+        assert conn.execute("SELECT to_regclass('crm.evil')").fetchone() == (None,)
+    assert result["error_message"] == f"the source could not be read: {says}"
 
 
 def test_a_query_beyond_its_timeout_fails_the_run(cluster_env, client_pg, workers, tmp_path):
@@ -228,8 +244,8 @@ def test_a_query_column_that_maps_to_no_field_is_a_warning_but_the_watermark_col
 def test_a_wrong_password_and_an_unreachable_server_have_their_codes(cluster_env, client_pg, workers, tmp_path,
                                                                       monkeypatch):
     # Given: one module whose secret holds a wrong password, one pointing at a closed port
-    monkeypatch.setenv("DX_TEST_CRM_WRONG", "not-the-password")
-    wrong = _configure(tmp_path, client_pg, "pgauth", {"table": "crm.contacts"}, password="${DX_TEST_CRM_WRONG}")
+    monkeypatch.setenv("DX_SECRET_TEST_CRM_WRONG", "not-the-password")
+    wrong = _configure(tmp_path, client_pg, "pgauth", {"table": "crm.contacts"}, password="${DX_SECRET_TEST_CRM_WRONG}")
     closed = _configure(tmp_path, client_pg, "pgdown", {"table": "crm.contacts"}, port=free_port())
     workers.start(1)
 
@@ -241,4 +257,98 @@ def test_a_wrong_password_and_an_unreachable_server_have_their_codes(cluster_env
     assert (unreachable["status"], unreachable["error_code"]) == ("failed", "CONNECTION_FAILED")
     for result in (refused, unreachable):
         assert "not-the-password" not in result["error_message"]
-        assert os.environ["DX_TEST_CRM_PASSWORD"] not in result["error_message"]
+        assert os.environ["DX_SECRET_TEST_CRM_PASSWORD"] not in result["error_message"]
+
+
+@pytest.mark.parametrize("sslmode", [None, "require", "verify-ca"])
+def test_a_server_without_tls_is_refused_by_default_before_the_password_is_sent(cluster_env, client_pg, workers,
+                                                                                tmp_path, sslmode):
+    # Given: the client's server offers no TLS, and a connection that leaves sslmode out (verify-full) or asks
+    # for TLS without checking the certificate, or checking only its CA
+    module = _configure(tmp_path, client_pg, "pgtls", {"table": "crm.contacts"}, sslmode=sslmode)
+    workers.start(1)
+
+    # When: it runs
+    result = run(module)
+
+    # Then: TLS_REQUIRED, saying nothing was sent
+    assert (result["status"], result["error_code"]) == ("failed", "TLS_REQUIRED")
+    assert result["error_message"] == (f"127.0.0.1:{client_pg.port}/crm: the server does not offer TLS, and sslmode "
+                                       f"{sslmode or 'verify-full'} requires it: nothing was sent")
+
+
+def test_an_internal_host_is_refused_unless_the_platform_trusts_it(cluster_env, client_pg, tmp_path, capsys):
+    # Given: a connection to the client's server on loopback, applied where the platform trusts loopback
+    module = _configure(tmp_path, client_pg, "pgtrust", {"table": "crm.contacts"})
+    # When: it runs on workers of a platform that trusts no internal host
+    untrusting = Workers({**cluster_env, "DX_TRUSTED_HOSTS": ""}, tmp_path)
+    untrusting.start(1)
+    try:
+        result = run(module)
+    finally:
+        untrusting.stop_all()
+    # Then: HOST_NOT_ALLOWED, saying the platform must trust it
+    assert (result["status"], result["error_code"]) == ("failed", "HOST_NOT_ALLOWED")
+    assert result["error_message"] == ("127.0.0.1 is a loopback address: nothing was sent to it; tenant connections "
+                                       "reach public addresses only; if it really is the client's server, the "
+                                       "platform's operator must list it in DX_TRUSTED_HOSTS")
+
+    # When: `dx apply` is given connections to the cloud metadata service and to a private address
+    metadata = yaml.safe_dump({"connections": [
+        {"id": "pgtrust-meta", "tenant": "pgtrust", "type": "postgres", "host": "169.254.169.254", "dbname": "x",
+         "username": "x", "password": "${DX_SECRET_X}"},
+        {"id": "pgtrust-lan", "tenant": "pgtrust", "type": "sftp", "host": "10.1.2.3", "username": "x",
+         "password": "${DX_SECRET_X}", "host_key": "ssh-ed25519 AAAA", "root": "/x"}]})
+    (tmp_path / "meta.yaml").write_text(metadata)
+    capsys.readouterr()
+    # Then: it refuses both, naming each host's field (exit code 2), and stores neither
+    assert main(["apply", "-f", str(tmp_path / "meta.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "dx: connections[0].host: 169.254.169.254 is a link-local address: " in err
+    assert "dx: connections[1].host: 10.1.2.3 is a private address: " in err
+    with db.connect() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM dx.connections WHERE id LIKE 'pgtrust-%%'").fetchone()["n"] == 1
+
+
+def test_a_hostile_server_s_message_echoing_the_password_reaches_no_one(cluster_env, client_pg, workers, api, smtp,
+                                                                       tmp_path, capsys):
+    # Given: the client's server raises, from a function the query calls, an error whose message, detail,
+    # hint and fields all hold the connection's password
+    password = os.environ[client_pg.password_env]
+    _client(client_pg, "TRUNCATE crm.contacts")
+    _client(client_pg, INSERT, [("leak@x.it", "L", 1, T0)])
+    said = f"'password {password}'"
+    _client(client_pg, "CREATE OR REPLACE FUNCTION crm.leak() RETURNS int LANGUAGE plpgsql AS $$ BEGIN"
+                       f" RAISE EXCEPTION USING MESSAGE = {said}, DETAIL = {said}, HINT = {said}, COLUMN = {said},"
+                       f" TABLE = {said}, SCHEMA = {said}, CONSTRAINT = {said}; END $$")
+    module = _configure(tmp_path, client_pg, "pgleak", {"query": "SELECT email, crm.leak() AS points FROM crm.contacts"},
+                        notify=["ops@pgleak.example"])
+    workers.start(1)
+
+    # When: it runs
+    result = run(module)
+
+    # Then: the run fails with SOURCE_QUERY_FAILED told by the SQLSTATE
+    assert (result["status"], result["error_code"]) == ("failed", "SOURCE_QUERY_FAILED")
+    assert result["error_message"] == ("the source could not be read: an exception raised by a function it calls "
+                                       "(SQLSTATE P0001 raise_exception)")
+    # and the password is in none of the run's record, `dx show`, the API's run, the e-mail, the logs
+    with db.connect() as conn:
+        row = conn.execute("SELECT * FROM dx.runs WHERE id = %s", (result["id"],)).fetchone()
+    seen = {"run row": str(row)}
+    capsys.readouterr()
+    assert main(["show", str(result["id"])]) == 0
+    assert main(["show", str(result["id"]), "--json"]) == 0
+    seen["dx show"] = capsys.readouterr().out
+    with db.transaction() as conn:
+        token = create_token(conn, "pgleak", "pytest")[1]
+    with api.client(token) as client:
+        seen["api"] = client.get(f"/api/v1/runs/{result['id']}").text
+    assert "P0001" in seen["api"] and "P0001" in seen["dx show"]
+    mail = smtp.wait_for(lambda m: f"(run {result['id']})" in m["Subject"])
+    seen["e-mail"] = mail["Subject"] + "".join(part.get_payload(decode=True).decode() for part in mail.walk()
+                                               if not part.is_multipart())
+    assert "SQLSTATE P0001" in seen["e-mail"]
+    seen |= {log.name: log.read_text() for log in [*tmp_path.glob("worker-*.log"), api.log]}
+    assert len(seen) >= 6
+    assert [where for where, text in seen.items() if password in text] == []

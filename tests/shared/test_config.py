@@ -10,6 +10,7 @@ import yaml
 
 from dx.shared.config import FieldCfg, Known, parse_config
 from dx.shared.errors import ConfigError
+from dx.shared.hosts import TrustedHosts
 
 VALID_YAML = """
 tenants:
@@ -23,7 +24,7 @@ connections:
     root: /exports
     host: sftp.acme.example
     username: dx
-    password: "${ACME_SFTP_PASSWORD}"
+    password: "${DX_SECRET_ACME_SFTP_PASSWORD}"
     host_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl
   - id: globex-files
     tenant: globex
@@ -89,7 +90,7 @@ def test_a_valid_full_configuration_parses():
     # Then every section is there, secrets stay references and shorthands are expanded
     assert [t.id for t in cfg.tenants] == ["acme", "globex"]
     sftp = cfg.connections[0]
-    assert (sftp.type, sftp.port, sftp.password) == ("sftp", 22, "${ACME_SFTP_PASSWORD}")
+    assert (sftp.type, sftp.port, sftp.password) == ("sftp", 22, "${DX_SECRET_ACME_SFTP_PASSWORD}")
     fields = cfg.databases[0].fields
     assert fields["email"] == FieldCfg(type="email")
     assert fields["age"] == FieldCfg(type="int")
@@ -164,14 +165,109 @@ def test_reference_problems_name_the_item_by_its_place_in_the_file():
 @pytest.mark.parametrize("field", ["password", "passphrase", "private_key"])
 @pytest.mark.parametrize("value", ["hunter2", "${ACME_PASSWORD}x", "$ACME_PASSWORD"])
 def test_a_secret_written_in_clear_is_rejected(field: str, value: str):
-    # Given a secret that is not exactly a ${ENV_VAR} reference
+    # Given a secret that is not exactly a ${DX_SECRET_NAME} reference
     text = config_with(lambda raw: raw["connections"][0].update({field: value}))
     # When parsed / Then the secret is refused, saying how to write it
     problems = problems_of(text)
     assert len(problems) == 1
     assert problems[0].startswith(f"connections[0].{field}: ")
-    assert "${ENV_VAR}" in problems[0]
+    assert "${DX_SECRET_NAME}" in problems[0]
     assert value not in problems[0], "the message must not echo the secret"
+
+
+@pytest.mark.parametrize("field", ["password", "passphrase", "private_key"])
+@pytest.mark.parametrize("name", ["DX_DATABASE_URL", "DX_BROKER_URL", "AWS_SECRET_ACCESS_KEY", "HOME",
+                                  "ACME_SFTP_PASSWORD", "DX_SECRETS_X", "dx_secret_acme"])
+def test_a_secret_reference_outside_the_tenant_secret_prefix_is_refused(field: str, name: str):
+    # Given a reference to a variable of the workers that is no tenant secret (the platform's own
+    # credentials among them), or one that only looks like the prefix
+    text = config_with(lambda raw: raw["connections"][0].update({field: f"${{{name}}}"}))
+    # When parsed / Then it is refused, naming the field and saying which variables may be named
+    problems = problems_of(text)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"connections[0].{field}: ${{{name}}} is not a tenant secret: ")
+    assert "starting with DX_SECRET_" in problems[0] and "set on every worker" in problems[0]
+
+
+@pytest.mark.parametrize("host", ["db.acme.example", "db_1.internal.", "10.1.2.3", "2001:db8::1", "127.1"])
+def test_a_host_name_or_address_is_accepted(host: str):
+    # Given a connection whose host is a name or an address (the system's short forms too)
+    text = config_with(lambda raw: raw["connections"][0].update(host=host))
+    # When parsed (no platform check) / Then it is kept as written
+    assert parse_config(text).connections[0].host == host
+
+
+@pytest.mark.parametrize("host", ["/var/run/postgresql", "a.example,127.0.0.1", "db.example:5432", "user@db",
+                                  "[::1]", "db example", ""])
+def test_a_host_that_is_no_name_nor_address_is_refused(host: str):
+    # Given a host that is a socket path, a list, or carries a port, user or space
+    # (libpq reads a path as a local socket and a comma as several hosts)
+    text = config_with(lambda raw: raw["connections"][0].update(host=host))
+    # When parsed / Then it is refused, naming the field
+    problems = problems_of(text)
+    assert any(p.startswith("connections[0].host: ") for p in problems), problems
+
+
+@pytest.mark.parametrize(("changes", "problem"), [
+    ({"host": "127.0.0.1"}, "connections[0].host: 127.0.0.1 is a loopback address: tenant connections reach "
+                            "public addresses only; if it really is the client's server, the platform's operator "
+                            "must list it in DX_TRUSTED_HOSTS"),
+    ({"host": "169.254.169.254"}, "connections[0].host: 169.254.169.254 is a link-local address: "),
+    ({"host": "10.9.8.7"}, "connections[0].host: 10.9.8.7 is a private address: "),
+    ({"host": "100.64.0.1"}, "connections[0].host: 100.64.0.1 is a shared (carrier-grade NAT) address: "),
+    ({"host": "0.0.0.0"}, "connections[0].host: 0.0.0.0 is an unspecified address: "),
+    ({"host": "::1"}, "connections[0].host: ::1 is a loopback address: "),
+    ({"host": "fd12::1"}, "connections[0].host: fd12::1 is a private address: "),
+    ({"host": "::ffff:127.0.0.1"}, "connections[0].host: ::ffff:127.0.0.1 is a loopback address: "),
+    ({"host": "2130706433"}, "connections[0].host: 2130706433 is a loopback address: "),
+    ({"sslmode": "disable"}, "connections[2].sslmode: disable may send the password and the rows in clear, which "
+                             "only a host the platform trusts may receive; leave sslmode out (verify-full)"),
+    ({"sslmode": "prefer"}, "connections[2].sslmode: prefer may send the password"),
+    ({"sslmode": "allow", "host": "8.8.4.4"}, "connections[2].sslmode: allow may send the password"),
+])
+def test_dx_apply_refuses_an_internal_address_or_a_clear_text_database_the_platform_does_not_trust(changes,
+                                                                                                     problem):
+    # Given an sftp connection (host, connections[0]) or a postgres one (sslmode, connections[2]) with one change;
+    # the platform trusts 10.0.0.0/24 only
+    trusted, _ = TrustedHosts.parse("10.0.0.0/24")
+
+    def change(raw: dict[str, Any]) -> None:
+        raw["connections"].append(dict(PG_CONNECTION))
+        target = raw["connections"][2 if "sslmode" in changes else 0]
+        target.update(changes)
+    # When parsed as `dx apply` does, with the platform's trusted hosts
+    with pytest.raises(ConfigError) as info:
+        parse_config(config_with(change), trusted=trusted)
+    # Then the connection is refused, naming its field and what to do
+    assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
+    assert len(info.value.problems) == 1, info.value.problems
+
+
+@pytest.mark.parametrize("changes", [
+    {"host": "10.0.0.9"},                               # in a trusted network
+    {"host": "db.acme.example"},                         # a name: the worker resolves and checks it
+    {"host": "sftp.internal"},                           # a trusted name
+    {"host": "8.8.8.8"},                                 # public
+    {"sslmode": "disable", "host": "10.0.0.5"},          # clear text, to a trusted network
+    {"sslmode": "prefer", "host": "SFTP.internal."},     # clear text, to a trusted name
+    {"sslmode": "require"},                              # TLS without checking the certificate: the tenant's choice
+])
+def test_dx_apply_accepts_public_and_trusted_hosts(changes):
+    # Given the platform trusts 10.0.0.0/24 and sftp.internal
+    trusted, _ = TrustedHosts.parse("10.0.0.0/24, sftp.internal")
+
+    def change(raw: dict[str, Any]) -> None:
+        raw["connections"].append(dict(PG_CONNECTION))
+        raw["connections"][2 if "sslmode" in changes else 0].update(changes)
+    # When parsed with them / Then it is accepted
+    assert parse_config(config_with(change), trusted=trusted).connections
+
+
+def test_a_client_database_requires_tls_with_a_verified_certificate_by_default():
+    # Given a postgres connection without sslmode / When parsed / Then its sslmode is verify-full
+    def change(raw: dict[str, Any]) -> None:
+        raw["connections"].append(dict(PG_CONNECTION))
+    assert parse_config(config_with(change)).connections[2].sslmode == "verify-full"
 
 
 @pytest.mark.parametrize(("change", "path"), [
@@ -363,7 +459,7 @@ def test_an_export_module_mistake_is_named_by_its_path(fields, path, message):
 # --- XML and postgres sources ------------------------------------------------------------------------------
 
 PG_CONNECTION = {"id": "acme-crm", "tenant": "acme", "type": "postgres", "host": "db.acme.example",
-                 "dbname": "crm", "username": "dx_reader", "password": "${ACME_CRM_PASSWORD}"}
+                 "dbname": "crm", "username": "dx_reader", "password": "${DX_SECRET_ACME_CRM_PASSWORD}"}
 
 
 def _source(**source: Any) -> Callable[[dict[str, Any]], object]:
@@ -436,7 +532,7 @@ def test_a_watermark_does_not_go_with_overwrite_and_postgres_connections_need_th
         parse_config(config_with(change))
     # Then both are named
     assert any(p.startswith("modules[0]: source.watermark: an overwrite") for p in info.value.problems)
-    assert "connections[2]: a postgres connection needs dbname, password (password: a ${ENV_VAR} reference)" \
+    assert "connections[2]: a postgres connection needs dbname, password (password: a ${DX_SECRET_NAME} reference)" \
         in info.value.problems
 
 

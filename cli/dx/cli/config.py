@@ -39,7 +39,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     text = Path(args.file).read_text(encoding="utf-8")
     db.migrate()
     with db.connect() as conn:
-        cfg = parse_config(text, known(conn), min_chunk_bytes=get_settings().min_chunk_bytes)
+        cfg = parse_config(text, known(conn), get_settings().trusted_hosts,
+                           min_chunk_bytes=get_settings().min_chunk_bytes)
         try:
             with conn.transaction():
                 changes = apply_config(conn, cfg, discard_console_changes=args.discard_console_changes)

@@ -2,7 +2,8 @@
 
 Shared by the integration tests and the benchmark: a fresh PostgreSQL
 database and RabbitMQ virtual host (dropped afterwards), the DX_* environment
-that points at them, and workers started as ``python -m dx worker``.
+that points at them (loopback trusted, where the test servers listen), and
+workers started as ``python -m dx worker``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import psycopg
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 #: Redis of the group barrier (its keys are unique per group).
 REDIS_URL = "redis://127.0.0.1:6379/0"
+#: The hosts tenant connections may reach although internal: the test servers (sshd, the clients'
+#: databases) listen on loopback.
+TRUSTED_HOSTS = "127.0.0.1"
 
 
 class ServiceDown(RuntimeError):
@@ -51,6 +55,7 @@ def private_services(name: str, home: Path, extra: dict[str, str]) -> Iterator[d
         "DX_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{name}",
         "DX_REDIS_URL": REDIS_URL,
         "DX_STAGING_DIR": str(home / "staging"),
+        "DX_TRUSTED_HOSTS": TRUSTED_HOSTS,
         **extra,
     }
     saved = {k: os.environ.get(k) for k in env}

@@ -46,7 +46,7 @@ class ModuleOut(BaseModel):
 
 
 class ModuleDetail(ModuleOut):
-    """One module with its whole configuration (secrets are ${ENV_VAR} references)."""
+    """One module with its whole configuration (secrets are ${DX_SECRET_NAME} references)."""
 
     config: dict[str, Any]
 

@@ -1,8 +1,11 @@
 """Declarative configuration: the YAML of ``dx apply -f FILE``, validated.
 
 Every problem is collected and reported at once, each naming its path in the
-file (``modules[2].source.delimiter``). Secrets are ``${ENV_VAR}`` references,
-kept as references: their values are read only by the worker that needs them.
+file (``modules[2].source.delimiter``). Secrets are ``${DX_SECRET_NAME}``
+references, kept as references: their values are read only by the worker that
+needs them. ``parse_config`` given the platform's ``TrustedHosts`` also refuses
+what a worker would refuse of a connection whose host is written as an address
+(``dx.shared.hosts``), and a client database reached without TLS outside them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pydantic import (
 
 from dx.shared.cron import EARLIEST, SEARCH_DAYS, Rule, Schedule, console_rule, parse_cron
 from dx.shared.errors import ConfigError
+from dx.shared.hosts import HOST_NAME, TrustedHosts, literal, literal_problem
 from dx.shared.settings import DEFAULT_MIN_CHUNK_BYTES
 
 #: Identifiers of tenants, connections, databases, modules.
@@ -37,6 +41,11 @@ ID_PATTERN = r"^[a-z][a-z0-9_-]{0,39}$"
 FIELD_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 #: A secret reference: the whole value is ${NAME}.
 SECRET_PATTERN = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+#: The prefix of the environment variables holding tenants' secrets: a reference names no other, so
+#: that the workers' own settings (DX_DATABASE_URL…) are never sent to a host a tenant chose.
+SECRET_PREFIX = "DX_SECRET_"
+#: The sslmodes that may send a client database's password and rows in clear: only to a trusted host.
+PLAINTEXT_SSLMODES = ("disable", "allow", "prefer")
 #: The placeholders of a target path: {date:STRFTIME} (in the module's time zone), {run}, {module}.
 PATH_FIELD = re.compile(r"\{(date(?::[^{}]*)?|run|module)\}")
 #: Module kinds that write to the client's side.
@@ -113,8 +122,21 @@ RelativePath = Annotated[str, AfterValidator(_relative_path)]
 
 
 def _secret(value: str | None) -> str | None:
-    if value is not None and not SECRET_PATTERN.match(value):
-        raise ValueError("secrets must be ${ENV_VAR} references, never written in clear")
+    if value is None:
+        return None
+    m = SECRET_PATTERN.match(value)
+    if not m:
+        raise ValueError(f"secrets must be ${{{SECRET_PREFIX}NAME}} references, never written in clear")
+    if not m.group(1).startswith(SECRET_PREFIX):
+        raise ValueError(f"${{{m.group(1)}}} is not a tenant secret: a reference must name a variable starting "
+                         f"with {SECRET_PREFIX} (for example ${{{SECRET_PREFIX}{m.group(1).removeprefix('DX_')}}}), "
+                         "set on every worker; no other variable is ever read")
+    return value
+
+
+def _host(value: str | None) -> str | None:
+    if value is not None and not HOST_NAME.match(value) and literal(value) is None:
+        raise ValueError("host must be a host name or an IP address (no port, path, user or list)")
     return value
 
 
@@ -145,9 +167,11 @@ class ConnectionCfg(Strict):
     timeout_s: float = Field(15.0, gt=0, le=MAX_CONNECT_TIMEOUT_S)
     #: postgres, mysql: the client's database and how to use TLS (libpq's sslmode names).
     dbname: str | None = None
-    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    #: verify-full: TLS, the certificate signed by a CA the workers trust and issued for ``host``.
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "verify-full"
 
     _check_secrets = field_validator("password", "private_key", "passphrase")(_secret)
+    _check_host = field_validator("host")(_host)
 
     @model_validator(mode="before")
     @classmethod
@@ -171,7 +195,7 @@ class ConnectionCfg(Strict):
         missing = [n for n in ("host", "dbname", "username", "password") if getattr(self, n) is None]
         if missing:
             raise ValueError(f"a {self.type} connection needs {', '.join(missing)} "
-                             "(password: a ${ENV_VAR} reference)")
+                             f"(password: a ${{{SECRET_PREFIX}NAME}} reference)")
         wrong = _set(self, ("root", "private_key", "passphrase", "host_key"))
         if wrong:
             raise ValueError(f"{', '.join(wrong)}: a {self.type} connection does not take these")
@@ -187,7 +211,8 @@ class ConnectionCfg(Strict):
                 raise ValueError(f"an sftp connection needs {', '.join(missing)} "
                                  "(host_key: the line `ssh-keyscan -p PORT HOST` prints, without the host)")
             if self.password is None and self.private_key is None:
-                raise ValueError("an sftp connection needs password or private_key (a ${ENV_VAR} reference)")
+                raise ValueError(f"an sftp connection needs password or private_key (a ${{{SECRET_PREFIX}NAME}} "
+                                 "reference)")
             if self.host_key is not None and len(self.host_key.split()) < 2:
                 raise ValueError("host_key must look like 'ssh-ed25519 AAAA...'")
         if not self.root.startswith("/"):
@@ -762,10 +787,28 @@ def _chunk_floor(cfg: Config, min_chunk_bytes: int) -> list[str]:
             for i, m in enumerate(cfg.modules) if m.chunk_bytes is not None and m.chunk_bytes < min_chunk_bytes]
 
 
-def parse_config(text: str, known: Known | None = None, *,
+def _platform_checks(cfg: Config, trusted: TrustedHosts) -> list[str]:
+    """What the platform forbids a tenant's connection: a host written as an internal address it does
+    not trust, and a client database reached without TLS outside the hosts it trusts."""
+    problems = []
+    for i, c in enumerate(cfg.connections):
+        if c.host is None:
+            continue
+        if (problem := literal_problem(c.host, trusted)) is not None:
+            problems.append(f"connections[{i}].host: {problem}")
+        if c.is_database and c.sslmode in PLAINTEXT_SSLMODES and not trusted.trusts_host(c.host):
+            problems.append(f"connections[{i}].sslmode: {c.sslmode} may send the password and the rows in clear, "
+                            f"which only a host the platform trusts may receive; leave sslmode out (verify-full), "
+                            "or use require (TLS, any certificate) or verify-ca; or the platform's operator "
+                            f"lists {c.host} in DX_TRUSTED_HOSTS")
+    return problems
+
+
+def parse_config(text: str, known: Known | None = None, trusted: TrustedHosts | None = None, *,
                  min_chunk_bytes: int = DEFAULT_MIN_CHUNK_BYTES) -> Config:
-    """Parse and validate YAML text; ConfigError lists every problem with its path. A module's
-    ``chunk_bytes`` must be at least ``min_chunk_bytes`` (the workers' DX_MIN_CHUNK_BYTES)."""
+    """Parse and validate YAML text; ConfigError lists every problem with its path. ``trusted``: the
+    platform's trusted hosts, to refuse what its workers would refuse of a connection (not checked
+    without them). A module's ``chunk_bytes`` must be at least ``min_chunk_bytes`` (DX_MIN_CHUNK_BYTES)."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
         raise ConfigError([f"the configuration is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; "
                            "split it into several files and apply each"])
@@ -793,6 +836,8 @@ def parse_config(text: str, known: Known | None = None, *,
             problems.append(f"{_path(err['loc'])}: {message}")
         raise ConfigError(problems + _partial_cross_checks(raw, known or Known())) from exc
     problems = _cross_checks(cfg, known or Known()) + _chunk_floor(cfg, min_chunk_bytes)
+    if trusted is not None:
+        problems += _platform_checks(cfg, trusted)
     if problems:
         raise ConfigError(problems)
     return cfg

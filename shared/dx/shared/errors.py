@@ -55,9 +55,11 @@ class ErrorCode(StrEnum):
                      "(protection against entity bombs and external-entity reads).")
     SOURCE_QUERY_FAILED = ("SOURCE_QUERY_FAILED", Level.RUN,
                            "The table or query of the client's database (PostgreSQL, MySQL, MariaDB) could not "
-                           "be read: bad SQL, a missing table, column or privilege, a write refused by the "
-                           "read-only transaction, the statement timeout, or (MySQL) a watermark column of "
-                           "another type than a number, date or time, or a row longer than max_allowed_packet.")
+                           "be read: bad SQL, a query holding more than one statement, a missing table, column "
+                           "or privilege, a write refused by the read-only transaction, the statement timeout, "
+                           "or (MySQL) a watermark column of another type than a number, date or time, or a row "
+                           "longer than max_allowed_packet. The message names the server's error by its code "
+                           "(SQLSTATE, MySQL error number), never by the server's own text.")
     MALFORMED_HEADER = ("MALFORMED_HEADER", Level.RUN,
                         "The header line is missing, empty or names a column twice, or two columns differ only "
                         "by case and so map to one field (XML: the document holds no element of the configured "
@@ -85,7 +87,19 @@ class ErrorCode(StrEnum):
                              "role may not make again (a view owned by another role); the message names it. "
                              "The table keeps its content and its objects.")
     CONNECTION_FAILED = ("CONNECTION_FAILED", Level.RUN,
-                         "The client's server could not be reached.")
+                         "The client's server could not be reached, or refused the connection before login.")
+    HOST_NOT_ALLOWED = ("HOST_NOT_ALLOWED", Level.RUN,
+                        "The connection's host is, or resolves to, an address tenant connections may not "
+                        "reach: loopback, private (RFC 1918, IPv6 ULA), link-local (the cloud metadata "
+                        "service among them), shared (CGNAT 100.64.0.0/10), unspecified, multicast or "
+                        "reserved. Nothing was sent to it. If it really is the client's server, the platform's "
+                        "operator lists it in DX_TRUSTED_HOSTS.")
+    TLS_REQUIRED = ("TLS_REQUIRED", Level.RUN,
+                    "The client's database could not be reached over TLS as the connection's sslmode requires: "
+                    "the server offers no TLS, or its certificate did not verify (verify-full, the default: "
+                    "signed by a CA the workers trust and issued for the host; require accepts any "
+                    "certificate); or the sslmode (disable, allow, prefer) may send the password in clear to a "
+                    "host the platform does not trust (DX_TRUSTED_HOSTS). Nothing was sent in clear.")
     AUTHENTICATION_FAILED = ("AUTHENTICATION_FAILED", Level.RUN,
                              "The client's server refused the configured credentials.")
     HOST_KEY_UNKNOWN = ("HOST_KEY_UNKNOWN", Level.RUN,
@@ -95,7 +109,9 @@ class ErrorCode(StrEnum):
     PATH_OUTSIDE_ROOT = ("PATH_OUTSIDE_ROOT", Level.RUN,
                          "A configured path leaves the connection's root.")
     SECRET_MISSING = ("SECRET_MISSING", Level.RUN,
-                      "A ${ENV_VAR} secret reference names a variable that is not set on the worker.")
+                      "A ${DX_SECRET_NAME} secret reference names a variable that is not set on the worker, "
+                      "or (a connection applied before the prefix was required) a variable whose name does not "
+                      "start with DX_SECRET_, which is never read: apply the connection again.")
     CONFIG_INVALID = ("CONFIG_INVALID", Level.RUN,
                       "The module's configuration no longer matches its database or connection.")
     TARGET_WRITE_FAILED = ("TARGET_WRITE_FAILED", Level.RUN,

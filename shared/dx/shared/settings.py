@@ -4,7 +4,8 @@ Every variable that is unset falls back to an embedded default,
 so that ``dx demo`` runs on a bare laptop: an embedded PostgreSQL
 (``pgserver``) under ``DX_HOME``, an in-process broker and worker, a local
 staging folder and ``.eml`` files instead of SMTP. Every problem is reported
-at once, each with how to fix it.
+at once, each with how to fix it. ``DX_SECRET_*`` variables are tenants'
+secrets (see ``dx.shared.config.SECRET_PREFIX``), never settings.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from dx.shared.errors import ConfigError
+from dx.shared.hosts import TrustedHosts
 
 N = TypeVar("N", int, float)
 #: Bytes of source per chunk: enough chunks to keep every worker busy, small enough that a
@@ -56,6 +58,8 @@ class Settings:
     public_url: str | None = None
     #: the port of ``dx worker``'s and ``dx scheduler``'s /metrics, /healthz and /readyz (0: none)
     probe_port: int = 0
+    #: internal networks and hosts that tenant connections may reach, and without TLS (DX_TRUSTED_HOSTS)
+    trusted_hosts: TrustedHosts = TrustedHosts()
     #: the smallest chunk_bytes `dx apply` accepts of a module, and the smallest DX_CHUNK_BYTES
     min_chunk_bytes: int = DEFAULT_MIN_CHUNK_BYTES
     #: seconds without progress after which the scheduler re-drives a run (``dx.scheduler.watchdog``)
@@ -131,6 +135,9 @@ class Settings:
                                 "(a test clock; unset it in production)")
                 return None
 
+        trusted, untrusted = TrustedHosts.parse(env.get("DX_TRUSTED_HOSTS") or "")
+        problems += [f"DX_TRUSTED_HOSTS: {p}; list networks (10.20.0.0/16), addresses and host names, "
+                     "separated by commas" for p in untrusted]
         home = Path(env.get("DX_HOME") or Path.cwd() / ".dx").expanduser()
         min_chunk_bytes = number("DX_MIN_CHUNK_BYTES", DEFAULT_MIN_CHUNK_BYTES, 1, int)
         settings = cls(
@@ -156,6 +163,7 @@ class Settings:
             run_timeout_s=number("DX_RUN_TIMEOUT_S", 21600.0, 0.0, float),
             mail_attach_bytes=number("DX_MAIL_ATTACH_BYTES", 2_000_000, 0, int),
             public_url=(url("DX_PUBLIC_URL", ("https", "http")) or "").rstrip("/") or None,
+            trusted_hosts=trusted,
         )
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             problems.append(f"DX_LOG_LEVEL={settings.log_level}: expected DEBUG, INFO, WARNING or ERROR")

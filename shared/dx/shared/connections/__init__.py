@@ -2,7 +2,9 @@
 
 ``open_remote(cfg)`` gives a ``Remote`` for a connection: ``local`` (a folder,
 the embedded default and tests) or ``sftp`` (paramiko, host key pinned).
-Every path is confined under the connection's ``root``.
+Every path is confined under the connection's ``root``. ``reach(cfg)`` gives
+the checked addresses of a connection's host, the only ones it connects to
+(``dx.shared.hosts``).
 
 ``open_database(cfg)`` gives a ``SourceDatabase`` for a client's database
 read as a source: ``postgres`` (psycopg) or ``mysql`` (MySQL and MariaDB,
@@ -20,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-from dx.shared.config import SECRET_PATTERN, ConnectionCfg, SourceCfg
+from dx.shared.config import PLAINTEXT_SSLMODES, SECRET_PATTERN, SECRET_PREFIX, ConnectionCfg, SourceCfg
 from dx.shared.errors import ErrorCode, RunError
+from dx.shared.hosts import resolve
+from dx.shared.settings import get_settings
 
 #: Bytes read from a local stream per write while uploading.
 UPLOAD_BLOCK_BYTES = 1024 * 1024
@@ -123,15 +127,34 @@ def match_names(names: list[str], name_pattern: str) -> list[str]:
 
 
 def resolve_secret(reference: str | None) -> str | None:
-    """The value of a ${ENV_VAR} reference, read now and never stored."""
+    """The value of a ${DX_SECRET_NAME} reference, read now and never stored; a variable without the
+    prefix (a configuration applied before it was required) is never read."""
     if reference is None:
         return None
     m = SECRET_PATTERN.match(reference)
     name = m.group(1) if m else reference
+    if not name.startswith(SECRET_PREFIX):
+        raise RunError(ErrorCode.SECRET_MISSING, f"${{{name}}} is not a tenant secret (its name does not start "
+                       f"with {SECRET_PREFIX}) and is never read: apply the connection again naming a "
+                       f"{SECRET_PREFIX} variable")
     value = os.environ.get(name)
     if value is None:
         raise RunError(ErrorCode.SECRET_MISSING, f"the secret ${{{name}}} is not set in the worker's environment")
     return value
+
+
+def reach(cfg: ConnectionCfg) -> list[str]:
+    """The addresses of the connection's host, each checked (HOST_NOT_ALLOWED); for a client database,
+    TLS_REQUIRED if its sslmode may send the password in clear to a host the platform does not trust."""
+    assert cfg.host
+    trusted = get_settings().trusted_hosts
+    addresses = resolve(cfg.host, cfg.port, trusted)
+    if cfg.is_database and cfg.sslmode in PLAINTEXT_SSLMODES and not trusted.trusts_host(cfg.host):
+        raise RunError(ErrorCode.TLS_REQUIRED,
+                       f"sslmode {cfg.sslmode} may send the password in clear, and {cfg.host} is not a host the "
+                       "platform trusts (DX_TRUSTED_HOSTS): nothing was sent; apply the connection without "
+                       "sslmode (verify-full), or with require or verify-ca")
+    return addresses
 
 
 @contextmanager

@@ -13,14 +13,25 @@ dates and times ISO (``TIMESTAMP`` in UTC), ``TINYINT(1)`` as 0 or 1,
 ``BIT`` as a number; binary strings and geometries (``BINARY``, ``BLOB``…)
 as upper-case hex.
 
-Safety: the statements run in a ``READ ONLY`` transaction with a consistent
-snapshot (a write, even one hidden in a function, is refused by the server),
-each within the source's ``timeout_s`` (MariaDB's ``max_statement_time``,
-MySQL's ``max_execution_time``); the driver's multi-statements capability
-stays off, so the text is one statement; table and column names are quoted
-identifiers and the watermark value a bound parameter. The password comes
-from a ``${ENV_VAR}`` reference, read now and never logged. Give the
+Safety: the session is read-only from the start (``SET SESSION TRANSACTION
+READ ONLY``) and the statements run in a ``READ ONLY`` transaction with a
+consistent snapshot (a write, even one hidden in a function, is refused by the
+server), each within the source's ``timeout_s`` (MariaDB's
+``max_statement_time``, MySQL's ``max_execution_time``); the driver's
+multi-statements capability stays off (PyMySQL sets it only when asked), so
+the text is one statement; table and column names are quoted identifiers and
+the watermark value a bound parameter. The password comes from a
+``${DX_SECRET_NAME}`` reference, read now and never logged. Give the
 connection's user SELECT only: read-only is a second line, not the first.
+
+Connection: to the addresses ``dx.shared.connections.reach`` checked (a socket
+of ours handed to the driver; ``host`` still names the server for its
+certificate), with TLS as the connection's ``sslmode`` says (verify-full by
+default, against the system's CAs).
+
+Errors: the server's own text (which a hostile server can make echo anything,
+the password included) is never copied into a message; a failure is told by
+its error number, its name and a phrase of ours.
 
 Incremental reads: with a ``watermark`` column (an integer, decimal, date or
 time column), only rows whose value is greater than the last delivered one are
@@ -32,6 +43,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
+import socket
 import ssl
 from decimal import Decimal, InvalidOperation
 from typing import IO, Any
@@ -39,11 +52,12 @@ from typing import IO, Any
 import pymysql
 import pymysql.converters
 import pymysql.cursors
-from pymysql.constants import FIELD_TYPE
+from pymysql.constants import CLIENT, CR, ER, FIELD_TYPE
 
 from dx.shared.config import ConnectionCfg, SourceCfg
-from dx.shared.connections import resolve_secret
+from dx.shared.connections import reach, resolve_secret
 from dx.shared.errors import ErrorCode, RetriableError, RunError
+from dx.shared.hosts import open_socket
 
 #: Error numbers of a refused login: access denied, no password given, password expired.
 AUTH_ERRORS = (1045, 1698, 1862)
@@ -69,8 +83,28 @@ TEXT_ONLY = {k: v for k, v in pymysql.converters.conversions.items() if not isin
 BATCH_ROWS = 10_000
 #: Alias of the table or query inside the statements we build.
 SOURCE_ALIAS = "`dx_source`"
-#: Longest message of the server kept in a run's error (a syntax error quotes the query).
-MESSAGE_CHARS = 300
+#: The error numbers' names: the server's (ER_…) and the driver's own (CR_…).
+ERROR_NAMES = {**{v: f"ER_{k}" for k, v in vars(ER).items() if k.isupper() and isinstance(v, int)},
+               **{v: k for k, v in vars(CR).items() if k.startswith("CR_") and isinstance(v, int)}}
+#: What an error number means, in our words, for the ones a source query commonly meets.
+ERROR_SAYS = {
+    1792: "a write refused by the read-only transaction",
+    1064: "the query does not parse as one SELECT statement",
+    1146: "a table or view it names does not exist",
+    1054: "a column it names does not exist",
+    1305: "a function it calls does not exist",
+    1044: "the connection's user lacks a privilege",
+    1142: "the connection's user lacks a privilege",
+    1143: "the connection's user lacks a privilege",
+    1644: "an error signalled by a function it calls",
+    1049: "the database does not exist",
+    1040: "the server has no connection slot left",
+    2003: "nothing answered on that port",
+    2006: "the server went away",
+    2013: "the connection was lost",
+}
+#: The driver's error of a TLS connection that could not be set up.
+TLS_ERROR = CR.CR_SSL_CONNECTION_ERROR
 
 
 class MySQLSource:
@@ -90,20 +124,45 @@ class MySQLSource:
 
 
 def connect(cfg: ConnectionCfg) -> Any:
-    """A connection to the client's database; CONNECTION_FAILED or AUTHENTICATION_FAILED."""
+    """A connection to the client's database, its session read-only; CONNECTION_FAILED,
+    AUTHENTICATION_FAILED, TLS_REQUIRED, HOST_NOT_ALLOWED or SECRET_MISSING."""
+    assert cfg.host
     where = f"{cfg.host}:{cfg.port}/{cfg.dbname}"
+    addresses = reach(cfg)
     password = resolve_secret(cfg.password) or ""
+    conn = pymysql.connect(host=cfg.host, port=cfg.port, database=cfg.dbname, user=cfg.username,
+                           password=password.encode(), charset="utf8mb4", connect_timeout=cfg.timeout_s,
+                           conv=TEXT_ONLY, program_name="dataexchange", defer_connect=True,
+                           init_command="SET SESSION TRANSACTION READ ONLY", **_tls(cfg.sslmode))
+    assert not conn.client_flag & CLIENT.MULTI_STATEMENTS
     try:
-        return pymysql.connect(host=cfg.host, port=cfg.port, database=cfg.dbname, user=cfg.username,
-                               password=password.encode(), charset="utf8mb4", connect_timeout=cfg.timeout_s,
-                               conv=TEXT_ONLY, program_name="dataexchange", **_tls(cfg.sslmode))
-    except pymysql.err.OperationalError as exc:
-        if exc.args and exc.args[0] in AUTH_ERRORS:
+        sock = open_socket(addresses, cfg.port, cfg.timeout_s)
+    except OSError as exc:
+        raise RunError(ErrorCode.CONNECTION_FAILED, f"{where} is not reachable: {_os_error(exc)}") from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    try:
+        conn.connect(sock)  # the checked address; the driver checks a certificate against ``host``
+    except pymysql.err.Error as exc:
+        number = _number(exc)
+        if number in AUTH_ERRORS:
             raise RunError(ErrorCode.AUTHENTICATION_FAILED,
                            f"{where} refused user {cfg.username!r}: check the secret the connection names") from None
-        raise RunError(ErrorCode.CONNECTION_FAILED, f"{where} is not reachable: {_text(exc)}") from None
-    except pymysql.err.Error as exc:
-        raise RunError(ErrorCode.CONNECTION_FAILED, f"{where} is not reachable: {_text(exc)}") from None
+        if number == TLS_ERROR:
+            raise RunError(ErrorCode.TLS_REQUIRED, f"{where}: the server does not offer TLS, and sslmode "
+                           f"{cfg.sslmode} requires it: nothing was sent") from None
+        if isinstance(getattr(exc, "original_exception", None), ssl.SSLError):
+            raise RunError(ErrorCode.TLS_REQUIRED, f"{where}: TLS could not be set up (with sslmode "
+                           f"{cfg.sslmode}: {_tls_says(cfg.sslmode)}); nothing was sent") from None
+        raise RunError(ErrorCode.CONNECTION_FAILED, f"{where}: the connection failed before login: "
+                       f"{_summary(exc)}") from None
+    return conn
+
+
+def _tls_says(sslmode: str) -> str:
+    if sslmode in ("verify-ca", "verify-full"):
+        return "the certificate must be signed by a CA the workers trust" + (
+            " and issued for the host" if sslmode == "verify-full" else "")
+    return "the handshake failed"
 
 
 def _tls(sslmode: str) -> dict[str, Any]:
@@ -187,8 +246,8 @@ def copy_rows(conn: Any, src: SourceCfg, since: str | None, out: IO[bytes]) -> s
         if code in TIMEOUT_ERRORS:
             raise RunError(ErrorCode.SOURCE_QUERY_FAILED,
                            f"the source query ran longer than its timeout_s ({src.timeout_s:g} s)") from None
-        if code in LOST_ERRORS:
-            raise RetriableError(f"the connection to the client's database broke: {_text(exc)}") from exc
+        if code in LOST_ERRORS:  # the server's text stays out of the message and of the chained traceback
+            raise RetriableError(f"the connection to the client's database broke: {_summary(exc)}") from None
         raise RunError(ErrorCode.SOURCE_QUERY_FAILED, _reason(exc)) from None
     except pymysql.err.Error as exc:
         raise RunError(ErrorCode.SOURCE_QUERY_FAILED, _reason(exc)) from None
@@ -231,14 +290,26 @@ def _bound(since: str, type_code: int) -> Any:
     return since
 
 
-def _text(exc: pymysql.err.Error) -> str:
-    """The driver's or server's message, without its error number: its first line, cut to MESSAGE_CHARS."""
-    text = (str(exc.args[1]) if len(exc.args) > 1 else str(exc)).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return first if len(first) <= MESSAGE_CHARS else first[:MESSAGE_CHARS - 1] + "…"
+def _number(exc: pymysql.err.Error) -> int | None:
+    return exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+
+
+def _summary(exc: pymysql.err.Error) -> str:
+    """Our words for the error and its number (``MySQL error 1146 ER_NO_SUCH_TABLE``), never the
+    server's text (a server may make it echo anything)."""
+    number = _number(exc)
+    if number is None:
+        return f"the driver failed ({type(exc).__name__})"
+    name = ERROR_NAMES.get(number)
+    says = ERROR_SAYS.get(number, "the server refused it")
+    return f"{says} (MySQL error {number}{' ' + name if name else ''})"
+
+
+def _os_error(exc: OSError) -> str:
+    """A socket's failure by its error number's own description, or its kind."""
+    return os.strerror(exc.errno) if exc.errno else type(exc).__name__
 
 
 def _reason(exc: pymysql.err.Error) -> str:
-    """The server's message and error number, e.g. a write refused by the read-only transaction."""
-    number = f" (MySQL error {exc.args[0]})" if exc.args and isinstance(exc.args[0], int) else ""
-    return f"the source could not be read: {_text(exc)}{number}"
+    """What the server refused, e.g. a write refused by the read-only transaction."""
+    return f"the source could not be read: {_summary(exc)}"

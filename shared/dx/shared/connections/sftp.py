@@ -1,8 +1,11 @@
 """The ``sftp`` connection: paramiko with the server's host key pinned.
 
 An unknown or changed host key is a run-level error, never accepted. The
-password or private key is read from its ${ENV_VAR} reference at connect
-time and never logged. Downloads keep many read requests in flight (plain
+password or private key is read from its ${DX_SECRET_NAME} reference at
+connect time and never logged. The TCP connection goes to the addresses
+``dx.shared.connections.reach`` checked. A failure is told in our words (an
+SFTP status, a socket's error), never by the server's own text, which may
+echo anything. Downloads keep many read requests in flight (plain
 reads wait for each reply); reads and writes are requested as large as the server
 announces it serves (limits@openssh.com); an export's chunks write their parts
 into the file, each at its offset.
@@ -13,13 +16,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 import posixpath
 import socket
 import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -45,10 +50,12 @@ from dx.shared.connections import (
     FileInfo,
     confine,
     match_names,
+    reach,
     resolve_secret,
     split_pattern,
 )
 from dx.shared.errors import ErrorCode, RunError
+from dx.shared.hosts import open_socket
 
 #: Key classes tried, in order, for a private key given as text.
 KEY_CLASSES: tuple[type[paramiko.PKey], ...] = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
@@ -68,14 +75,50 @@ IDLE_S = 60.0
 READS_IN_FLIGHT = 64
 
 
+class TransferError(OSError):
+    """A transfer that went wrong in a way we saw ourselves (its text is ours)."""
+
+
+def summary(exc: BaseException) -> str:
+    """What went wrong, in our words: an SFTP status (no such file, permission denied: paramiko gives
+    them an errno) or a socket's error number, never the text that came with it (an SFTP server's
+    message for any other status is its own free text)."""
+    if isinstance(exc, TransferError):
+        return str(exc)
+    if isinstance(exc, EOFError):
+        return "the server ended the file or the session early"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, OSError):
+        return os.strerror(exc.errno) if exc.errno else "the SFTP server answered failure"
+    if isinstance(exc, paramiko.SSHException):
+        return "the SSH session failed"
+    return type(exc).__name__
+
+
+@contextmanager
+def _in_our_words() -> Iterator[None]:
+    """An OSError raised inside as the same kind of error with our text (a missing file stays a
+    FileNotFoundError)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno:
+            raise OSError(exc.errno, os.strerror(exc.errno)) from None
+        raise OSError(summary(exc)) from None
+    except EOFError as exc:
+        raise EOFError(summary(exc)) from None
+
+
 def _no_delay_socket(cfg: ConnectionCfg) -> socket.socket:
-    """A TCP connection to the server that sends each SSH packet at once (TCP_NODELAY), from the
-    handshake on: Nagle's algorithm holds back a download's small read requests and the
-    handshake's own messages."""
-    assert cfg.host
-    sock = socket.create_connection((cfg.host, cfg.port), timeout=cfg.timeout_s)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+    """A TCP connection to the server's checked addresses that sends each SSH packet at once
+    (TCP_NODELAY), from the handshake on: Nagle's algorithm holds back a download's small read
+    requests and the handshake's own messages. CONNECTION_FAILED when no address answers."""
+    addresses = reach(cfg)
+    try:
+        return open_socket(addresses, cfg.port, cfg.timeout_s)
+    except OSError as exc:
+        raise RunError(ErrorCode.CONNECTION_FAILED, f"{cfg.host}:{cfg.port} is not reachable: {summary(exc)}") from None
 
 
 class _Replies:
@@ -109,7 +152,7 @@ def _read_pipelined(sftp: paramiko.SFTPClient, handle: object, size: int, reques
             if kind == CMD_STATUS:
                 sftp._convert_status(msg)  # type: ignore[attr-defined]  # raises: EOF, or the server's error
             if kind != CMD_DATA:
-                raise OSError(f"the server answered a read with message type {kind}")
+                raise TransferError(f"the server answered a read with message type {kind}")
             data = msg.get_string()
             out.write(data)
             at, length = at + len(data), length - len(data)
@@ -194,9 +237,10 @@ class SftpRemote:
         password = resolve_secret(cfg.password)
         pkey = _private_key(resolve_secret(cfg.private_key) or "", resolve_secret(cfg.passphrase)) \
             if cfg.private_key else None
+        sock = _no_delay_socket(cfg)
         try:
             client.connect(cfg.host, cfg.port, username=cfg.username, password=password, pkey=pkey,
-                           look_for_keys=False, allow_agent=False, sock=_no_delay_socket(cfg),
+                           look_for_keys=False, allow_agent=False, sock=sock,
                            banner_timeout=cfg.timeout_s, auth_timeout=cfg.timeout_s,
                            transport_factory=_Transport)  # type: ignore[arg-type]  # the stubs lag paramiko 5
             sftp = _open_sftp(client)
@@ -216,10 +260,11 @@ class SftpRemote:
             client.close()
             if "known_hosts" in str(exc):  # paramiko's RejectPolicy: no pinned key matched the host name
                 raise _unknown_key(cfg, "unpinned", key_type) from None
-            raise RunError(ErrorCode.CONNECTION_FAILED, f"{where}: SSH failed: {exc}") from None
-        except (TimeoutError, OSError) as exc:
+            raise RunError(ErrorCode.CONNECTION_FAILED, f"{where}: the SSH handshake failed (not an SSH server, "
+                           "no algorithm in common, or the session was refused)") from None
+        except (TimeoutError, OSError, EOFError) as exc:
             client.close()
-            raise RunError(ErrorCode.CONNECTION_FAILED, f"{where} is not reachable: {exc}") from None
+            raise RunError(ErrorCode.CONNECTION_FAILED, f"{where} is not reachable: {summary(exc)}") from None
         return cls(client, sftp, cfg)
 
     def close(self) -> None:
@@ -240,7 +285,7 @@ class SftpRemote:
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{folder!r} cannot be listed: {exc}") from None
+            raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{folder!r} cannot be listed: {summary(exc)}") from None
         regular = {e.filename: e for e in entries if e.st_mode is not None and stat.S_ISREG(e.st_mode)}
         return [FileInfo(posixpath.join(folder, n), regular[n].st_size or 0, int(regular[n].st_mtime or 0))
                 for n in match_names(list(regular), name)]
@@ -251,7 +296,7 @@ class SftpRemote:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{path!r} cannot be read: {exc}") from None
+            raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{path!r} cannot be read: {summary(exc)}") from None
         return FileInfo(path, st.st_size or 0, int(st.st_mtime or 0))
 
     def fetch(self, path: str, staging: Path) -> Path:
@@ -262,13 +307,14 @@ class SftpRemote:
                 size = src.stat().st_size or 0
                 _read_pipelined(self.sftp, src.handle, size, self.request_sizes()[0], out)
             if (received := local.stat().st_size) != size:
-                raise OSError(f"{size} bytes announced, {received} received")
+                raise TransferError(f"{size} bytes announced, {received} received")
         except EOFError:
             raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{path!r} became shorter while it was downloaded") from None
         except FileNotFoundError:
             raise RunError(ErrorCode.SOURCE_NOT_FOUND, f"{path!r} does not exist on {self.cfg.host}") from None
         except OSError as exc:
-            raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{path!r} could not be downloaded: {exc}") from None
+            raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{path!r} could not be downloaded: {summary(exc)}") \
+                from None
         return local
 
     def request_sizes(self) -> tuple[int, int]:
@@ -303,8 +349,9 @@ class SftpRemote:
 
     def move(self, path: str, new_path: str) -> None:
         target = confine(self.cfg.root, new_path)
-        self._makedirs(posixpath.dirname(target))
-        self.sftp.posix_rename(confine(self.cfg.root, path), target)
+        with _in_our_words():
+            self._makedirs(posixpath.dirname(target))
+            self.sftp.posix_rename(confine(self.cfg.root, path), target)
 
     def upload(self, source: IO[bytes], path: str) -> None:
         target = confine(self.cfg.root, path)
@@ -343,11 +390,12 @@ class SftpRemote:
             fh.write(block)
 
     def _write_failed(self, path: str, exc: BaseException) -> RunError:
-        return RunError(ErrorCode.TARGET_WRITE_FAILED,
-                        f"{path!r} could not be written on {self.cfg.host}: {exc or type(exc).__name__}")
+        return RunError(ErrorCode.TARGET_WRITE_FAILED, f"{path!r} could not be written on {self.cfg.host}: "
+                        f"{summary(exc)}")
 
     def remove(self, path: str) -> None:
-        self.sftp.remove(confine(self.cfg.root, path))
+        with _in_our_words():
+            self.sftp.remove(confine(self.cfg.root, path))
 
 
 class SessionPool:
