@@ -36,7 +36,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from dx.shared.config import parse_config
 
     text = Path(args.file).read_text(encoding="utf-8")
-    db.migrate()
+    db.ensure_schema()
     with db.connect() as conn:
         cfg = parse_config(text, known(conn))
         try:

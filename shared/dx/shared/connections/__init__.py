@@ -12,7 +12,6 @@ PyMySQL). Another engine implements that interface and is added there.
 from __future__ import annotations
 
 import fnmatch
-import os
 import posixpath
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,7 +20,8 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from dx.shared.config import SECRET_PATTERN, ConnectionCfg, SourceCfg
-from dx.shared.errors import ErrorCode, RunError
+from dx.shared.errors import ConfigError, ErrorCode, RunError
+from dx.shared.settings import read_secret
 
 #: Bytes read from a local stream per write while uploading.
 UPLOAD_BLOCK_BYTES = 1024 * 1024
@@ -123,14 +123,19 @@ def match_names(names: list[str], name_pattern: str) -> list[str]:
 
 
 def resolve_secret(reference: str | None) -> str | None:
-    """The value of a ${ENV_VAR} reference, read now and never stored."""
+    """The value of a ${ENV_VAR} reference, read now and never stored: from the worker's environment,
+    NAME_FILE or DX_SECRETS_DIR (``settings.read_secret``)."""
     if reference is None:
         return None
     m = SECRET_PATTERN.match(reference)
     name = m.group(1) if m else reference
-    value = os.environ.get(name)
+    try:
+        value = read_secret(name)
+    except ConfigError as exc:
+        raise RunError(ErrorCode.SECRET_MISSING, f"the secret ${{{name}}}: {exc.problems[0]}") from None
     if value is None:
-        raise RunError(ErrorCode.SECRET_MISSING, f"the secret ${{{name}}} is not set in the worker's environment")
+        raise RunError(ErrorCode.SECRET_MISSING, f"the secret ${{{name}}} is not set in the worker's environment "
+                       "(nor as a file: NAME_FILE or DX_SECRETS_DIR)")
     return value
 
 
