@@ -15,3 +15,12 @@ if [ ! -f "$stamp" ]; then
     -e ./shared -e ./workers -e ./scheduler -e ./cli -e ./devkit -e ".[test,demo]"
   rm -f .venv/.installed-* && touch "$stamp"
 fi
+# checkov (the Kubernetes security linter of tests/deploy) pins packaging<24 where pytest needs >=24:
+# it gets a virtualenv of its own, .venv/checkov, pinned by requirements-checkov.lock.
+checkov_stamp=.venv/checkov/.installed-$(sha1sum requirements-checkov.lock | cut -c1-12)
+if [ ! -f "$checkov_stamp" ]; then
+  rm -rf .venv/checkov
+  "$PY" -m venv .venv/checkov
+  .venv/checkov/bin/python -m pip install -q -r requirements-checkov.lock
+  touch "$checkov_stamp"
+fi

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from paramiko.buffered_pipe import BufferedPipe
 
-from dx.shared.connections import FileInfo, confine, match_names, split_pattern
+from dx.shared.connections import FileInfo, confine, match_names, resolve_secret, split_pattern
 from dx.shared.connections.local import LocalRemote
 from dx.shared.connections.sftp import _BytesPipe
 from dx.shared.errors import ErrorCode
@@ -274,3 +274,32 @@ def test_the_sftp_channel_buffer_reads_what_paramiko_s_own_would(steps):
             assert ours.read(arg) == theirs.read(arg)
         assert len(ours) == len(theirs) and ours.read_ready() == theirs.read_ready()
     assert ours.empty() == theirs.empty()
+
+
+# --- resolve_secret: the worker's environment, or a mounted Secret -----------------------------------------
+
+
+def test_a_tenant_secret_is_read_from_the_secrets_folder_each_time(tmp_path, monkeypatch):
+    # Given the worker's Secret mounted as files in DX_SECRETS_DIR, the variable itself unset
+    monkeypatch.delenv("DX_SECRET_ACME_SFTP_PASSWORD", raising=False)
+    monkeypatch.setenv("DX_SECRETS_DIR", str(tmp_path))
+    (tmp_path / "DX_SECRET_ACME_SFTP_PASSWORD").write_text("first\n", encoding="utf-8")
+    # When the reference is resolved / Then the file gives the value
+    assert resolve_secret("${DX_SECRET_ACME_SFTP_PASSWORD}") == "first"
+    # and a rotated Secret (Kubernetes rewrites the file) is read at the next use, without a restart
+    (tmp_path / "DX_SECRET_ACME_SFTP_PASSWORD").write_text("second", encoding="utf-8")
+    assert resolve_secret("${DX_SECRET_ACME_SFTP_PASSWORD}") == "second"
+
+
+def test_a_tenant_secret_found_nowhere_or_unreadable_is_secret_missing(tmp_path, monkeypatch, raises_run_error):
+    # Given an empty secrets folder, then a _FILE variable naming a missing file
+    monkeypatch.delenv("DX_SECRET_NOWHERE", raising=False)
+    monkeypatch.setenv("DX_SECRETS_DIR", str(tmp_path))
+    # When resolved / Then SECRET_MISSING, naming the reference and where it was looked for
+    with raises_run_error(ErrorCode.SECRET_MISSING) as info:
+        resolve_secret("${DX_SECRET_NOWHERE}")
+    assert "${DX_SECRET_NOWHERE}" in str(info.value) and "DX_SECRETS_DIR" in str(info.value)
+    monkeypatch.setenv("DX_SECRET_NOWHERE_FILE", str(tmp_path / "gone"))
+    with raises_run_error(ErrorCode.SECRET_MISSING) as info:
+        resolve_secret("${DX_SECRET_NOWHERE}")
+    assert "cannot be read" in str(info.value)

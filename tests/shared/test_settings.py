@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dx.shared.errors import ConfigError
-from dx.shared.settings import DEFAULT_CHUNK_BYTES, Settings, redact_url
+from dx.shared.settings import DEFAULT_CHUNK_BYTES, Settings, read_secret, redact_url
 
 SEPARATE_WORKERS = {"DX_BROKER_URL": "amqp://mq/", "DX_REDIS_URL": "redis://cache/0",
                     "DX_DATABASE_URL": "postgresql://db/dx"}
@@ -86,13 +86,16 @@ def test_redact_url_leaves_a_url_without_password_unchanged():
     assert redact_url("amqp://guest@mq/") == "amqp://guest@mq/"
 
 
-def test_a_broker_without_redis_is_a_problem():
-    # Given separate workers through a broker, but no Redis for the chunk barrier
+def test_a_broker_without_redis_is_a_problem_for_workers_only():
+    # Given a broker and a database, but no Redis for the chunk barrier
     env = {k: v for k, v in SEPARATE_WORKERS.items() if k != "DX_REDIS_URL"}
-    # When built / Then the problem says which variable to set, with an example
-    [problem] = problems_of(env)
-    assert problem.startswith("DX_REDIS_URL is unset while DX_BROKER_URL is set")
+    # When built / Then the API and scheduler may run (their Secret holds no Redis URL)
+    s = Settings.from_env(env)
+    # but a worker may not: the problem says which variable to set, with an example
+    problem = s.worker_problem()
+    assert problem is not None and problem.startswith("DX_REDIS_URL is unset while DX_BROKER_URL is set")
     assert "DX_REDIS_URL=redis://" in problem
+    assert Settings.from_env(SEPARATE_WORKERS).worker_problem() is None
 
 
 def test_a_broker_without_database_is_a_problem_too():
@@ -152,3 +155,68 @@ def test_dx_chunk_bytes_below_the_floor_is_a_settings_problem():
     assert any(p.startswith("DX_CHUNK_BYTES=4096: must be at least 1048576") for p in info.value.problems)
     lowered = Settings.from_env({"DX_CHUNK_BYTES": "4096", "DX_MIN_CHUNK_BYTES": "1024"})
     assert (lowered.chunk_bytes, lowered.min_chunk_bytes) == (4096, 1024)
+
+
+# --- secrets from files: NAME_FILE and DX_SECRETS_DIR ---------------------------------------------
+
+def test_a_url_is_read_from_the_file_its_FILE_variable_names(tmp_path):
+    # Given the database URL in a file ending with a line break, named by DX_DATABASE_URL_FILE
+    (tmp_path / "db").write_text("postgresql://app:pw@db.internal:5432/dx\n", encoding="utf-8")
+    # When built / Then the URL is the file's text without the line break
+    s = Settings.from_env({"DX_DATABASE_URL_FILE": str(tmp_path / "db")})
+    assert s.database_url == "postgresql://app:pw@db.internal:5432/dx"
+
+
+def test_urls_are_read_from_the_secrets_folder(tmp_path):
+    # Given a mounted Secret: one file per variable, in DX_SECRETS_DIR
+    for name, value in SEPARATE_WORKERS.items():
+        (tmp_path / name).write_text(value, encoding="utf-8")
+    # When built from nothing else / Then every URL comes from its file
+    s = Settings.from_env({"DX_SECRETS_DIR": str(tmp_path)})
+    assert (s.broker_url, s.redis_url, s.database_url) == ("amqp://mq/", "redis://cache/0", "postgresql://db/dx")
+    # and a variable set in the environment wins over the folder
+    assert Settings.from_env({"DX_SECRETS_DIR": str(tmp_path), "DX_REDIS_URL": "redis://other/1"}).redis_url == \
+        "redis://other/1"
+
+
+def test_a_secret_file_with_a_bad_url_is_reported_like_the_variable(tmp_path):
+    # Given a URL of the wrong scheme in the secrets folder / When built / Then the usual problem, redacted
+    (tmp_path / "DX_DATABASE_URL").write_text("mysql://app:s3cr3t@db/dx", encoding="utf-8")
+    [problem] = problems_of({"DX_SECRETS_DIR": str(tmp_path)})
+    assert problem.startswith("DX_DATABASE_URL=mysql://app:***@db/dx:") and "s3cr3t" not in problem
+
+
+def test_secret_files_that_cannot_be_used_are_all_reported(tmp_path):
+    # Given a variable set both ways, a FILE naming a missing file, and a secrets folder that is a file
+    (tmp_path / "db").write_text("postgresql://db/dx", encoding="utf-8")
+    env = {"DX_DATABASE_URL": "postgresql://db/dx", "DX_DATABASE_URL_FILE": str(tmp_path / "db"),
+           "DX_BROKER_URL_FILE": str(tmp_path / "missing"), "DX_SECRETS_DIR": str(tmp_path / "db")}
+    # When built / Then each is a problem saying what to fix
+    problems = problems_of(env)
+    assert "DX_DATABASE_URL and DX_DATABASE_URL_FILE are both set: keep one" in problems
+    assert f"DX_BROKER_URL_FILE={tmp_path / 'missing'}: cannot be read (No such file or directory)" in problems
+    assert any(p.startswith("DX_SECRETS_DIR=") and "not a folder" in p for p in problems)
+
+
+def test_read_secret_serves_a_tenant_secret_from_the_folder_and_never_a_path(tmp_path):
+    # Given a tenant's password in the secrets folder, and a file outside it
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "DX_SECRET_ACME_SFTP_PASSWORD").write_text("pw\r\n", encoding="utf-8")
+    (tmp_path / "outside").write_text("not yours", encoding="utf-8")
+    env = {"DX_SECRETS_DIR": str(secrets)}
+    # When read / Then the folder's file gives the value; an unknown name is unset; a path is no name
+    assert read_secret("DX_SECRET_ACME_SFTP_PASSWORD", env) == "pw"
+    assert read_secret("DX_SECRET_OTHER", env) is None
+    assert read_secret("../outside", env) is None
+
+
+def test_migrating_at_start_is_on_unless_switched_off(tmp_path, monkeypatch):
+    # Given no setting, then each spelling / When built / Then roles migrate by default, not when told
+    monkeypatch.chdir(tmp_path)
+    assert Settings.from_env({}).migrate_on_start is True
+    assert Settings.from_env({"DX_MIGRATE_ON_START": "false"}).migrate_on_start is False
+    assert Settings.from_env({"DX_MIGRATE_ON_START": "0"}).migrate_on_start is False
+    assert Settings.from_env({"DX_MIGRATE_ON_START": "True"}).migrate_on_start is True
+    [problem] = problems_of({"DX_MIGRATE_ON_START": "sometimes"})
+    assert problem == "DX_MIGRATE_ON_START='sometimes': expected true or false"

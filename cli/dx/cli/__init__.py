@@ -53,7 +53,7 @@ def _schema_due() -> ConfigError | None:
     if not missing:
         return None
     return ConfigError([f"the control schema lacks {', '.join(missing)}: run `dx migrate` "
-                        "(dx worker, dx scheduler and dx serve migrate when they start)"])
+                        "(dx worker, dx scheduler and dx serve migrate when they start, unless DX_MIGRATE_ON_START=false)"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,7 +37,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from dx.shared.settings import get_settings
 
     text = Path(args.file).read_text(encoding="utf-8")
-    db.migrate()
+    db.ensure_schema()
     with db.connect() as conn:
         cfg = parse_config(text, known(conn), get_settings().trusted_hosts,
                            min_chunk_bytes=get_settings().min_chunk_bytes)

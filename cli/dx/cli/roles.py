@@ -14,6 +14,7 @@ import structlog
 
 from dx.cli.command import EXIT_OK, EXIT_USAGE, Command
 from dx.shared import db, probes
+from dx.shared.messages import QUEUES
 from dx.shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -72,21 +73,25 @@ def cmd_worker(args: argparse.Namespace) -> int:
               "`dx run` and `dx demo`. Set DX_BROKER_URL=amqp://... to run a separate worker.", file=sys.stderr)
         return EXIT_USAGE
     from dx.workers import metrics
-    from dx.workers.broker import start_worker
+    from dx.workers.broker import start_worker, stop_timeout_ms
 
-    db.migrate()
-    problem = metrics.staging_writable() or _mail_undeliverable(settings)
+    db.ensure_schema()
+    problem = settings.worker_problem() or metrics.staging_writable() or _mail_undeliverable(settings)
     if problem:
         print(f"dx worker: {problem}", file=sys.stderr)
         return EXIT_USAGE
     stop = _stop_on_signals()
-    worker = start_worker(args.threads or settings.worker_threads)
+    queues = args.queues or QUEUES
+    worker = start_worker(args.threads or settings.worker_threads, queues)
     if settings.probe_port:
         probes.serve(settings.probe_port, metrics.registry(worker.worker_threads),
                      lambda: metrics.live(worker), metrics.ready)
-    log.info("worker.started", threads=worker.worker_threads)
+    log.info("worker.started", threads=worker.worker_threads, queues=list(queues))
     stop.wait()
-    worker.stop()  # finishes the messages in hand, returns the prefetched ones
+    wait_ms = stop_timeout_ms(queues)
+    log.info("worker.stopping", wait_s=wait_ms // 1000)
+    # finishes the messages in hand (a plan may take its whole time limit), returns the prefetched ones
+    worker.stop(wait_ms)
     return EXIT_OK
 
 
@@ -95,7 +100,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     from dx.scheduler.loop import Scheduler
 
     settings = get_settings()
-    db.migrate()
+    db.ensure_schema()
     stop = _stop_on_signals()
     with embedded_worker(settings) as worker:
         consumer = None
@@ -125,8 +130,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return serve(args.host, args.port)
 
 
+def _queue_list(value: str) -> tuple[str, ...]:
+    """The queues of ``--queues``: known names, comma-separated, each once."""
+    names = tuple(dict.fromkeys(q.strip() for q in value.split(",") if q.strip()))
+    unknown = [q for q in names if q not in QUEUES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or value!r}: expected one or more of "
+                                         f"{', '.join(QUEUES)}, comma-separated")
+    return names
+
+
 def _worker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--queues", type=_queue_list, default=None, metavar="QUEUE[,QUEUE...]",
+                   help=f"consume only these queues ({', '.join(QUEUES)}; default: all), e.g. so that the "
+                        "long plan messages get pods with a grace period longer than their time limit")
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:

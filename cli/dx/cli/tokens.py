@@ -13,7 +13,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     from dx.scheduler import tokens
     from dx.shared.catalog import tenant_exists
 
-    db.migrate()
+    db.ensure_schema()
     with db.transaction() as conn:
         if args.action == "create":
             if not tenant_exists(conn, args.tenant):

@@ -334,7 +334,7 @@ def serve(host: str, port: int) -> int:
     import uvicorn
 
     settings = get_settings()
-    db.migrate()
+    db.ensure_schema()
     logging.getLogger("pika").setLevel(logging.WARNING)  # pika tells every connection of every scrape at INFO
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False, proxy_headers=False)
     return 0

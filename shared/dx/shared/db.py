@@ -16,7 +16,7 @@ from importlib import resources
 import psycopg
 from psycopg.rows import DictRow, dict_row
 
-from dx.shared.errors import RetriableError
+from dx.shared.errors import ConfigError, RetriableError
 from dx.shared.settings import Settings, get_settings
 
 #: A connection whose rows are dicts (every connection this project opens).
@@ -101,3 +101,18 @@ def migrate(settings: Settings | None = None) -> list[str]:
             conn.execute("INSERT INTO dx.schema_migrations (version, name) VALUES (%s, %s)", (version, name))
             applied.append(name)
     return applied
+
+
+def ensure_schema(settings: Settings | None = None) -> list[str]:
+    """At a role's start: apply the missing migrations, or, with DX_MIGRATE_ON_START=false, only check
+    that none is missing (the role's database user then needs no DDL right on the control schema);
+    ConfigError saying to run ``dx migrate`` if one is. Returns the names applied."""
+    settings = settings or get_settings()
+    if settings.migrate_on_start:
+        return migrate(settings)
+    with connect(settings) as conn:
+        missing = missing_migrations(conn)
+    if missing:
+        raise ConfigError([f"the control schema lacks {', '.join(missing)}: run `dx migrate` first (the Job "
+                           "dx-migrate in Kubernetes); with DX_MIGRATE_ON_START=false this process does not migrate"])
+    return []

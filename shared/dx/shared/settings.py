@@ -6,6 +6,11 @@ so that ``dx demo`` runs on a bare laptop: an embedded PostgreSQL
 staging folder and ``.eml`` files instead of SMTP. Every problem is reported
 at once, each with how to fix it. ``DX_SECRET_*`` variables are tenants'
 secrets (see ``dx.shared.config.SECRET_PREFIX``), never settings.
+
+Secrets may come from files instead of the environment (``read_secret``): ``NAME_FILE`` names the
+file holding NAME's value, or DX_SECRETS_DIR names a folder (a mounted Kubernetes Secret) whose file
+NAME holds it. The service URLs are read so at start; a tenant's ``${DX_SECRET_...}`` each time a
+connection opens, so that a rotated secret is picked up without a restart.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from dx.shared.errors import ConfigError
 from dx.shared.hosts import TrustedHosts
 
 N = TypeVar("N", int, float)
+#: A name that may be looked up as a file in DX_SECRETS_DIR: an identifier, never a path.
+SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Bytes of source per chunk: enough chunks to keep every worker busy, small enough that a
 #: worker's memory stays flat in the file's size (see docs/performance.md).
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
@@ -73,6 +80,9 @@ class Settings:
     def beat_s(self) -> float:
         """How often a worker says it still holds a run's message: well within ``stall_s``."""
         return min(30.0, self.stall_s / 4)
+    #: False: ``dx worker``, ``scheduler``, ``serve``, ``apply`` and ``token`` only check that the control
+    #: schema is current (``dx migrate`` runs apart, and their database user needs no DDL right)
+    migrate_on_start: bool = True
 
     @property
     def outbox_dir(self) -> Path:
@@ -84,6 +94,13 @@ class Settings:
         """True when jobs run on an in-process broker and worker."""
         return self.broker_url is None
 
+    def worker_problem(self) -> str | None:
+        """Why these settings cannot run a separate ``dx worker`` (only workers use Redis), or None."""
+        if self.broker_url and not self.redis_url:
+            return ("DX_REDIS_URL is unset while DX_BROKER_URL is set: workers in separate processes "
+                    "share the chunk barrier through Redis; set DX_REDIS_URL=redis://127.0.0.1:6379/0")
+        return None
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build the settings, raising ConfigError with every problem found."""
@@ -92,7 +109,11 @@ class Settings:
         problems: list[str] = []
 
         def url(name: str, schemes: tuple[str, ...]) -> str | None:
-            value = env.get(name) or None
+            try:
+                value = read_secret(name, env)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                return None
             if value is None:
                 return None
             try:
@@ -120,6 +141,14 @@ class Settings:
                 problems.append(f"{name}={value}: must be at least {minimum}")
             return value
 
+        def flag(name: str, default: bool) -> bool:
+            raw = (env.get(name) or "").strip().lower()
+            if raw in FLAG_VALUES:
+                return FLAG_VALUES[raw]
+            if raw:
+                problems.append(f"{name}={raw!r}: expected true or false")
+            return default
+
         def clock_origin() -> tuple[datetime, float] | None:
             raw = env.get("DX_CLOCK_ORIGIN") or None
             if raw is None:
@@ -138,6 +167,9 @@ class Settings:
         trusted, untrusted = TrustedHosts.parse(env.get("DX_TRUSTED_HOSTS") or "")
         problems += [f"DX_TRUSTED_HOSTS: {p}; list networks (10.20.0.0/16), addresses and host names, "
                      "separated by commas" for p in untrusted]
+        secrets_dir = env.get("DX_SECRETS_DIR") or None
+        if secrets_dir is not None and not Path(secrets_dir).is_dir():
+            problems.append(f"DX_SECRETS_DIR={secrets_dir}: not a folder (mount the Secret there, or unset it)")
         home = Path(env.get("DX_HOME") or Path.cwd() / ".dx").expanduser()
         min_chunk_bytes = number("DX_MIN_CHUNK_BYTES", DEFAULT_MIN_CHUNK_BYTES, 1, int)
         settings = cls(
@@ -164,6 +196,7 @@ class Settings:
             mail_attach_bytes=number("DX_MAIL_ATTACH_BYTES", 2_000_000, 0, int),
             public_url=(url("DX_PUBLIC_URL", ("https", "http")) or "").rstrip("/") or None,
             trusted_hosts=trusted,
+            migrate_on_start=flag("DX_MIGRATE_ON_START", True),
         )
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             problems.append(f"DX_LOG_LEVEL={settings.log_level}: expected DEBUG, INFO, WARNING or ERROR")
@@ -178,11 +211,6 @@ class Settings:
         if settings.clock_speed != 1.0 and settings.clock_origin is None:
             problems.append("DX_CLOCK_SPEED is set without DX_CLOCK_ORIGIN=ISO-TIME@UNIX-SECONDS "
                             "(where the test clock starts)")
-        if settings.broker_url and not settings.redis_url:
-            problems.append(
-                "DX_REDIS_URL is unset while DX_BROKER_URL is set: workers in separate processes "
-                "share the chunk barrier through Redis; set DX_REDIS_URL=redis://127.0.0.1:6379/0"
-            )
         if settings.broker_url and not settings.database_url:
             problems.append(
                 "DX_DATABASE_URL is unset while DX_BROKER_URL is set: separate workers cannot share "
@@ -191,6 +219,36 @@ class Settings:
         if problems:
             raise ConfigError(["Settings problems (environment variables):", *problems])
         return settings
+
+
+#: The spellings DX_MIGRATE_ON_START (and any on/off setting) accepts.
+FLAG_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def read_secret(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The value of secret ``name``: the variable NAME, else the file that NAME_FILE names, else the
+    file NAME in the folder DX_SECRETS_DIR; None when none is set (an empty value counts as unset).
+    One trailing line break of a file is dropped. ConfigError if NAME and NAME_FILE are both set or
+    the file cannot be read; the message never holds the value."""
+    env = os.environ if env is None else env
+    value = env.get(name) or None
+    file = env.get(f"{name}_FILE") or None
+    if value is not None and file is not None:
+        raise ConfigError([f"{name} and {name}_FILE are both set: keep one"])
+    if value is not None:
+        return value
+    source = f"{name}_FILE={file}"
+    if file is None:
+        folder = env.get("DX_SECRETS_DIR") or None
+        if folder is None or not SECRET_NAME.fullmatch(name) or not (Path(folder) / name).exists():
+            return None
+        file, source = str(Path(folder) / name), f"{name} in DX_SECRETS_DIR={folder}"
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError([f"{source}: cannot be read ({reason})"]) from None
+    return text.removesuffix("\n").removesuffix("\r") or None
 
 
 def redact_url(value: str) -> str:

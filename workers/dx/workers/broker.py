@@ -8,7 +8,7 @@ actor modules register nothing when imported.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import dramatiq
@@ -22,6 +22,10 @@ from dx.shared.settings import Settings, get_settings
 from dx.workers.heartbeat import Heartbeat
 from dx.workers.metrics import Metrics
 from dx.workers.middleware import GiveBackMemory, LogContext
+
+#: How long past the longest time limit of its actors a stopping worker waits for its threads: a
+#: message that reaches its limit needs a moment to unwind and be retried.
+STOP_MARGIN_MS = 30_000
 
 _broker: dramatiq.Broker | None = None
 _broker_url: str | None = None
@@ -75,15 +79,24 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
     return broker
 
 
-def start_worker(threads: int) -> dramatiq.Worker:
-    """Start consuming every stage's queue with ``threads`` worker threads."""
+def start_worker(threads: int, queues: Iterable[str] | None = None) -> dramatiq.Worker:
+    """Start consuming ``queues`` (each with its delay queue ``.DQ``; None: every stage's queue) with
+    ``threads`` worker threads."""
     broker = setup()
     # paramiko is slow to import (it imports invoke, and that unittest): paid here, not by a run
     from dx.shared.connections import sftp  # noqa: F401
 
     broker.emit_after("process_boot")  # starts the TimeLimit middleware's watcher, as dramatiq's CLI does
-    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100,
+                             queues=set(queues) if queues else None)
     # One message per thread: a large chunk must not wait behind another on a busy worker.
     worker.queue_prefetch = threads
     worker.start()
     return worker
+
+
+def stop_timeout_ms(queues: Iterable[str] | None = None) -> int:
+    """How long a stopping worker waits for the messages in hand: the longest time limit of the actors
+    on ``queues`` (None: every queue), plus STOP_MARGIN_MS. A pod's grace period must be longer."""
+    wanted = set(queues or messages.QUEUES)
+    return max(a.time_limit_ms for a in messages.ACTORS if a.queue in wanted) + STOP_MARGIN_MS

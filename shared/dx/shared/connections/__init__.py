@@ -14,7 +14,6 @@ PyMySQL). Another engine implements that interface and is added there.
 from __future__ import annotations
 
 import fnmatch
-import os
 import posixpath
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,9 +22,9 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from dx.shared.config import PLAINTEXT_SSLMODES, SECRET_PATTERN, SECRET_PREFIX, ConnectionCfg, SourceCfg
-from dx.shared.errors import ErrorCode, RunError
+from dx.shared.errors import ConfigError, ErrorCode, RunError
 from dx.shared.hosts import resolve
-from dx.shared.settings import get_settings
+from dx.shared.settings import get_settings, read_secret
 
 #: Bytes read from a local stream per write while uploading.
 UPLOAD_BLOCK_BYTES = 1024 * 1024
@@ -127,8 +126,9 @@ def match_names(names: list[str], name_pattern: str) -> list[str]:
 
 
 def resolve_secret(reference: str | None) -> str | None:
-    """The value of a ${DX_SECRET_NAME} reference, read now and never stored; a variable without the
-    prefix (a configuration applied before it was required) is never read."""
+    """The value of a ${DX_SECRET_NAME} reference, read now and never stored: from the worker's environment,
+    NAME_FILE or DX_SECRETS_DIR (``settings.read_secret``); a variable without the prefix (a
+    configuration applied before it was required) is never read."""
     if reference is None:
         return None
     m = SECRET_PATTERN.match(reference)
@@ -137,9 +137,13 @@ def resolve_secret(reference: str | None) -> str | None:
         raise RunError(ErrorCode.SECRET_MISSING, f"${{{name}}} is not a tenant secret (its name does not start "
                        f"with {SECRET_PREFIX}) and is never read: apply the connection again naming a "
                        f"{SECRET_PREFIX} variable")
-    value = os.environ.get(name)
+    try:
+        value = read_secret(name)
+    except ConfigError as exc:
+        raise RunError(ErrorCode.SECRET_MISSING, f"the secret ${{{name}}}: {exc.problems[0]}") from None
     if value is None:
-        raise RunError(ErrorCode.SECRET_MISSING, f"the secret ${{{name}}} is not set in the worker's environment")
+        raise RunError(ErrorCode.SECRET_MISSING, f"the secret ${{{name}}} is not set in the worker's environment "
+                       "(nor as a file: NAME_FILE or DX_SECRETS_DIR)")
     return value
 
 
