@@ -25,6 +25,9 @@ N = TypeVar("N", int, float)
 #: Bytes of source per chunk: enough chunks to keep every worker busy, small enough that a
 #: worker's memory stays flat in the file's size (see docs/performance.md).
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
+#: Chunks of one tenant processed at once, over all workers: the other tenants keep the rest of the
+#: worker threads (see docs/operations.md, "Fairness between tenants").
+DEFAULT_TENANT_MAX_CHUNKS = 4
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,10 @@ class Settings:
     clock_speed: float = 1.0
     #: the port of ``dx worker``'s and ``dx scheduler``'s /metrics, /healthz and /readyz (0: none)
     probe_port: int = 0
+    #: chunks of one tenant processed at once over all workers (0: no limit); needs Redis
+    tenant_max_chunks: int = DEFAULT_TENANT_MAX_CHUNKS
+    #: how long a chunk's slot stays taken after its worker stopped renewing it (a worker that died)
+    tenant_lease_s: float = 30.0
 
     @property
     def outbox_dir(self) -> Path:
@@ -126,6 +133,8 @@ class Settings:
             clock_origin=clock_origin(),
             clock_speed=number("DX_CLOCK_SPEED", 1.0, 0.001, float),
             probe_port=number("DX_PROBE_PORT", 0, 0, int),
+            tenant_max_chunks=number("DX_TENANT_MAX_CHUNKS", DEFAULT_TENANT_MAX_CHUNKS, 0, int),
+            tenant_lease_s=number("DX_TENANT_LEASE_S", 30.0, 1.0, float),
         )
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             problems.append(f"DX_LOG_LEVEL={settings.log_level}: expected DEBUG, INFO, WARNING or ERROR")
