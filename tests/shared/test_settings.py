@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dx.shared.errors import ConfigError
-from dx.shared.settings import DEFAULT_CHUNK_BYTES, Settings, redact_url
+from dx.shared.settings import DEFAULT_CHUNK_BYTES, DEFAULT_TENANT_MAX_CHUNKS, Settings, redact_url
 
 SEPARATE_WORKERS = {"DX_BROKER_URL": "amqp://mq/", "DX_REDIS_URL": "redis://cache/0",
                     "DX_DATABASE_URL": "postgresql://db/dx"}
@@ -125,3 +125,16 @@ def test_the_test_clock_and_scheduler_timings_are_read_and_checked(tmp_path, mon
     assert any(p.startswith("DX_SCHEDULER_TICK_S='fast'") for p in problems)
     assert any(p.startswith("DX_SCHEDULER_LEASE_S=0.5: must be at least twice") for p in problems)
     assert any(p.startswith("DX_CLOCK_SPEED is set without DX_CLOCK_ORIGIN") for p in problems)
+
+
+def test_the_tenant_chunk_limit_and_its_lease_are_read_and_checked():
+    # Given no setting / When built / Then a tenant holds at most 4 chunks, a dead worker's slot for 30 s
+    s = Settings.from_env(SEPARATE_WORKERS)
+    assert (s.tenant_max_chunks, s.tenant_lease_s) == (DEFAULT_TENANT_MAX_CHUNKS, 30.0) == (4, 30.0)
+    # Given 0 (no limit) and a lease of 5 s / Then both are kept
+    s = Settings.from_env({**SEPARATE_WORKERS, "DX_TENANT_MAX_CHUNKS": "0", "DX_TENANT_LEASE_S": "5"})
+    assert (s.tenant_max_chunks, s.tenant_lease_s) == (0, 5.0)
+    # Given a negative limit and a lease under a second / Then both are problems
+    problems = problems_of({**SEPARATE_WORKERS, "DX_TENANT_MAX_CHUNKS": "-1", "DX_TENANT_LEASE_S": "0.5"})
+    assert [p.split("=")[0] for p in problems] == ["DX_TENANT_MAX_CHUNKS", "DX_TENANT_LEASE_S"]
+    assert "at least 0" in problems[0] and "at least 1" in problems[1]
