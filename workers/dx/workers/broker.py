@@ -62,7 +62,7 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
         backend = StubBackend()
     broker.add_middleware(GroupCallbacks(backend))
     broker.add_middleware(LogContext())
-    if settings.redis_url and settings.tenant_max_chunks:  # one in-process worker has no tenants to balance
+    if settings.broker_url and settings.tenant_max_chunks:  # the embedded broker's one worker has none to balance
         from dx.workers.tenants import TenantLimit, leases
 
         broker.add_middleware(TenantLimit(leases(settings)))  # before Metrics: a deferral is not timed
