@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from dx.shared.errors import ConfigError
-from dx.shared.settings import DEFAULT_CHUNK_BYTES, Settings, read_secret, redact_url
+from dx.shared.settings import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_TENANT_MAX_CHUNKS,
+    Settings,
+    read_secret,
+    redact_url,
+)
 
 SEPARATE_WORKERS = {"DX_BROKER_URL": "amqp://mq/", "DX_REDIS_URL": "redis://cache/0",
                     "DX_DATABASE_URL": "postgresql://db/dx"}
@@ -220,3 +226,16 @@ def test_migrating_at_start_is_on_unless_switched_off(tmp_path, monkeypatch):
     assert Settings.from_env({"DX_MIGRATE_ON_START": "True"}).migrate_on_start is True
     [problem] = problems_of({"DX_MIGRATE_ON_START": "sometimes"})
     assert problem == "DX_MIGRATE_ON_START='sometimes': expected true or false"
+
+
+def test_the_tenant_chunk_limit_and_its_lease_are_read_and_checked():
+    # Given no setting / When built / Then a tenant holds at most 4 chunks, a dead worker's slot for 30 s
+    s = Settings.from_env(SEPARATE_WORKERS)
+    assert (s.tenant_max_chunks, s.tenant_lease_s) == (DEFAULT_TENANT_MAX_CHUNKS, 30.0) == (4, 30.0)
+    # Given 0 (no limit) and a lease of 5 s / Then both are kept
+    s = Settings.from_env({**SEPARATE_WORKERS, "DX_TENANT_MAX_CHUNKS": "0", "DX_TENANT_LEASE_S": "5"})
+    assert (s.tenant_max_chunks, s.tenant_lease_s) == (0, 5.0)
+    # Given a negative limit and a lease under a second / Then both are problems
+    problems = problems_of({**SEPARATE_WORKERS, "DX_TENANT_MAX_CHUNKS": "-1", "DX_TENANT_LEASE_S": "0.5"})
+    assert [p.split("=")[0] for p in problems] == ["DX_TENANT_MAX_CHUNKS", "DX_TENANT_LEASE_S"]
+    assert "at least 0" in problems[0] and "at least 1" in problems[1]

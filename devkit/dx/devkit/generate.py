@@ -7,6 +7,7 @@ date, non-numeric points, repeated key), the same way every time for a seed.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -99,12 +100,17 @@ def _break(frame: pl.DataFrame, rng: np.random.Generator, ratio: float) -> pl.Da
     )
 
 
+def contact_blocks(rows: int, *, seed: int = 7, start: int = 0) -> Iterator[pl.DataFrame]:
+    """``rows`` contacts in frames of at most BLOCK_ROWS, so that any number fits in memory."""
+    for i, first in enumerate(range(0, rows, BLOCK_ROWS)):
+        yield contacts(min(BLOCK_ROWS, rows - first), seed=seed + i, start=start + first)
+
+
 def write_contacts(path: Path, rows: int, *, seed: int = 7, start: int = 0) -> Path:
     """A contact CSV of any size, written block by block so memory stays flat (same as contacts() up to a block)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as out:
-        for i, first in enumerate(range(0, rows, BLOCK_ROWS)):
-            block = contacts(min(BLOCK_ROWS, rows - first), seed=seed + i, start=start + first)
+        for i, block in enumerate(contact_blocks(rows, seed=seed, start=start)):
             block.write_csv(out, include_header=i == 0)
     return path
 

@@ -37,6 +37,9 @@ DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
 #: The smallest chunk a module's chunk_bytes or DX_CHUNK_BYTES may ask for: a chunk per few records
 #: would make millions of messages and transactions of a large file.
 DEFAULT_MIN_CHUNK_BYTES = 1024 * 1024
+#: Chunks of one tenant processed at once, over all workers: the other tenants keep the rest of the
+#: worker threads (see docs/operations.md, "Fairness between tenants").
+DEFAULT_TENANT_MAX_CHUNKS = 4
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,10 @@ class Settings:
     #: False: ``dx worker``, ``scheduler``, ``serve``, ``apply`` and ``token`` only check that the control
     #: schema is current (``dx migrate`` runs apart, and their database user needs no DDL right)
     migrate_on_start: bool = True
+    #: chunks of one tenant processed at once over all workers (0: no limit); needs Redis
+    tenant_max_chunks: int = DEFAULT_TENANT_MAX_CHUNKS
+    #: how long a chunk's slot stays taken after its worker stopped renewing it (a worker that died)
+    tenant_lease_s: float = 30.0
 
     @property
     def outbox_dir(self) -> Path:
@@ -197,6 +204,8 @@ class Settings:
             public_url=(url("DX_PUBLIC_URL", ("https", "http")) or "").rstrip("/") or None,
             trusted_hosts=trusted,
             migrate_on_start=flag("DX_MIGRATE_ON_START", True),
+            tenant_max_chunks=number("DX_TENANT_MAX_CHUNKS", DEFAULT_TENANT_MAX_CHUNKS, 0, int),
+            tenant_lease_s=number("DX_TENANT_LEASE_S", 30.0, 1.0, float),
         )
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             problems.append(f"DX_LOG_LEVEL={settings.log_level}: expected DEBUG, INFO, WARNING or ERROR")

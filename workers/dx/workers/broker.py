@@ -1,9 +1,10 @@
 """The workers' broker and the one place where actors are registered.
 
 ``setup()`` makes the broker (RabbitMQ with publisher confirms, or in-process when DX_BROKER_URL is
-unset), adds the middleware and registers each stage's function under its name and options from
-``dx.shared.messages``. Only ``dx worker`` (and the command line's embedded worker) calls it: the
-actor modules register nothing when imported.
+unset), adds the middleware (with Redis, a chunk takes a slot of its tenant: ``dx.workers.tenants``)
+and registers each stage's function under its name and options from ``dx.shared.messages``. Only
+``dx worker`` (and the command line's embedded worker) calls it: the actor modules register nothing
+when imported.
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
         backend = StubBackend()
     broker.add_middleware(GroupCallbacks(backend))
     broker.add_middleware(LogContext())
+    if settings.broker_url and settings.tenant_max_chunks:  # the embedded broker's one worker has none to balance
+        from dx.workers.tenants import TenantLimit, leases
+
+        broker.add_middleware(TenantLimit(leases(settings)))  # before Metrics: a deferral is not timed
     broker.add_middleware(GiveBackMemory())
     broker.add_middleware(Metrics())
     broker.add_middleware(Heartbeat(settings.beat_s))
