@@ -84,9 +84,16 @@ def test_an_operator_schedules_pauses_runs_and_downloads_the_failures(shop, brow
     assert page.locator("#modules tbody tr").all_inner_texts()[0].startswith("shop-import")
     assert "other-import" not in page.inner_text("#modules")
 
-    # When: the operator opens the module and sets 08:00 and 17:00 on weekdays in Europe/Rome
+    # When: the operator opens the module, tests its connection and previews its next file
     page.click("text=shop-import")
     page.wait_for_selector("#schedule")
+    page.click("#check-connection")
+    expect(page.locator("#check-files")).to_contain_text("shop/in.csv", timeout=60_000)  # a worker answers
+    page.click("#check-preview")
+    expect(page.locator("#check-records tbody tr")).to_have_count(50, timeout=60_000)  # the first 50 records, none bad among them
+    expect(page.locator("#check-result")).to_contain_text("the first 50 records of shop/in.csv")
+
+    # When: it sets 08:00 and 17:00 on weekdays in Europe/Rome
     page.fill("#sched-times", "08:00, 25:00")
     expect(page.locator("[data-error=times]")).to_contain_text("25:00")  # the error is shown beside its input
     page.fill("#sched-times", "08:00, 17:00")

@@ -133,3 +133,48 @@ def test_dx_user_create_list_and_disable(tenant, cluster_env, api):
     assert client.get("/console/session").status_code == 401  # its session ended with it
     refused = client.post("/console/session", json={"username": "new@capi.example", "password": PASSWORD})
     assert refused.json()["error"]["code"] == "SIGN_IN_FAILED"
+
+
+def test_test_connection_and_preview_answer_from_a_worker_and_write_nothing(tenant, api, sshd, workers, tmp_path):
+    # Given: two files waiting, the first with a bad e-mail and a bad number among its records, and a worker
+    lines = ["email,first_name,points"] + [f"c{i}@capi.example,C{i},{i}" for i in range(60)]
+    lines[3], lines[5] = "not-an-email,Bad,3", "c4@capi.example,Bad,lots"
+    sshd.put("capi/in.csv", ("\n".join(lines) + "\n").encode())
+    workers.start(1)
+    client, csrf = _session(api)
+    with db.connect() as conn:
+        runs_before = conn.execute("SELECT count(*) AS n FROM dx.runs").fetchone()["n"]
+    # When: the connection is tested / Then: the matching file is listed with its size and time
+    tested = client.post("/api/v1/modules/capi-import/checks/connection", headers={"X-CSRF-Token": csrf})
+    assert tested.status_code == 200, tested.text
+    body = tested.json()
+    assert body["ok"] and [(f["path"], f["size_bytes"], f["imported"]) for f in body["files"]] == [
+        ("capi/in.csv", (sshd.root / "capi/in.csv").stat().st_size, False)]
+    # When: the next file is previewed / Then: its first 50 records, each with the code it would fail with
+    preview = client.post("/api/v1/modules/capi-import/checks/preview", headers={"X-CSRF-Token": csrf}).json()
+    assert preview["ok"] and preview["file"]["path"] == "capi/in.csv" and len(preview["records"]) == 50
+    codes = {r["row"]: r["code"] for r in preview["records"]}
+    assert codes[3] == "INVALID_EMAIL" and codes[5] == "INVALID_VALUE"
+    assert sum(code is None for code in codes.values()) == 48
+    assert preview["records"][0]["values"] == {"email": "c0@capi.example", "first_name": "C0", "points": "0"}
+    # and nothing was written: no run, no ledger entry, the file where it was
+    with db.connect() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM dx.runs").fetchone()["n"] == runs_before
+        assert conn.execute("SELECT count(*) AS n FROM dx.file_ledger WHERE connection = 'capi-sftp'").fetchone()["n"] == 0
+    assert (sshd.root / "capi/in.csv").exists()
+
+
+def test_a_check_of_a_server_that_does_not_answer_says_so_with_a_code(tenant, api, sshd, workers, tmp_path):
+    text = tenant["text"].replace(f"port: {sshd.port}", "port: 9")  # nothing listens on the discard port
+    assert text != tenant["text"]
+    path = tmp_path / "down.yaml"
+    path.write_text(text)
+    assert main(["apply", "-f", str(path)]) == 0
+    workers.start(1)
+    client, csrf = _session(api)
+    try:
+        answer = client.post("/api/v1/modules/capi-import/checks/connection", headers={"X-CSRF-Token": csrf})
+        assert answer.status_code == 200 and answer.json()["ok"] is False
+        assert answer.json()["code"] in ("CONNECTION_FAILED", "SOURCE_UNREADABLE"), answer.json()
+    finally:
+        assert main(["apply", "-f", tenant["config"]]) == 0

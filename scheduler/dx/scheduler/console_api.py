@@ -10,6 +10,7 @@ schedule's next fire times are previewed without saving it.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -30,6 +31,7 @@ from dx.scheduler.api_base import (
 )
 from dx.scheduler.clock import Clock
 from dx.scheduler.schedule import upcoming
+from dx.shared import messages
 from dx.shared.catalog import module_rows
 from dx.shared.config import Address, ModuleCfg, ScheduleCfg
 from dx.shared.db import Conn
@@ -38,6 +40,8 @@ from dx.shared.settings import get_settings
 
 #: Fire times a preview shows.
 PREVIEW_FIRES = 10
+#: How long a check's request waits for a worker's answer.
+CHECK_WAIT_S = 60
 
 
 class SignIn(BaseModel):
@@ -199,6 +203,39 @@ def put_notifications(module_id: ModuleId, body: NotificationsIn, conn: Connecti
     row = _module(conn, who, module_id)
     _change(conn, who, row, "notifications", {"notify": list(body.notify), "notify_on": body.notify_on})
     return body
+
+
+class CheckOut(BaseModel):
+    """A worker's answer to "Test connection" or "Preview"."""
+
+    ok: bool
+    code: str | None = Field(None, description="the error code when not ok")
+    message: str
+    files: list[dict[str, Any]] = Field([], description="connection: path, size_bytes, mtime, imported")
+    columns: list[str] = []
+    file: dict[str, Any] | None = Field(None, description="preview: the file the next run would take")
+    records: list[dict[str, Any]] = Field([], description="preview: row, values, and the code it would fail with")
+
+
+@edits.post("/modules/{module_id}/checks/{kind}", response_model=CheckOut,
+            summary="test the module's connection, or preview its next file's first records (writes nothing)",
+            responses={504: {"description": "no worker answered in time"}})
+def run_check(module_id: ModuleId, kind: Literal["connection", "preview"], conn: Connection, who: Tenant) -> CheckOut:
+    _module(conn, who, module_id)
+    with conn.transaction():
+        row = conn.execute("INSERT INTO dx.checks (tenant, module, kind, requested_by) VALUES (%s, %s, %s, %s)"
+                           " RETURNING id", (who.tenant, module_id, kind, who.name)).fetchone()
+    assert row is not None
+    messages.send(messages.CHECK, check_id=row["id"])
+    deadline = time.monotonic() + CHECK_WAIT_S
+    while time.monotonic() < deadline:
+        done = conn.execute("SELECT result FROM dx.checks WHERE id = %s AND finished_at IS NOT NULL",
+                            (row["id"],)).fetchone()
+        conn.commit()
+        if done is not None:
+            return CheckOut.model_validate(done["result"])
+        time.sleep(0.2)
+    raise ApiError(504, ErrorCode.CHECK_TIMED_OUT, f"no worker answered within {CHECK_WAIT_S} s: are workers running?")
 
 
 @edits.get("/modules/{module_id}/audit", response_model=AuditOut, summary="the module's console changes, newest first")

@@ -134,6 +134,9 @@ class ErrorCode(StrEnum):
     TOO_MANY_ATTEMPTS = ("TOO_MANY_ATTEMPTS", Level.API,
                          "429: too many failed sign-ins for this username or from this address; wait 15 minutes "
                          "(Retry-After says how long) or ask an operator to check the account.")
+    CHECK_TIMED_OUT = ("CHECK_TIMED_OUT", Level.API,
+                       "504: no worker answered the console's Test connection or Preview in time; check that "
+                       "workers run (`dx worker`) and ask again.")
     FORBIDDEN = ("FORBIDDEN", Level.API,
                  "403: the console user's role may read but not change (viewer); an operator may.")
     CSRF_FAILED = ("CSRF_FAILED", Level.API,

@@ -50,7 +50,9 @@ EXPORT_CHUNK = Actor("export_chunk", CHUNK_QUEUE, 5, 500, 30_000, 10 * _MIN_S)
 EXPORT_REDUCE = Actor("export_reduce", REDUCE_QUEUE, 5, 1000, 30_000, 30 * _MIN_S)
 #: Receives a plan, chunk or reduce message whose retries are exhausted: the run fails.
 RUN_CRASHED = Actor("run_crashed", REDUCE_QUEUE, 3, 1000, 10_000, 10 * _MIN_S)
-ACTORS = (PLAN, CHUNK, REDUCE, EXPORT_PLAN, EXPORT_CHUNK, EXPORT_REDUCE, RUN_CRASHED)
+#: A console's "Test connection" or "Preview" (short, not retried: the API waits for it, the user asks again).
+CHECK = Actor("check", REDUCE_QUEUE, 0, 1000, 1000, 2 * _MIN_S)
+ACTORS = (PLAN, CHUNK, REDUCE, EXPORT_PLAN, EXPORT_CHUNK, EXPORT_REDUCE, RUN_CRASHED, CHECK)
 
 
 #: The plan actor of each module kind.

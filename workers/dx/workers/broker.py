@@ -32,7 +32,7 @@ def _actors() -> list[tuple[messages.Actor, Callable[..., Any], tuple[type[BaseE
     from dx.workers.exports import chunk as export_chunk
     from dx.workers.exports import plan as export_plan
     from dx.workers.exports import reduce as export_reduce
-    from dx.workers.imports import chunk, plan, reduce
+    from dx.workers.imports import checks, chunk, plan, reduce
 
     return [
         (messages.PLAN, plan.plan, (RunError,)),
@@ -42,6 +42,7 @@ def _actors() -> list[tuple[messages.Actor, Callable[..., Any], tuple[type[BaseE
         (messages.EXPORT_CHUNK, export_chunk.export_chunk, ()),
         (messages.EXPORT_REDUCE, export_reduce.export_reduce, ()),
         (messages.RUN_CRASHED, crashed.run_crashed, ()),
+        (messages.CHECK, checks.check, ()),
     ]
 
 

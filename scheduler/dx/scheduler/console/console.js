@@ -273,6 +273,28 @@ function notifications(m) {
   return form;
 }
 
+function checks(m) {
+  const out = el("div", { id: "check-result" });
+  const run = (kind, label) => el("button", { type: "button", id: "check-" + kind, on: { click: async () => {
+    out.replaceChildren(el("p", { class: "muted" }, label + "…"));
+    try {
+      const r = await api(mod(m.id) + "/checks/" + kind, { method: "POST", body: {} });
+      const head = el("p", { class: r.ok ? "ok" : "error" }, r.ok ? r.message : [codeLink(r.code), ": ", r.message]);
+      const files = r.files.length ? el("table", { id: "check-files" }, el("tbody", {}, r.files.map((f) => el("tr", {},
+        el("td", {}, f.path), el("td", { class: "number" }, bytes(f.size_bytes)),
+        el("td", {}, local(new Date(f.mtime * 1000).toISOString())), el("td", {}, f.imported ? "imported already" : "waiting"))))) : null;
+      const records = r.records.length ? el("table", { id: "check-records" },
+        el("thead", {}, el("tr", {}, ["Row", ...r.columns, "Would fail with"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, r.records.map((x) => el("tr", { "data-row": x.row }, el("td", {}, x.row),
+          r.columns.map((c) => el("td", {}, x.values[c] === null || x.values[c] === undefined ? "" : x.values[c])),
+          el("td", {}, x.code ? [codeLink(x.code), " ", x.message || ""] : "-"))))) : null;
+      out.replaceChildren(head, files, records);
+    } catch (e) { out.replaceChildren(el("p", { class: "error" }, e.code + ": " + e.message)); }
+  } } }, label);
+  return el("fieldset", { id: "checks" }, el("legend", {}, "Check before running (nothing is written)"),
+    run("connection", "Test connection"), m.config.source && m.config.source.path ? run("preview", "Preview") : null, out);
+}
+
 async function modulePage(page, id) {
   const [m, runs, audit] = await Promise.all([api(mod(id)), api("/api/v1/runs?limit=10&module=" + encodeURIComponent(id)),
                                               api(mod(id) + "/audit")]);
@@ -282,7 +304,7 @@ async function modulePage(page, id) {
     el("p", {}, el("span", { id: "module-state" }, m.paused ? "paused" : "active"), " · next fire ",
        el("span", { id: "next-fire" }, m.next_fire ? wallClock(m.next_fire) + " " + m.timezone : "-"), " ",
        actions(m, render)),
-    el("h3", {}, "Configuration"), configuration(m),
+    el("h3", {}, "Configuration"), configuration(m), checks(m),
     scheduleEditor(m, zones), notifications(m),
     el("h3", {}, "Latest runs ", el("a", { href: "#/runs?module=" + encodeURIComponent(id) }, "(all)")),
     runsTable(runs.runs),

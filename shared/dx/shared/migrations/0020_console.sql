@@ -45,3 +45,16 @@ CREATE TABLE dx.audit (
 CREATE INDEX audit_module ON dx.audit (tenant, module, at);
 
 ALTER TABLE dx.modules ADD COLUMN console_changes jsonb NOT NULL DEFAULT '{}';
+
+-- "Test connection" and "Preview" of the console: asked by the API, answered by a worker (which has
+-- the data libraries), nothing else written.
+CREATE TABLE dx.checks (
+    id            bigserial PRIMARY KEY,
+    tenant        text NOT NULL,
+    module        text NOT NULL,
+    kind          text NOT NULL CHECK (kind IN ('connection', 'preview')),
+    requested_by  text NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    finished_at   timestamptz,
+    result        jsonb
+);
