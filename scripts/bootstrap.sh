@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Creates .venv with the five distributions in editable mode, every package pinned by
-# requirements.lock (idempotent); called by demo.sh and test.sh. Compat mode puts each distribution's
-# folder on sys.path, so that mypy and import-linter see the dx namespace whole.
+# Creates .venv (idempotent); called by demo.sh and test.sh. First every third-party package of
+# requirements.lock, each checked against its sha256 (pip's --require-hashes: a package the lock does
+# not list fails the install), then the five distributions in editable mode without dependencies, built
+# with the lock's setuptools. Compat mode puts each distribution's folder on sys.path, so that mypy and
+# import-linter see the dx namespace whole. scripts/lock.sh refreshes the lock (docs/dependencies.md).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
@@ -11,8 +13,12 @@ fi
 stamp=.venv/.installed-$(cat pyproject.toml ./*/pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -c requirements.lock --config-settings editable_mode=compat \
-    -e ./shared -e ./workers -e ./scheduler -e ./cli -e ./devkit -e ".[test,demo]"
+  .venv/bin/python -m pip install -q --require-hashes -r requirements.lock
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation --config-settings editable_mode=compat \
+    -e ./shared -e ./workers -e ./scheduler -e ./cli -e ./devkit -e .
+  .venv/bin/python -m pip check >/dev/null || {
+    .venv/bin/python -m pip check >&2; echo "bootstrap: requirements.lock misses these: bash scripts/lock.sh" >&2
+    exit 1; }
   rm -f .venv/.installed-* && touch "$stamp"
 fi
 # checkov (the Kubernetes security linter of tests/deploy) pins packaging<24 where pytest needs >=24:

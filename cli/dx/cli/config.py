@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psycopg
 
-from dx.cli.command import EXIT_FAILED, EXIT_OK, Command, out
+from dx.cli.command import EXIT_FAILED, EXIT_OK, FILE, Command, out, usage_error
 from dx.shared import db
 from dx.shared.errors import render_error_codes_markdown
 
@@ -16,13 +16,13 @@ from dx.shared.errors import render_error_codes_markdown
 DOCS_FILE = Path("docs", "error-codes.md")
 
 
-def default_docs_path() -> Path:
-    """``docs/error-codes.md`` of the checkout this file is in (the first parent directory that holds
-    it), else under the current directory."""
-    for parent in Path(__file__).resolve().parents:
-        if (parent / DOCS_FILE).is_file():
-            return parent / DOCS_FILE
-    return Path.cwd() / DOCS_FILE
+def checkout_docs_path() -> Path | None:
+    """``docs/error-codes.md`` of the checkout dx runs from (an editable install: this file is
+    ``cli/dx/cli/config.py`` of it); None when dx is installed from its wheel."""
+    root = Path(__file__).resolve().parent.parent.parent.parent
+    if (root / "cli" / "pyproject.toml").is_file() and (root / DOCS_FILE).is_file():
+        return root / DOCS_FILE
+    return None
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -54,12 +54,18 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
-    path: Path = args.path or default_docs_path()
     text = render_error_codes_markdown()
+    # `-o -`, or installed from the wheel (no checkout to write into): stdout
+    path: Path | None = None if str(args.output) == "-" else args.output or checkout_docs_path()
     if args.check:
+        if path is None:
+            return usage_error("--check compares with a file: give it with -o FILE")
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             print(f"{path} is out of date: run `dx docs`", file=sys.stderr)
             return EXIT_FAILED
+        return EXIT_OK
+    if path is None:
+        sys.stdout.write(text)
         return EXIT_OK
     path.write_text(text, encoding="utf-8")
     print(f"wrote {path}", file=sys.stderr)
@@ -67,21 +73,23 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
 
 def _apply_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-f", "--file", required=True)
+    p.add_argument("-f", "--file", required=True, metavar=FILE)
     p.add_argument("--dry-run", action="store_true", help="validate only; change nothing")
     p.add_argument("--discard-console-changes", action="store_true",
                    help="let the file's schedule and notifications replace those changed in the console since")
 
 
 def _docs_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--check", action="store_true", help="fail if the file is out of date")
-    p.add_argument("--path", type=Path, default=None,
-                   help="the file (default: docs/error-codes.md of the checkout dx runs from)")
+    p.add_argument("--check", action="store_true", help="fail if the file differs from the code's reference")
+    p.add_argument("-o", "--output", "--path", type=Path, default=None, metavar=FILE,
+                   help="the file to write or check, - for stdout (default: docs/error-codes.md of the "
+                        "checkout dx runs from; installed from the wheel, stdout)")
 
 
 COMMANDS = (
     Command("migrate", cmd_migrate, "create or upgrade the control schema"),
     Command("apply", cmd_apply, "apply a YAML configuration (tenants, connections, databases, modules)",
             _apply_arguments),
-    Command("docs", cmd_docs, "regenerate docs/error-codes.md from the code", _docs_arguments),
+    Command("docs", cmd_docs, "the error-code reference (docs/error-codes.md) generated from the code",
+            _docs_arguments),
 )

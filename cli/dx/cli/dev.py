@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
-from dx.cli.command import EXIT_OK, Command, usage_error
+from dx.cli.command import EXIT_OK, FILE, Command, usage_error
 from dx.shared import db
+
+#: What to do when the development kit is not installed (a server's install leaves it out).
+NO_DEVKIT = ("dx generate and dx demo come with the development kit, which is not installed: from a checkout, "
+             "pip install ./devkit './shared[embedded]' (or bash scripts/bootstrap.sh)")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if find_spec("dx.devkit") is None:
+        return usage_error(NO_DEVKIT)
     if args.what == "events":
         return _generate_events(args)
     from dx.devkit.generate import contacts, updates, write_csv
@@ -45,6 +52,8 @@ def _generate_events(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if find_spec("dx.devkit") is None:
+        return usage_error(NO_DEVKIT)
     from dx.cli.runs import run_module
     from dx.devkit.demo import run_demo
 
@@ -66,7 +75,7 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
             g.add_argument("--base-rows", type=int, required=True, help="contacts already in the database")
         g.add_argument("--delimiter", default=",")
         g.add_argument("--encoding", default="utf-8")
-        g.add_argument("-o", "--output", required=True)
+        g.add_argument("-o", "--output", required=True, metavar=FILE)
     g = gen.add_parser("events", help="a feedback event stream, into the platform's events table")
     g.add_argument("--tenant", required=True)
     g.add_argument("--database", required=True)

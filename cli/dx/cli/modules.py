@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 
-from dx.cli.command import EXIT_OK, Command, out, usage_error
+from dx.cli.command import EXIT_OK, Command, json_argument, out, out_json, usage_error
 from dx.shared import db
 
 
@@ -19,15 +19,23 @@ def cmd_modules(args: argparse.Namespace) -> int:
     with db.connect() as conn:
         rows = module_rows(conn)
     now = Clock.from_settings().now()
-    out(f"{'module':<28} {'tenant':<12} {'kind':<9} {'mode':<9} {'state':<8} {'next fire':<26} last run")
+    listing = []
     for r in rows:
-        last = f"{r['last_run']} {r['last_status']}" if r["last_run"] else "-"
         fire = next_fire(r["config"], now, r["tenant_timezone"])
-        nxt = "-" if fire is None else fire.isoformat(timespec="minutes")
         # a disabled tenant's modules run in no way, which says more than their pause
         state = "disabled" if not r["tenant_enabled"] else "paused" if r["paused"] else "active"
-        out(f"{r['id']:<28} {r['tenant']:<12} {r['kind']:<9} {r['mode'] or '-':<9} "
-            f"{state:<8} {nxt:<26} {last}")
+        listing.append({"id": r["id"], "tenant": r["tenant"], "kind": r["kind"], "database": r["database"],
+                        "mode": r["mode"], "state": state, "next_fire": fire, "last_run": r["last_run"],
+                        "last_status": r["last_status"]})
+    if args.json:
+        out_json(listing)
+        return EXIT_OK
+    out(f"{'module':<28} {'tenant':<12} {'kind':<9} {'mode':<9} {'state':<8} {'next fire':<26} last run")
+    for m in listing:
+        last = f"{m['last_run']} {m['last_status']}" if m["last_run"] else "-"
+        nxt = "-" if m["next_fire"] is None else m["next_fire"].isoformat(timespec="minutes")
+        out(f"{m['id']:<28} {m['tenant']:<12} {m['kind']:<9} {m['mode'] or '-':<9} "
+            f"{m['state']:<8} {nxt:<26} {last}")
     return EXIT_OK
 
 
@@ -57,7 +65,11 @@ def cmd_schedule(args: argparse.Namespace) -> int:
               file=sys.stderr)
     elif state["paused"]:
         print(f"dx: {args.module} is paused; these are the times it would fire once resumed", file=sys.stderr)
-    for instant in compiled.next_fires(start, args.next):
+    fires = compiled.next_fires(start, args.next)
+    if args.json:
+        out_json(fires)
+        return EXIT_OK
+    for instant in fires:
         out(instant.isoformat())
     return EXIT_OK
 
@@ -85,10 +97,11 @@ def _schedule_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--next", type=int, default=5, metavar="N")
     p.add_argument("--from", dest="from_time", default=None, metavar="ISO-TIME",
                    help="count from this time (default: now; no offset: the module's time zone)")
+    json_argument(p)
 
 
 COMMANDS = (
-    Command("modules", cmd_modules, "list the modules", needs_schema=True),
+    Command("modules", cmd_modules, "list the modules", json_argument, needs_schema=True),
     Command("pause", _set_paused(True), "pause a module's schedule", _module_argument, needs_schema=True),
     Command("resume", _set_paused(False), "resume a module's schedule", _module_argument, needs_schema=True),
     Command("schedule", cmd_schedule, "print a module's next fire times, in its time zone", _schedule_arguments,

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any
 
 from psycopg import sql
 
-from dx.cli.command import EXIT_FAILED, EXIT_OK, Command, out, usage_error
+from dx.cli.command import EXIT_FAILED, EXIT_OK, FILE, Command, json_argument, out, out_json, usage_error
 from dx.shared import db, messages
 from dx.shared.db import Conn
 from dx.shared.errors import DxError
@@ -173,10 +171,6 @@ def print_run(run: Run, brief: bool = False) -> None:
         out(f"  failed operations: dx report {run['id']} -o failures.csv")
 
 
-def _jsonable(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     return run_module(args.module, wait=args.wait, requested_by=args.requested_by, timeout_s=args.timeout)
 
@@ -184,6 +178,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     with db.connect() as conn:
         rows = list_runs(conn, args.module or None, args.limit)
+    if args.json:
+        out_json(rows)
+        return EXIT_OK
     out(f"{'run':>6} {'module':<28} {'status':<22} {'read':>10} {'failed':>8} {'started':<20}")
     for r in rows:
         failed = r["not_inserted"] + r["not_updated"] + r["not_deleted"]
@@ -198,10 +195,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         if run is None:
             return usage_error(f"no run {args.run}; `dx runs` lists them")
         if args.json:
-            doc = {k: _jsonable(v) for k, v in run.items()}
+            doc = dict(run)
             doc["errors"] = {e["error_code"]: e["n"] for e in error_counts(conn, args.run)}
             doc["chunks_done"] = chunks_done(conn, args.run)
-            out(json.dumps(doc, indent=2))
+            out_json(doc)
             return EXIT_OK
     print_run(run)
     return EXIT_OK
@@ -232,16 +229,17 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
 def _runs_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--module")
     p.add_argument("--limit", type=int, default=20)
+    json_argument(p)
 
 
 def _show_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=int)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the run as one JSON object")
 
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=int)
-    p.add_argument("-o", "--output", default="-")
+    p.add_argument("-o", "--output", default="-", metavar=FILE, help="the CSV file (default -: stdout)")
 
 
 COMMANDS = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dx.cli.command import EXIT_OK, Command, out, usage_error
+from dx.cli.command import EXIT_OK, Command, json_argument, out, out_json, usage_error
 from dx.shared import db
 
 
@@ -21,6 +21,8 @@ def cmd_token(args: argparse.Namespace) -> int:
             token_id, token = tokens.create_token(conn, args.tenant, args.name)
             print(f"token {token_id} for tenant {args.tenant}; it is shown once, keep it now:", file=sys.stderr)
             out(token)
+        elif args.action == "list" and args.json:
+            out_json(tokens.list_tokens(conn, args.tenant))
         elif args.action == "list":
             out(f"{'id':>5} {'tenant':<12} {'name':<20} {'created':<20} {'last used':<20} revoked")
             for t in tokens.list_tokens(conn, args.tenant):
@@ -41,6 +43,7 @@ def _token_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--name", default="default", help="what the token is for, e.g. crm")
     t = tok.add_parser("list", help="tokens (never their value)")
     t.add_argument("--tenant")
+    json_argument(t)
     t = tok.add_parser("revoke", help="revoke a token by id: it stops working at once")
     t.add_argument("id", type=int)
 

@@ -6,7 +6,7 @@ import argparse
 import getpass
 import sys
 
-from dx.cli.command import EXIT_OK, Command, out, usage_error
+from dx.cli.command import EXIT_OK, Command, json_argument, out, out_json, usage_error
 from dx.shared import db
 
 
@@ -39,6 +39,8 @@ def cmd_user(args: argparse.Namespace) -> int:
                 return usage_error(f"user {args.username!r} exists already")
             user_id = users.create_user(conn, args.tenant, args.username, args.role, password)
             out(f"user {user_id} {args.username}: {args.role} of tenant {args.tenant}")
+        elif args.action == "list" and args.json:
+            out_json(users.list_users(conn, args.tenant))
         elif args.action == "list":
             out(f"{'tenant':<12} {'username':<30} {'role':<9} {'created':<17} {'last sign-in':<17} disabled")
             for u in users.list_users(conn, args.tenant):
@@ -62,6 +64,7 @@ def _user_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     c = sub.add_parser("list", help="users (never their password)")
     c.add_argument("--tenant")
+    json_argument(c)
     c = sub.add_parser("disable", help="disable a user: its sessions end at once")
     c.add_argument("username")
 
