@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import threading
@@ -108,3 +109,19 @@ def test_a_local_remote_is_read_in_place(tmp_path):
             assert reader.read() == b"email\nx@y.example\n"
     assert download.wait() == tmp_path / "root" / "in" / "c.csv"
     assert list((tmp_path / "staging").iterdir()) == []
+
+
+@pytest.mark.parametrize(("error", "code"), [
+    (PermissionError(errno.EACCES, "Permission denied"), ErrorCode.SOURCE_UNREADABLE),
+    (OSError("Socket is closed"), ErrorCode.TRANSFER_FAILED),
+    (OSError(errno.ECONNRESET, "Connection reset by peer"), ErrorCode.TRANSFER_FAILED),
+])
+def test_a_refused_file_blames_the_file_and_a_broken_transfer_the_transfer(error, code):
+    # Given an SFTP error while reading a file / When told / Then a refusal rejects it, a transfer is tried again
+    from dx.shared.connections.sftp import _failed
+    from dx.shared.errors import TRANSIENT_CODES
+
+    told = _failed("'in/a.csv' could not be downloaded", error)
+    assert told.code is code
+    assert (told.code in TRANSIENT_CODES) is (code is ErrorCode.TRANSFER_FAILED)
+    assert "Socket is closed" not in told.message  # the server's own text is never copied

@@ -103,12 +103,18 @@ class Workers:
 
     def stop_all(self) -> None:
         """SIGTERM every worker (they finish the message in hand), kill the ones that hang."""
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(self.procs)
         self.procs.clear()
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], wait_s: float = 30) -> None:
+    """SIGTERM each ``dx`` process still running, then wait; kill the ones that do not end in time."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

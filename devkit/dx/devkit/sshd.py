@@ -7,6 +7,7 @@ with a config, host key and client key of its own, serving SFTP to user
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import secrets
@@ -84,6 +85,12 @@ class Sftp:
             except ProcessLookupError:
                 pass
         self.proc = None
+
+    def freeze_sessions(self) -> None:
+        """SIGSTOP the sessions it serves: a transfer stalls where it is, as on a network gone quiet."""
+        for pid in _descendants(self.proc.pid) if self.proc is not None else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
 
     def put(self, rel: str, data: bytes) -> Path:
         """Place a file in the client's space as the SFTP user would."""

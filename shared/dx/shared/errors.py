@@ -14,6 +14,7 @@ failed-operations report, each carrying a record-level ``ErrorCode``.
 
 from __future__ import annotations
 
+import errno
 from enum import StrEnum
 
 
@@ -86,8 +87,14 @@ class ErrorCode(StrEnum):
                              "function or another table's column, policy or rule using it, or one the workers' "
                              "role may not make again (a view owned by another role); the message names it. "
                              "The table keeps its content and its objects.")
+    TRANSFER_FAILED = ("TRANSFER_FAILED", Level.RUN,
+                       "Listing or downloading the source broke off on every try (the connection dropped, the "
+                       "file came short): the stage tries again after a few seconds, 3 times, before the run "
+                       "fails. The file stays where it is and the next run takes it again.")
     CONNECTION_FAILED = ("CONNECTION_FAILED", Level.RUN,
-                         "The client's server could not be reached, or refused the connection before login.")
+                         "The client's server could not be reached, or refused the connection before login, on "
+                         "every try: the stage tries again after a few seconds, 3 to 5 times (a server restarting), "
+                         "before the run fails.")
     HOST_NOT_ALLOWED = ("HOST_NOT_ALLOWED", Level.RUN,
                         "The connection's host is, or resolves to, an address tenant connections may not "
                         "reach: loopback, private (RFC 1918, IPv6 ULA), link-local (the cloud metadata "
@@ -127,6 +134,11 @@ class ErrorCode(StrEnum):
                     "the run failed at once.")
     INTERNAL_ERROR = ("INTERNAL_ERROR", Level.RUN,
                       "A worker failed unexpectedly after its retries; the log of the run says why.")
+    STAGING_FULL = ("STAGING_FULL", Level.RUN,
+                    "The workers' staging space (DX_STAGING_DIR, or DX_STAGING_URL's storage) ran out while the "
+                    "run staged its file or chunks, on every try. An overwrite kept the old table; other modes "
+                    "keep what their committed chunks applied. Free space or give the workers a larger staging "
+                    "volume, then run the module again.")
     RUN_TIMED_OUT = ("RUN_TIMED_OUT", Level.RUN,
                      "The run did not end in time: it made no progress although the scheduler sent its "
                      "missing stage again DX_MAX_REDRIVES times, or it ran longer than DX_RUN_TIMEOUT_S. "
@@ -231,6 +243,10 @@ def is_data_error(exc: BaseException) -> bool:
 
 #: Each code's meaning, by code: the run page, the e-mail and the error-code page show it.
 MEANINGS = {c.value: c.meaning for c in ErrorCode}
+#: Codes whose cause may pass (a server restarting): a stage tries again while its retries last, then fails.
+TRANSIENT_CODES = frozenset({ErrorCode.CONNECTION_FAILED, ErrorCode.TRANSFER_FAILED})
+#: The errors of a full disk or quota: on the workers' staging space, STAGING_FULL, never the source's fault.
+STAGING_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class DxError(Exception):

@@ -14,7 +14,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import GroupCallbacks
+from dramatiq.middleware import CurrentMessage, GroupCallbacks
 from dramatiq.rate_limits.backends import RedisBackend, StubBackend
 
 from dx.shared import messages
@@ -67,6 +67,7 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
     else:
         broker = StubBroker()
         backend = StubBackend()
+    broker.add_middleware(CurrentMessage())  # a stage's retries left: dx.workers.retries
     broker.add_middleware(GroupCallbacks(backend))
     broker.add_middleware(LogContext())
     if settings.broker_url and settings.tenant_max_chunks:  # the embedded broker's one worker has none to balance

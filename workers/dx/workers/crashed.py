@@ -17,13 +17,14 @@ meanwhile stays completed); the e-mail is sent once (``email_sent_at``).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import structlog
 
 from dx.shared import db
 from dx.shared.config import EXPORT_KINDS
-from dx.shared.errors import ErrorCode
+from dx.shared.errors import STAGING_FULL_ERRNOS, ErrorCode
 from dx.shared.runs import RunStatus, definition, get_run
 from dx.workers.failures import Discards, fail_run
 from dx.workers.imports.kinds import import_kind
@@ -38,7 +39,14 @@ def run_crashed(message_data: dict[str, Any], retry_data: dict[str, Any]) -> Non
     what = (f"{message_data['actor_name']} failed after {retry_data.get('retries')} retries: "
             f"{trace[-1] if trace else 'see the worker log'}")
     log.error("run.crashed", run=run_id, error=what)
-    fail_run(run_id, ErrorCode.INTERNAL_ERROR, what, kind=_kind(run_id))
+    fail_run(run_id, _code_of(trace[-1] if trace else ""), what, kind=_kind(run_id))
+
+
+def _code_of(error: str) -> ErrorCode:
+    """The code of a stage's last error (the traceback's last line): a full staging disk has its own."""
+    if any(os.strerror(n) in error for n in STAGING_FULL_ERRNOS):  # in OSError's text and pyarrow's
+        return ErrorCode.STAGING_FULL
+    return ErrorCode.INTERNAL_ERROR
 
 
 def run_timed_out(run_id: int, reason: str) -> None:

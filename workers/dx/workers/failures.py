@@ -91,10 +91,12 @@ def _report(conn: Conn, run: Run, attach_bytes: int) -> mail.Report:
 
 
 def notify(run_id: int) -> None:
-    """Send the report e-mail of an ended run, once."""
+    """Send the report e-mail of an ended run, once: a twin delivery of the stage (a broker that restarted
+    hands the message out again while the first is still at work) waits on the run's row, then finds it
+    sent."""
     settings = get_settings()
     with db.connect() as conn:
-        run = get_run(conn, run_id)
+        run = get_run(conn, run_id, for_update=True)
         if run is None or run["email_sent_at"] is not None or not RunStatus(run["status"]).terminal:
             return
         mdef = definition(conn, run)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import posixpath
 import shutil
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -157,8 +158,9 @@ def run_dir(run_id: int) -> Staged:
 
 
 def source_dir(run_id: int) -> Path:
-    """Where the plan downloads the run's source: this worker's own DX_STAGING_DIR (created)."""
-    folder = get_settings().staging_dir / "runs" / str(run_id) / "source"
+    """Where the plan downloads the run's source, in DX_STAGING_DIR (created): a folder of this attempt's
+    own, since a twin delivery of the plan (a broker that restarted) may download beside it."""
+    folder = get_settings().staging_dir / "runs" / str(run_id) / "source" / uuid.uuid4().hex
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

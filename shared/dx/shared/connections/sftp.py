@@ -54,7 +54,7 @@ from dx.shared.connections import (
     resolve_secret,
     split_pattern,
 )
-from dx.shared.errors import ErrorCode, RunError
+from dx.shared.errors import STAGING_FULL_ERRNOS, ErrorCode, RunError
 from dx.shared.hosts import open_socket
 
 #: Key classes tried, in order, for a private key given as text.
@@ -94,6 +94,13 @@ def summary(exc: BaseException) -> str:
     if isinstance(exc, paramiko.SSHException):
         return "the SSH session failed"
     return type(exc).__name__
+
+
+def _failed(what: str, exc: OSError) -> RunError:
+    """A refusal (permission denied) blames the file or folder: SOURCE_UNREADABLE; anything else (a session
+    that dropped, a file that came short) the transfer: TRANSFER_FAILED, tried again."""
+    code = ErrorCode.SOURCE_UNREADABLE if isinstance(exc, PermissionError) else ErrorCode.TRANSFER_FAILED
+    return RunError(code, f"{what}: {summary(exc)}")
 
 
 @contextmanager
@@ -285,7 +292,7 @@ class SftpRemote:
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{folder!r} cannot be listed: {summary(exc)}") from None
+            raise _failed(f"{folder!r} cannot be listed", exc) from None
         regular = {e.filename: e for e in entries if e.st_mode is not None and stat.S_ISREG(e.st_mode)}
         return [FileInfo(posixpath.join(folder, n), regular[n].st_size or 0, int(regular[n].st_mtime or 0))
                 for n in match_names(list(regular), name)]
@@ -296,7 +303,7 @@ class SftpRemote:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{path!r} cannot be read: {summary(exc)}") from None
+            raise _failed(f"{path!r} cannot be read", exc) from None
         return FileInfo(path, st.st_size or 0, int(st.st_mtime or 0))
 
     def fetch(self, path: str, staging: Path) -> Path:
@@ -309,12 +316,13 @@ class SftpRemote:
             if (received := local.stat().st_size) != size:
                 raise TransferError(f"{size} bytes announced, {received} received")
         except EOFError:
-            raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{path!r} became shorter while it was downloaded") from None
+            raise RunError(ErrorCode.TRANSFER_FAILED, f"{path!r} ended early while it was downloaded") from None
         except FileNotFoundError:
             raise RunError(ErrorCode.SOURCE_NOT_FOUND, f"{path!r} does not exist on {self.cfg.host}") from None
         except OSError as exc:
-            raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{path!r} could not be downloaded: {summary(exc)}") \
-                from None
+            if exc.errno in STAGING_FULL_ERRNOS:
+                raise  # our disk, not the client's file: retried, then STAGING_FULL (dx.workers.crashed)
+            raise _failed(f"{path!r} could not be downloaded", exc) from None
         return local
 
     def request_sizes(self) -> tuple[int, int]:

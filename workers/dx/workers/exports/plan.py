@@ -39,6 +39,7 @@ from dx.workers.exports.kinds import export_kind
 from dx.workers.exports.query import Busy, count_and_bounds, render_path, xml_unsafe
 from dx.workers.failures import fail_run
 from dx.workers.planning import begin_planning
+from dx.workers.retries import retry_if_transient
 
 log = structlog.get_logger(__name__)
 #: Rows per export chunk: 1,000,000 rows make 4 chunks written in parallel.
@@ -62,6 +63,7 @@ def export_plan(run_id: int) -> None:
         with db.transaction() as conn:
             n_chunks = _plan(conn, run_id, mdef)
     except RunError as exc:
+        retry_if_transient(exc)
         log.warning("export_plan.failed", code=exc.code.value, error=exc.message)
         fail_run(run_id, exc.code, exc.message)
         return

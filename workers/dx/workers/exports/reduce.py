@@ -43,6 +43,7 @@ from dx.workers.exports import placement
 from dx.workers.exports.kinds import export_kind
 from dx.workers.exports.plan import temp_name
 from dx.workers.failures import fail_run, notify
+from dx.workers.retries import retry_if_transient
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -64,6 +65,7 @@ def export_reduce(run_id: int) -> None:
     try:
         undigested = _deliver(run_id, mdef)
     except RunError as exc:
+        retry_if_transient(exc)
         log.warning("export_reduce.failed", code=exc.code.value, error=exc.message)
         fail_run(run_id, exc.code, exc.message)
         return

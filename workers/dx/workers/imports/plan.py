@@ -53,6 +53,7 @@ from dx.workers.imports.files import after_end, finish_ended, is_pattern, record
 from dx.workers.imports.kinds import ImportKind, import_kind
 from dx.workers.imports.source_query import stage_query
 from dx.workers.planning import begin_planning
+from dx.workers.retries import retry_if_transient
 
 log = structlog.get_logger(__name__)
 #: How coarse a file's modification time can be: SFTP (version 3) gives whole seconds.
@@ -240,6 +241,7 @@ def plan(run_id: int) -> None:
     except RunEnded:
         log.info("plan.skip", reason="the run ended, or another attempt of its plan began, meanwhile")
     except RunError as exc:
+        retry_if_transient(exc)
         log.warning("plan.failed", code=exc.code.value, error=exc.message)
         # a file still being written is no failure: the next run takes it
         status = RunStatus.SKIPPED if exc.code is ErrorCode.SOURCE_NOT_READY else RunStatus.FAILED
