@@ -5,13 +5,19 @@ from __future__ import annotations
 import os
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from bench.measure import Sample, best_median
 
 #: The baselines a dx sample is compared with, in its scenario.
-BASELINES = ("psql \\copy", "pgloader", "psql \\copy TO + sftp put")
+BASELINES = ("psql \\copy", "pgloader", "psql \\copy TO + sftp put", "psql \\copy ×2 + key")
+#: What a ratio of issue 25 compares of a dx sample with its baseline's wall time or CPU.
+MEASURES: dict[str, Callable[[Sample], float | None]] = {
+    "run": lambda s: s.wall_s,  # the run's own time, request to report
+    "process": lambda s: s.process_s if s.process_s is not None else s.wall_s,  # `dx run --wait`, whole
+    "cpu": lambda s: s.busy_s,  # the whole machine's busy core-seconds
+}
 
 
 def _groups(samples: list[Sample]) -> dict[tuple[str, str, int], list[Sample]]:
@@ -22,8 +28,9 @@ def _groups(samples: list[Sample]) -> dict[tuple[str, str, int], list[Sample]]:
 
 
 def ratio(samples: list[Sample], scenario: str, tool: str, baseline: str,
-          rows: int | None = None) -> tuple[float, float] | None:
-    """(best/best, median/median) of ``tool`` to ``baseline`` in ``scenario`` (at ``rows``); None if one is missing."""
+          rows: int | None = None, measure: str = "run") -> tuple[float, float] | None:
+    """(best/best, median/median) of ``tool`` to ``baseline`` in ``scenario`` (at ``rows``), by ``measure``
+    (MEASURES: a baseline's own time or CPU either way); None if one is missing."""
     groups = _groups(samples)
     sizes = [rows] if rows is not None else sorted({n for (sc, t, n) in groups if sc == scenario and t == tool})
     mine = base = None
@@ -33,8 +40,14 @@ def ratio(samples: list[Sample], scenario: str, tool: str, baseline: str,
             break
     if not mine or not base:
         return None
-    (mb, mm), (bb, bm) = best_median(mine), best_median(base)
-    return mb / bb, mm / bm
+    if measure == "run":
+        (mb, mm), (bb, bm) = best_median(mine), best_median(base)
+        return mb / bb, mm / bm
+    ours = [v for v in map(MEASURES[measure], mine) if v is not None]
+    theirs = [v for v in map(MEASURES["cpu" if measure == "cpu" else "run"], base) if v is not None]
+    if not ours or not theirs:
+        return None
+    return min(ours) / min(theirs), statistics.median(ours) / statistics.median(theirs)
 
 
 def _median(values: Iterable[float | None]) -> float | None:
@@ -127,9 +140,27 @@ def targets(samples: list[Sample], rows: int, memory_rows: int, checks: list[tup
     return lines
 
 
+def targets_25(samples: list[Sample], rows: int, checks: list[tuple[str, str, float, str]]) -> list[str]:
+    """Issue 25's ratios: measured (best / median), met or missed; the ones this run did not measure say so."""
+    what = {"run": "the run's own time", "process": "`dx run --wait`, the whole process", "cpu": "machine CPU"}
+    lines = ["| target | measured (best / median) | verdict |", "| --- | --- | --- |"]
+    for scenario, baseline, limit, measure in checks:
+        tools = sorted({s.tool for s in samples if s.scenario == scenario and s.tool.startswith("dx")})
+        for tool in tools or ["dx"]:
+            r = ratio(samples, scenario, tool, baseline, rows, measure)
+            head = f"| {scenario}: {what[measure]} ≤ {limit}× {baseline} "
+            if r is None:
+                lines.append(head + "| not measured in this run | — |")
+                continue
+            met = ["met" if v <= limit else f"**missed** by {v / limit - 1:.0%}" for v in r]
+            lines.append(head + f"| {r[0]:.2f}× / {r[1]:.2f}× | {met[0]} (best), {met[1]} (median) |")
+    return lines
+
+
 def render(samples: list[Sample], machine: dict[str, str], command: str, when: str, rows: int, memory_rows: int,
            checks: list[tuple[str, str, float]], small_target_s: float, memory_target_mb: float,
-           overhead_target_s: float, sections: list[str], notes: list[str], kept: str) -> str:
+           overhead_target_s: float, sections: list[str], notes: list[str], kept: str,
+           checks_25: list[tuple[str, str, float, str]] | None = None) -> str:
     out = ["# Benchmark results", "", f"`{command}` — {when}. Written by `bench/run.py`; regenerate, do not edit"
            " above the notes marker.", "", "## Machine", "", "| | |", "| --- | --- |"]
     out += [f"| {k} | {v} |" for k, v in machine.items()]
@@ -137,6 +168,7 @@ def render(samples: list[Sample], machine: dict[str, str], command: str, when: s
             "key scenarios are repeated and reported as best and median.", "",
             "## Targets (issue 6)", "", *targets(samples, rows, memory_rows, checks, small_target_s,
                                                   memory_target_mb, overhead_target_s),
+            *(["", "## Targets (issue 25)", "", *targets_25(samples, rows, checks_25)] if checks_25 else []),
             "", "## Results", "",
             "Each dx run is the process `dx run MODULE --wait`, as a user runs it. Its s (and the ratios) "
             "are the run's own time, request to report: created_at to email_sent_at of its row. "

@@ -702,3 +702,44 @@ def test_values_found_by_fuzzing_are_config_errors_not_crashes(text, says):
     # Given a date that does not exist, a list as a connection's type (on main: ValueError, TypeError)
     # When applied / Then ConfigError names the problem
     assert any(says in p for p in problems_of(text))
+
+
+def test_a_file_over_the_size_cap_is_refused_after_reading_no_more_than_the_cap(tmp_path, monkeypatch):
+    # Given a 64 MiB file (sparse) and a read that records how much it was asked for
+    from dx.shared import config as config_module
+
+    path = tmp_path / "huge.yaml"
+    with open(path, "wb") as fh:
+        fh.truncate(64 * 1024 * 1024)
+    asked: list[int] = []
+
+    class Recording:
+        def __init__(self, fh: Any) -> None:
+            self.fh = fh
+
+        def __enter__(self) -> Recording:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.fh.close()
+
+        def read(self, n: int = -1) -> bytes:
+            asked.append(n)
+            return bytes(self.fh.read(n))
+
+    monkeypatch.setattr(config_module, "open", lambda *a, **k: Recording(open(*a, **k)), raising=False)
+    # When read / Then refused, naming the file, after asking for no more than the cap and one byte
+    with pytest.raises(ConfigError) as info:
+        config_module.read_config_file(path)
+    assert "huge.yaml: the configuration is larger than 4 MiB" in info.value.problems[0]
+    assert asked == [config_module.MAX_CONFIG_BYTES + 1]
+
+
+def test_a_config_file_that_is_not_utf8_is_refused_with_where(tmp_path):
+    from dx.shared.config import read_config_file
+
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("tenants: [{id: caf\xe9}]\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        read_config_file(path)
+    assert info.value.problems == [f"{path}: not UTF-8 text (byte 18)"]

@@ -33,10 +33,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from dx.shared.catalog import apply_config, known
-    from dx.shared.config import parse_config
+    from dx.shared.config import parse_config, read_config_file
     from dx.shared.settings import get_settings
 
-    text = Path(args.file).read_text(encoding="utf-8")
+    text = read_config_file(Path(args.file))
     db.ensure_schema()
     with db.connect() as conn:
         cfg = parse_config(text, known(conn), get_settings().trusted_hosts,

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -802,6 +803,19 @@ def _platform_checks(cfg: Config, trusted: TrustedHosts) -> list[str]:
                             "or use require (TLS, any certificate) or verify-ca; or the platform's operator "
                             f"lists {c.host} in DX_TRUSTED_HOSTS")
     return problems
+
+
+def read_config_file(path: Path) -> str:
+    """A configuration file's text, read no further than the size cap (a huge file is refused unread)."""
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}: the configuration is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; "
+                           "split it into several files and apply each"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
 
 
 def parse_config(text: str, known: Known | None = None, trusted: TrustedHosts | None = None, *,
