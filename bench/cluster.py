@@ -23,6 +23,7 @@ from bench.measure import Sample, machine_busy_s, peak_mb, reset_peak
 from dx.devkit import configs
 from dx.devkit.cluster import Workers, private_services
 from dx.devkit.generate import FIELDS, write_contacts
+from dx.devkit.smtp import Smtp
 from dx.devkit.sshd import Sftp, running_sshd
 
 #: The tenant of every benchmark module.
@@ -159,9 +160,13 @@ def cluster(data_dir: Path, out_dir: Path, modules: list[dict[str, Any]]) -> Ite
 
     with ExitStack() as stack:
         sftp = stack.enter_context(running_sshd())
+        smtp = Smtp()  # the reports go out over SMTP, as in a cluster (a worker refuses to start without)
+        smtp.start()
+        stack.callback(smtp.stop)
         home = out_dir / "home"
         env = stack.enter_context(private_services(f"dx_bench_{os.getpid()}", home,
-                                                   {"DX_SECRET_BENCH_SFTP_KEY": sftp.private_key}))
+                                                   {"DX_SECRET_BENCH_SFTP_KEY": sftp.private_key,
+                                                    "DX_SMTP_URL": smtp.url}))
         cfg = out_dir / "config.yaml"
         cfg.write_text(config(sftp, modules))
         if main(["apply", "-f", str(cfg)]) != 0:

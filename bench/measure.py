@@ -114,7 +114,7 @@ def machine(database_url: str) -> dict[str, str]:
     assert row is not None
     pgloader = subprocess.run(["pgloader", "--version"], capture_output=True, text=True).stdout.splitlines()
     return {
-        "cpu": f"{_first('/proc/cpuinfo', 'model name')} × {os.cpu_count()} (shared with other jobs)",
+        "cpu": f"{_first('/proc/cpuinfo', 'model name')} × {os.cpu_count()}",
         "memory": _first("/proc/meminfo", "MemTotal"),
         "kernel": platform.release(),
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),

@@ -164,8 +164,9 @@ def render(samples: list[Sample], machine: dict[str, str], command: str, when: s
     out = ["# Benchmark results", "", f"`{command}` — {when}. Written by `bench/run.py`; regenerate, do not edit"
            " above the notes marker.", "", "## Machine", "", "| | |", "| --- | --- |"]
     out += [f"| {k} | {v} |" for k, v in machine.items()]
-    out += ["", "The 2 cores are shared with other jobs (test suites of other agents): timings are noisy; "
-            "key scenarios are repeated and reported as best and median.", "",
+    out += ["", "Timings differ between machines of one kind and between runs (the load average above says "
+            "whether anything else ran): the key scenarios are repeated, interleaved with their baselines, and "
+            "reported as best and median.", "",
             "## Targets (issue 6)", "", *targets(samples, rows, memory_rows, checks, small_target_s,
                                                   memory_target_mb, overhead_target_s),
             *(["", "## Targets (issue 25)", "", *targets_25(samples, rows, checks_25)] if checks_25 else []),

@@ -1,4 +1,5 @@
-"""Services of the fault tests' own, which they stop, restart and break: PostgreSQL, RabbitMQ, Redis, SMTP.
+"""Services of the fault tests' own, which they stop, restart and break: PostgreSQL, RabbitMQ, Redis, SMTP
+(``dx.devkit.smtp``).
 
 Each listens on a free loopback port and keeps its files in a folder of the test's; the session's
 shared services stay untouched while these restart. ``Cluster`` starts the four, migrates the
@@ -14,14 +15,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from email import message_from_bytes, policy
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from aiosmtpd.controller import Controller
 
+from dx.devkit.smtp import Smtp
 from dx.devkit.sshd import free_port, wait_port
 from tests.integration.procs import DX
 
@@ -142,29 +141,6 @@ class Redis:
 
 
 @dataclass
-class Smtp:
-    """An SMTP server keeping every message, which can go away and come back on its port."""
-
-    port: int = field(default_factory=free_port)
-    messages: list[Message] = field(default_factory=list)
-    controller: Any = None
-
-    def start(self) -> None:
-        box = self.messages
-
-        class Handler:
-            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-                box.append(message_from_bytes(envelope.content, policy=policy.default))
-                return "250 OK"
-
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
-        self.controller.start()
-
-    def stop(self) -> None:
-        self.controller.stop()
-
-
-@dataclass
 class Cluster:
     """The four services of one fault test and the DX_* environment pointing at them."""
 
@@ -185,7 +161,7 @@ def private_cluster(home: Path, extra: dict[str, str]) -> Iterator[Cluster]:
             begin()
             started.append(service)
         env = {"DX_HOME": str(home / "dx"), "DX_DATABASE_URL": pg.url, "DX_BROKER_URL": mq.url,
-               "DX_REDIS_URL": redis.url, "DX_SMTP_URL": f"smtp://127.0.0.1:{smtp.port}",
+               "DX_REDIS_URL": redis.url, "DX_SMTP_URL": smtp.url,
                "DX_STAGING_DIR": str(home / "staging"), **extra}
         subprocess.run([DX, "migrate"], env={**os.environ, **env}, check=True, capture_output=True)
         yield Cluster(pg, mq, redis, smtp, env)
