@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,6 +52,10 @@ modules:
       delimiter: ";"
       encoding: latin1
 """
+
+
+#: The platform's DX_LOCAL_ROOTS for the base configuration's local connection (root /srv/globex).
+BASE_LOCAL_ROOTS = [Path("/srv")]
 
 
 def config_with(*changes: Callable[[dict[str, Any]], object]) -> str:
@@ -237,7 +242,7 @@ def test_dx_apply_refuses_an_internal_address_or_a_clear_text_database_the_platf
         target.update(changes)
     # When parsed as `dx apply` does, with the platform's trusted hosts
     with pytest.raises(ConfigError) as info:
-        parse_config(config_with(change), trusted=trusted)
+        parse_config(config_with(change), trusted=trusted, local_roots=BASE_LOCAL_ROOTS)
     # Then the connection is refused, naming its field and what to do
     assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
     assert len(info.value.problems) == 1, info.value.problems
@@ -260,7 +265,7 @@ def test_dx_apply_accepts_public_and_trusted_hosts(changes):
         raw["connections"].append(dict(PG_CONNECTION))
         raw["connections"][2 if "sslmode" in changes else 0].update(changes)
     # When parsed with them / Then it is accepted
-    assert parse_config(config_with(change), trusted=trusted).connections
+    assert parse_config(config_with(change), trusted=trusted, local_roots=BASE_LOCAL_ROOTS).connections
 
 
 def test_a_client_database_requires_tls_with_a_verified_certificate_by_default():
@@ -743,3 +748,30 @@ def test_a_config_file_that_is_not_utf8_is_refused_with_where(tmp_path):
     with pytest.raises(ConfigError) as info:
         read_config_file(path)
     assert info.value.problems == [f"{path}: not UTF-8 text (byte 18)"]
+
+
+@pytest.mark.parametrize(("root", "allowed", "refused"), [
+    ("/", [], True),                                     # no DX_LOCAL_ROOTS: no local connection
+    ("/srv/acme", ["/srv/dx-files"], True),              # beside an allowed folder
+    ("/srv/dx-files-evil", ["/srv/dx-files"], True),     # a prefix is not a parent
+    ("/srv/dx-files/../../etc", ["/srv/dx-files"], True),
+    ("/srv/dx-files", ["/srv/dx-files"], False),
+    ("/srv/dx-files/acme", ["/srv/other", "/srv/dx-files"], False),
+])
+def test_a_local_connection_must_stay_in_a_folder_the_platform_allows(root, allowed, refused):
+    # Given a local connection with this root, and the platform's DX_LOCAL_ROOTS
+    trusted, _ = TrustedHosts.parse("")
+
+    def change(raw: dict[str, Any]) -> None:
+        raw["connections"][1]["root"] = root  # the base's local connection
+
+    # When parsed as `dx apply` does
+    if not refused:
+        parse_config(config_with(change), trusted=trusted, local_roots=[Path(a) for a in allowed])
+        return
+    with pytest.raises(ConfigError) as info:
+        parse_config(config_with(change), trusted=trusted, local_roots=[Path(a) for a in allowed])
+    # Then refused, naming the field, the allowed folders and what to do
+    assert info.value.problems == [
+        f"connections[1].root: {root} is not inside a folder the platform lets tenants use (DX_LOCAL_ROOTS: "
+        f"{', '.join(allowed) or 'unset: no folder'}); the platform's operator lists it, or use an sftp connection"]

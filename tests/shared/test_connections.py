@@ -303,3 +303,26 @@ def test_a_tenant_secret_found_nowhere_or_unreadable_is_secret_missing(tmp_path,
     with raises_run_error(ErrorCode.SECRET_MISSING) as info:
         resolve_secret("${DX_SECRET_NOWHERE}")
     assert "cannot be read" in str(info.value)
+
+
+def test_a_worker_refuses_a_local_root_its_platform_does_not_allow(tmp_path, monkeypatch, raises_run_error):
+    # Given a local connection stored before DX_LOCAL_ROOTS, rooted outside the allowed folder
+    from dx.shared.config import ConnectionCfg
+    from dx.shared.connections import open_remote
+    from dx.shared.settings import get_settings
+
+    allowed, other = tmp_path / "allowed", tmp_path / "other"
+    allowed.mkdir(), other.mkdir()
+    monkeypatch.setenv("DX_LOCAL_ROOTS", str(allowed))
+    get_settings.cache_clear()
+    try:
+        cfg = ConnectionCfg(id="acme-files", tenant="acme", type="local", root=str(other))
+        # When opened by a worker / Then ROOT_NOT_ALLOWED, nothing read
+        with raises_run_error(ErrorCode.ROOT_NOT_ALLOWED) as info, open_remote(cfg):
+            pass
+        assert f"connection acme-files: {other} is not inside" in str(info.value)
+        # and inside the allowed folder it opens
+        with open_remote(ConnectionCfg(id="ok", tenant="acme", type="local", root=str(allowed / "acme"))) as remote:
+            assert remote.list("*.csv") == []
+    finally:
+        get_settings.cache_clear()

@@ -40,7 +40,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     db.ensure_schema()
     with db.connect() as conn:
         cfg = parse_config(text, known(conn), get_settings().trusted_hosts,
-                           min_chunk_bytes=get_settings().min_chunk_bytes)
+                           min_chunk_bytes=get_settings().min_chunk_bytes, local_roots=get_settings().local_roots)
         try:
             with conn.transaction():
                 changes = apply_config(conn, cfg, discard_console_changes=args.discard_console_changes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from typing import Protocol
 
 import yaml
@@ -47,8 +48,11 @@ def demo_config(root: str) -> str:
 
 def run_demo(rows: int, run_module: RunModule) -> int:
     """Run the demo, its import by ``run_module``; returns the CLI exit code of the import."""
-    settings = get_settings()
-    root = settings.home / "demo"
+    root = get_settings().home / "demo"
+    root.mkdir(parents=True, exist_ok=True)
+    # the demo's folder is a local root its tenant may use, as an operator would list it
+    os.environ["DX_LOCAL_ROOTS"] = ",".join(filter(None, (os.environ.get("DX_LOCAL_ROOTS"), str(root))))
+    get_settings.cache_clear()
     existing = len(list((root / "in").glob("contacts_*.csv")))
     path = write_csv(contacts(rows, bad_ratio=0.002, seed=existing), root / "in" / f"contacts_{existing + 1:04d}.csv")
     print(f"1. generated {rows:,} contacts (a few broken on purpose): {path}")
@@ -68,7 +72,7 @@ def run_demo(rows: int, run_module: RunModule) -> int:
     print(f"4. tenant_demo.newsletter now holds {count:,} contacts; failed-operations report (first lines):")
     for line in out.getvalue().splitlines()[:REPORT_LINES]:
         print("   " + line)
-    mails = sorted(settings.outbox_dir.glob("*.eml"))
+    mails = sorted(get_settings().outbox_dir.glob("*.eml"))
     if mails:
         print(f"5. report e-mail written to {mails[-1]}")
     print(json.dumps({"run": run_id, "import_exit_code": code}))

@@ -10,9 +10,10 @@ what a worker would refuse of a connection whose host is written as an address
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -788,11 +789,24 @@ def _chunk_floor(cfg: Config, min_chunk_bytes: int) -> list[str]:
             for i, m in enumerate(cfg.modules) if m.chunk_bytes is not None and m.chunk_bytes < min_chunk_bytes]
 
 
-def _platform_checks(cfg: Config, trusted: TrustedHosts) -> list[str]:
+def root_problem(root: str, allowed: Sequence[Path]) -> str | None:
+    """Why a tenant may not use ``root`` (links resolved): it is not inside one of the ``allowed`` folders."""
+    real = os.path.realpath(root)
+    if any(real == str(a) or real.startswith(str(a).rstrip(os.sep) + os.sep) for a in allowed):
+        return None
+    listed = ", ".join(str(a) for a in allowed) or "unset: no folder"
+    return (f"{root} is not inside a folder the platform lets tenants use (DX_LOCAL_ROOTS: {listed}); "
+            "the platform's operator lists it, or use an sftp connection")
+
+
+def _platform_checks(cfg: Config, trusted: TrustedHosts, local_roots: Sequence[Path]) -> list[str]:
     """What the platform forbids a tenant's connection: a host written as an internal address it does
-    not trust, and a client database reached without TLS outside the hosts it trusts."""
+    not trust, a client database reached without TLS outside the hosts it trusts, a local folder outside
+    the ones it lets tenants use."""
     problems = []
     for i, c in enumerate(cfg.connections):
+        if c.type == "local" and c.root and (problem := root_problem(c.root, local_roots)) is not None:
+            problems.append(f"connections[{i}].root: {problem}")
         if c.host is None:
             continue
         if (problem := literal_problem(c.host, trusted)) is not None:
@@ -819,10 +833,10 @@ def read_config_file(path: Path) -> str:
 
 
 def parse_config(text: str, known: Known | None = None, trusted: TrustedHosts | None = None, *,
-                 min_chunk_bytes: int = DEFAULT_MIN_CHUNK_BYTES) -> Config:
+                 min_chunk_bytes: int = DEFAULT_MIN_CHUNK_BYTES, local_roots: Sequence[Path] = ()) -> Config:
     """Parse and validate YAML text; ConfigError lists every problem with its path. ``trusted``: the
-    platform's trusted hosts, to refuse what its workers would refuse of a connection (not checked
-    without them). A module's ``chunk_bytes`` must be at least ``min_chunk_bytes`` (DX_MIN_CHUNK_BYTES)."""
+    platform's trusted hosts, and ``local_roots`` its folders for local connections (DX_LOCAL_ROOTS), to
+    refuse what its workers would refuse of a connection (not checked without ``trusted``). A module's ``chunk_bytes`` must be at least ``min_chunk_bytes`` (DX_MIN_CHUNK_BYTES)."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
         raise ConfigError([f"the configuration is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; "
                            "split it into several files and apply each"])
@@ -851,7 +865,7 @@ def parse_config(text: str, known: Known | None = None, trusted: TrustedHosts | 
         raise ConfigError(problems + _partial_cross_checks(raw, known or Known())) from exc
     problems = _cross_checks(cfg, known or Known()) + _chunk_floor(cfg, min_chunk_bytes)
     if trusted is not None:
-        problems += _platform_checks(cfg, trusted)
+        problems += _platform_checks(cfg, trusted, local_roots)
     if problems:
         raise ConfigError(problems)
     return cfg

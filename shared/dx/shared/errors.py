@@ -113,6 +113,10 @@ class ErrorCode(StrEnum):
                         "The SFTP server offered a host key of a type that is not pinned in the connection.")
     HOST_KEY_MISMATCH = ("HOST_KEY_MISMATCH", Level.RUN,
                          "The SFTP server's host key differs from the pinned one (possible interception).")
+    ROOT_NOT_ALLOWED = ("ROOT_NOT_ALLOWED", Level.RUN,
+                        "A local connection's root is not inside a folder the platform lets tenants use "
+                        "(DX_LOCAL_ROOTS on the workers and at dx apply; unset, none): nothing was read or "
+                        "written. The platform's operator lists the folder, or the tenant uses sftp.")
     PATH_OUTSIDE_ROOT = ("PATH_OUTSIDE_ROOT", Level.RUN,
                          "A configured path leaves the connection's root.")
     SECRET_MISSING = ("SECRET_MISSING", Level.RUN,

@@ -70,6 +70,8 @@ class Settings:
     probe_port: int = 0
     #: internal networks and hosts that tenant connections may reach, and without TLS (DX_TRUSTED_HOSTS)
     trusted_hosts: TrustedHosts = TrustedHosts()
+    #: the folders tenants' local connections may use as root (DX_LOCAL_ROOTS); none: no local connection
+    local_roots: tuple[Path, ...] = ()
     #: the smallest chunk_bytes `dx apply` accepts of a module, and the smallest DX_CHUNK_BYTES
     min_chunk_bytes: int = DEFAULT_MIN_CHUNK_BYTES
     #: seconds without progress after which the scheduler re-drives a run (``dx.scheduler.watchdog``)
@@ -174,6 +176,9 @@ class Settings:
         trusted, untrusted = TrustedHosts.parse(env.get("DX_TRUSTED_HOSTS") or "")
         problems += [f"DX_TRUSTED_HOSTS: {p}; list networks (10.20.0.0/16), addresses and host names, "
                      "separated by commas" for p in untrusted]
+        local_roots = tuple(Path(r.strip()) for r in (env.get("DX_LOCAL_ROOTS") or "").split(",") if r.strip())
+        problems += [f"DX_LOCAL_ROOTS: {r} is not an absolute path; list folders such as /srv/dx-files, "
+                     "separated by commas" for r in local_roots if not r.is_absolute()]
         secrets_dir = env.get("DX_SECRETS_DIR") or None
         if secrets_dir is not None and not Path(secrets_dir).is_dir():
             problems.append(f"DX_SECRETS_DIR={secrets_dir}: not a folder (mount the Secret there, or unset it)")
@@ -203,6 +208,7 @@ class Settings:
             mail_attach_bytes=number("DX_MAIL_ATTACH_BYTES", 2_000_000, 0, int),
             public_url=(url("DX_PUBLIC_URL", ("https", "http")) or "").rstrip("/") or None,
             trusted_hosts=trusted,
+            local_roots=tuple(Path(os.path.realpath(r)) for r in local_roots if r.is_absolute()),
             migrate_on_start=flag("DX_MIGRATE_ON_START", True),
             tenant_max_chunks=number("DX_TENANT_MAX_CHUNKS", DEFAULT_TENANT_MAX_CHUNKS, 0, int),
             tenant_lease_s=number("DX_TENANT_LEASE_S", 30.0, 1.0, float),

@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-from dx.shared.config import PLAINTEXT_SSLMODES, SECRET_PATTERN, SECRET_PREFIX, ConnectionCfg, SourceCfg
+from dx.shared.config import (
+    PLAINTEXT_SSLMODES,
+    SECRET_PATTERN,
+    SECRET_PREFIX,
+    ConnectionCfg,
+    SourceCfg,
+    root_problem,
+)
 from dx.shared.errors import ConfigError, ErrorCode, RunError
 from dx.shared.hosts import resolve
 from dx.shared.settings import get_settings, read_secret
@@ -170,6 +177,8 @@ def open_remote(cfg: ConnectionCfg) -> Iterator[Remote]:
     if cfg.type == "local":
         from dx.shared.connections.local import LocalRemote
 
+        if (problem := root_problem(cfg.root, get_settings().local_roots)) is not None:
+            raise RunError(ErrorCode.ROOT_NOT_ALLOWED, f"connection {cfg.id}: {problem}")
         yield LocalRemote(cfg.root)
         return
     from dx.shared.connections.sftp import POOL
