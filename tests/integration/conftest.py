@@ -20,17 +20,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from email import message_from_bytes, policy
+from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from dx.devkit.cluster import ServiceDown, Workers, private_services
 from dx.devkit.s3 import S3, running_s3
+from dx.devkit.smtp import Smtp
 from dx.devkit.sshd import SSHD, Sftp, free_port, running_sshd
 
 
@@ -43,12 +42,8 @@ def sshd() -> Iterator[Sftp]:
         yield server
 
 
-@dataclass
-class Mailbox:
-    """Every message the test SMTP server received."""
-
-    port: int
-    messages: list[Message] = field(default_factory=list)
+class Mailbox(Smtp):
+    """The session's SMTP server: every message it received, and a wait for one."""
 
     def wait_for(self, predicate: Callable[[Message], bool], timeout_s: float = 20) -> Message:
         deadline = time.monotonic() + timeout_s
@@ -83,17 +78,10 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def smtp() -> Iterator[Mailbox]:
-    box = Mailbox(free_port())
-
-    class Handler:
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            box.messages.append(message_from_bytes(envelope.content, policy=policy.default))
-            return "250 OK"
-
-    controller = Controller(Handler(), hostname="127.0.0.1", port=box.port)
-    controller.start()
+    box = Mailbox()
+    box.start()
     yield box
-    controller.stop()
+    box.stop()
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +89,7 @@ def cluster_env(tmp_path_factory: pytest.TempPathFactory, smtp: Mailbox, sshd: S
     """A private database and RabbitMQ vhost; the DX_* environment pointing at them."""
     # The watchdog leaves alone the runs that other tests leave going (a scheduler of a later test
     # would re-drive them); tests of the watchdog set their own DX_STALL_S.
-    extra = {"DX_SMTP_URL": f"smtp://127.0.0.1:{smtp.port}",
+    extra = {"DX_SMTP_URL": smtp.url,
              "DX_SECRET_TEST_SFTP_PASSWORD": sshd.password, "DX_SECRET_TEST_SFTP_KEY": sshd.private_key,
              "DX_STALL_S": "86400", "DX_RUN_TIMEOUT_S": "0",
              "DX_MIN_CHUNK_BYTES": "1"}  # tests cut files of a few records into several chunks

@@ -71,6 +71,9 @@ Address = Annotated[str, Field(pattern=r"^[^@\s<>,;\"\x00-\x1f\x7f]+@[^@\s<>,;\"
                                        r"\.[^@\s<>,;\".\x00-\x1f\x7f]+$", max_length=254)]
 #: The largest configuration file `dx apply` reads.
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
+#: The refusal of a configuration over MAX_CONFIG_BYTES.
+TOO_LARGE = (f"the configuration is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; "
+             "split it into several files and apply each")
 #: The largest chunk a module may ask for (a worker holds a chunk's records in memory).
 MAX_CHUNK_BYTES = 1 << 40
 #: The longest misfire grace window: a scheduler down longer fires nothing it missed.
@@ -791,8 +794,7 @@ def _chunk_floor(cfg: Config, min_chunk_bytes: int) -> list[str]:
 
 def root_problem(root: str, allowed: Sequence[Path]) -> str | None:
     """Why a tenant may not use ``root`` (links resolved): it is not inside one of the ``allowed`` folders."""
-    real = os.path.realpath(root)
-    if any(real == str(a) or real.startswith(str(a).rstrip(os.sep) + os.sep) for a in allowed):
+    if any(Path(os.path.realpath(root)).is_relative_to(a) for a in allowed):
         return None
     listed = ", ".join(str(a) for a in allowed) or "unset: no folder"
     return (f"{root} is not inside a folder the platform lets tenants use (DX_LOCAL_ROOTS: {listed}); "
@@ -824,8 +826,7 @@ def read_config_file(path: Path) -> str:
     with open(path, "rb") as fh:
         data = fh.read(MAX_CONFIG_BYTES + 1)
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError([f"{path}: the configuration is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; "
-                           "split it into several files and apply each"])
+        raise ConfigError([f"{path}: {TOO_LARGE}"])
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -836,10 +837,10 @@ def parse_config(text: str, known: Known | None = None, trusted: TrustedHosts | 
                  min_chunk_bytes: int = DEFAULT_MIN_CHUNK_BYTES, local_roots: Sequence[Path] = ()) -> Config:
     """Parse and validate YAML text; ConfigError lists every problem with its path. ``trusted``: the
     platform's trusted hosts, and ``local_roots`` its folders for local connections (DX_LOCAL_ROOTS), to
-    refuse what its workers would refuse of a connection (not checked without ``trusted``). A module's ``chunk_bytes`` must be at least ``min_chunk_bytes`` (DX_MIN_CHUNK_BYTES)."""
+    refuse what its workers would refuse of a connection (not checked without ``trusted``). A module's
+    ``chunk_bytes`` must be at least ``min_chunk_bytes`` (DX_MIN_CHUNK_BYTES)."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
-        raise ConfigError([f"the configuration is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; "
-                           "split it into several files and apply each"])
+        raise ConfigError([TOO_LARGE])
     try:
         raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader, stricter
     except yaml.YAMLError as exc:
