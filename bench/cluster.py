@@ -19,10 +19,10 @@ from typing import Any
 
 import psycopg
 
-from bench.measure import Sample, machine_busy_s, peak_mb, reset_peak
+from bench.measure import Sample, cpu, peak_mb, reset_peak
 from dx.devkit import configs
 from dx.devkit.cluster import Workers, private_services
-from dx.devkit.generate import FIELDS, write_contacts
+from dx.devkit.generate import FIELDS, write_contacts, write_contacts_xml
 from dx.devkit.smtp import Smtp
 from dx.devkit.sshd import Sftp, running_sshd
 
@@ -48,9 +48,12 @@ def config(sftp: Sftp, modules: list[dict[str, Any]]) -> str:
 
 
 def importer(module_id: str, mode: str, path: str, database: str = "contacts") -> dict[str, Any]:
-    """An importer module that keeps its source (so the same file serves every repetition)."""
-    return {"id": module_id, "kind": "importer", "database": database, "mode": mode,
-            "source": {"connection": "bench-sftp", "path": path, "after": "keep", "settle_s": 0}}
+    """An importer module that keeps its source (so the same file serves every repetition); an XML
+    source if ``path`` ends in ``.xml``."""
+    source = {"connection": "bench-sftp", "path": path, "after": "keep", "settle_s": 0}
+    if path.endswith(".xml"):
+        source["format"] = "xml"
+    return {"id": module_id, "kind": "importer", "database": database, "mode": mode, "source": source}
 
 
 @dataclass
@@ -89,11 +92,13 @@ class Cluster:
         return [self.workers.logdir / f"worker-{i}.log" for i in range(len(self.workers.procs))]
 
     def source(self, name: str, rows: int, *, seed: int = 7, start: int = 0) -> Path:
-        """A generated contact file (cached in data_dir), placed at ``in/<name>`` on the SFTP server."""
-        cached = self.data_dir / f"contacts-{rows}-s{seed}-k{start}.csv"
+        """A generated contact file (cached in data_dir), placed at ``in/<name>`` on the SFTP server:
+        CSV, or XML if ``name`` ends in ``.xml``."""
+        xml = name.endswith(".xml")
+        cached = self.data_dir / f"contacts-{rows}-s{seed}-k{start}.{'xml' if xml else 'csv'}"
         if not cached.exists():
             tmp = cached.with_suffix(".tmp")
-            write_contacts(tmp, rows, seed=seed, start=start)
+            (write_contacts_xml if xml else write_contacts)(tmp, rows, seed=seed, start=start)
             tmp.replace(cached)
         placed = self.sftp.root / "in" / name
         placed.parent.mkdir(parents=True, exist_ok=True)
@@ -113,26 +118,26 @@ class Cluster:
         log = self.out_dir / "dx-run.log"
         with psycopg.connect(self.database_url, autocommit=True) as conn, open(log, "ab") as out:
             last = conn.execute("SELECT coalesce(max(id), 0) FROM dx.runs").fetchone()
-            busy = machine_busy_s()
-            spawned, started = time.time(), time.monotonic()  # time(): PostgreSQL's clock, on this machine
-            proc = subprocess.run([str(DX), "run", module, "--wait", "--requested-by", "bench"],
-                                  env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, timeout=3600)
-            process_s, exited = time.monotonic() - started, time.time()
-            ids = conn.execute("SELECT id FROM dx.runs WHERE module = %s AND id > %s",
-                               (module, last[0] if last else 0)).fetchall()
-            if len(ids) != 1:
-                raise RuntimeError(f"`dx run {module} --wait` exited with {proc.returncode} and made "
-                                   f"{len(ids)} runs; see {log}")
-            run_id = ids[0][0]
-            while True:  # the process waits for the run's end; its report follows
-                row = conn.execute("SELECT email_sent_at IS NOT NULL FROM dx.runs WHERE id = %s", (run_id,)).fetchone()
-                if row and row[0]:
-                    break
-                if time.monotonic() - started > 3600:
-                    raise RuntimeError(f"run {run_id} sent no report within an hour")
-                time.sleep(POLL_S)
-            busy = machine_busy_s() - busy
+            with cpu() as used:
+                spawned, started = time.time(), time.monotonic()  # time(): PostgreSQL's clock, on this machine
+                proc = subprocess.run([str(DX), "run", module, "--wait", "--requested-by", "bench"],
+                                      env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, timeout=3600)
+                process_s, exited = time.monotonic() - started, time.time()
+                ids = conn.execute("SELECT id FROM dx.runs WHERE module = %s AND id > %s",
+                                   (module, last[0] if last else 0)).fetchall()
+                if len(ids) != 1:
+                    raise RuntimeError(f"`dx run {module} --wait` exited with {proc.returncode} and made "
+                                       f"{len(ids)} runs; see {log}")
+                run_id = ids[0][0]
+                while True:  # the process waits for the run's end; its report follows
+                    row = conn.execute("SELECT email_sent_at IS NOT NULL FROM dx.runs WHERE id = %s",
+                                       (run_id,)).fetchone()
+                    if row and row[0]:
+                        break
+                    if time.monotonic() - started > 3600:
+                        raise RuntimeError(f"run {run_id} sent no report within an hour")
+                    time.sleep(POLL_S)
             cur = conn.cursor(row_factory=psycopg.rows.dict_row)
             run = cur.execute(
                 "SELECT *, extract(epoch FROM email_sent_at - created_at)::float8 AS own_s,"
@@ -149,7 +154,7 @@ class Cluster:
             raise RuntimeError(f"run {run_id} of {module} ended {run['status']}: {run['error_message']}")
         peaks = [peak_mb(p) for p in pids]
         tool = f"dx ({len(pids)} workers)"
-        sample = Sample(scenario, tool, rows, run["own_s"], peaks, note, busy, process_s)
+        sample = Sample(scenario, tool, rows, run["own_s"], peaks, note, used.busy_s, process_s, used.by_kind)
         return sample, run
 
 

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import statistics
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 import psycopg
@@ -35,6 +40,7 @@ class Sample:
     note: str = ""
     busy_s: float | None = None  # core-seconds the whole machine was busy during the run
     process_s: float | None = None  # dx: the ``dx run --wait`` process, spawn to exit (wall_s: the run's own)
+    cpu_by: dict[str, float] = field(default_factory=dict)  # CPU seconds per kind of process
 
     @property
     def rows_per_s(self) -> float:
@@ -130,3 +136,125 @@ def best_median(samples: list[Sample]) -> tuple[float, float]:
     """(best, median) wall time."""
     walls = [s.wall_s for s in samples]
     return min(walls), statistics.median(walls)
+
+
+
+#: PostgreSQL's own processes, by the start of their title (the others serve a session).
+PG_AUXILIARY = ("checkpointer", "background writer", "walwriter", "autovacuum", "logical replication",
+                "parallel worker", "startup", "archiver", "stats")
+#: The cluster name Debian's PostgreSQL puts in its processes' titles (``15/main: ``).
+CLUSTER_NAME = re.compile(r"^\S+/\S+: ")
+#: The kernel's own threads (page writeback among them), by name.
+KERNEL_THREAD = re.compile(r"^(kworker|ksoftirqd|kswapd|rcu_|kdamond|jbd2|migration)")
+#: The kind of a process's children, when none was seen alive.
+CHILDREN_OF = {"postgres": "postgres backend"}
+#: How often the CPU sampler reads /proc (a process that ends between two reads loses its last part).
+CPU_POLL_S = 0.1
+
+
+def process_kind(name: str, argv: list[str]) -> str:
+    """What a process is, for the CPU breakdown: dx's role, a PostgreSQL backend's kind, a kernel
+    thread, or its name."""
+    if name.startswith("python") or name == "dx":
+        role = next((a for a in argv[1:] if a in ("worker", "run", "scheduler", "serve")), None)
+        return f"dx {role}" if role else "python"
+    if name == "postgres" and argv and argv[0].startswith("postgres: "):
+        title = CLUSTER_NAME.sub("", argv[0].removeprefix("postgres: "))
+        aux = next((a for a in PG_AUXILIARY if title.startswith(a)), None)
+        return f"postgres {aux}" if aux else "postgres backend"
+    if KERNEL_THREAD.match(name):
+        return "kernel threads"
+    return name
+
+
+class Proc(NamedTuple):
+    """One read of a process: its parent, its own CPU seconds and those of its children it reaped."""
+
+    ppid: int
+    own: float
+    reaped: float
+
+
+class CpuSampler:
+    """Each process's CPU seconds (user + system) read from /proc, its kind read once per process."""
+
+    def __init__(self) -> None:
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.kinds: dict[tuple[int, str], str] = {}  # (pid, start time) -> kind
+
+    def read(self) -> dict[tuple[int, str], Proc]:
+        out = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(entry.path, "stat").read_text()
+                name, rest = stat[stat.find("(") + 1:stat.rfind(")")], stat[stat.rfind(")") + 2:].split()
+                key = (int(entry.name), rest[19])
+                if key not in self.kinds:
+                    argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+                    self.kinds[key] = process_kind(name, [a.decode(errors="replace") for a in argv if a])
+            except OSError:  # it ended meanwhile
+                continue
+            out[key] = Proc(int(rest[1]), (int(rest[11]) + int(rest[12])) / self.tick,
+                            (int(rest[13]) + int(rest[14])) / self.tick)
+        return out
+
+
+@dataclass
+class Cpu:
+    """What a measured block cost the machine: busy core-seconds (``machine_busy_s``, less this
+    process's own: the sampling), and per kind of process (``process_kind``)."""
+
+    busy_s: float = 0.0
+    by_kind: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def cpu() -> Iterator[Cpu]:
+    """Measure the CPU the machine spends while the block runs; the Cpu is filled when it ends.
+
+    A process that ended meanwhile was last read up to CPU_POLL_S before its end (or never, if it
+    lived less): its parent's reaped-children time, read at the end, gives the rest, counted under
+    the kind of the children it was seen with (a PostgreSQL postmaster's: its backends)."""
+    sampler, result, done = CpuSampler(), Cpu(), threading.Event()
+    first = sampler.read()
+    last: dict[tuple[int, str], Proc] = {}
+
+    def poll() -> None:
+        while not done.wait(CPU_POLL_S):
+            last.update(sampler.read())
+
+    busy, own = machine_busy_s(), time.process_time()
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        done.set()
+        thread.join()
+        final = sampler.read()
+        last.update(final)
+        result.busy_s = machine_busy_s() - busy - (time.process_time() - own)
+        _attribute(result.by_kind, sampler.kinds, first, last, final)
+
+
+def _attribute(by_kind: dict[str, float], kinds: dict[tuple[int, str], str], first: dict[tuple[int, str], Proc],
+               last: dict[tuple[int, str], Proc], final: dict[tuple[int, str], Proc]) -> None:
+    """CPU seconds per kind: each process's own, from its first read to its last; for those that
+    ended, what their parent reaped beyond their last read."""
+    me = os.getpid()
+    gone: dict[int, list[tuple[int, str]]] = {}
+    for key, proc in last.items():
+        before = first[key].own if key in first else 0.0
+        if key[0] != me and proc.own > before:
+            by_kind[kinds[key]] = by_kind.get(kinds[key], 0.0) + proc.own - before
+        if key not in final:
+            gone.setdefault(proc.ppid, []).append(key)
+    for key, proc in final.items():
+        reaped = proc.reaped - (first[key].reaped if key in first else 0.0)
+        children = gone.get(key[0], [])
+        rest = reaped - sum(last[c].own for c in children)
+        if rest > 0:
+            kind = kinds[children[0]] if children else CHILDREN_OF.get(kinds[key], f"{kinds[key]} (children)")
+            by_kind[kind] = by_kind.get(kind, 0.0) + rest

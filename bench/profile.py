@@ -24,8 +24,10 @@ RATE_HZ = 100
 #: A frame in py-spy's raw output: "function (path/file.py:line)".
 FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^():]+)(?::\d+)?\)$")
 #: The actors by the file that holds them, and paramiko's transport thread (it decrypts SFTP downloads).
-STAGES = {"dx/workers/imports/plan.py": "plan", "dx/workers/imports/chunk.py": "chunk",
-          "dx/workers/imports/reduce.py": "reduce", "paramiko/transport.py": "sftp transport thread"}
+STAGES = {"workers/imports/plan.py": "plan", "workers/imports/chunk.py": "chunk",
+          "workers/imports/reduce.py": "reduce", "paramiko/transport.py": "sftp transport thread"}
+#: dx's own files, as py-spy names them (it cuts the path at the package root: ``dx/`` may go too).
+DX_FILE = re.compile(r"^(?:.*/)?(?:dx/)?(?:shared|workers|scheduler|cli|devkit)/[^/]")
 
 
 @contextmanager
@@ -75,7 +77,7 @@ def summarise(files: list[Path], top: int = 12) -> str:
                 continue
             count = int(n)
             per_stage[stage] += count
-            for name in {f"{fn} ({file})" for fn, file in frames if file.startswith("dx/") or "/dx/" in file}:
+            for name in {f"{fn} ({file})" for fn, file in frames if DX_FILE.match(file)}:
                 inclusive[f"{stage}: {name}"] += count
             fn, file = frames[-1]
             leaf[f"{stage}: {fn} ({file})"] += count

@@ -157,10 +157,68 @@ def targets_25(samples: list[Sample], rows: int, checks: list[tuple[str, str, fl
     return lines
 
 
+#: The kinds of process the CPU table shows one by one (``measure.process_kind``); the rest is "other".
+CPU_KINDS = ("dx worker", "dx run", "postgres backend", "postgres parallel worker", "sshd", "psql", "pgloader",
+             "kernel threads")
+
+
+def cpu_table(samples: list[Sample]) -> list[str]:
+    """Median CPU seconds per kind of process, per scenario and tool: where a run's CPU goes."""
+    groups = {k: g for k, g in _groups(samples).items() if any(s.cpu_by for s in g)}
+    if not groups:
+        return []
+    kinds = [k for k in CPU_KINDS if any(s.cpu_by.get(k) for g in groups.values() for s in g)]
+    lines = [f"| scenario | tool | rows | {' | '.join(kinds)} | other | all |",
+             f"| --- | --- | ---: |{' ---: |' * (len(kinds) + 2)}"]
+    for (scenario, tool, rows), group in groups.items():
+        cells = [statistics.median(s.cpu_by.get(k, 0.0) for s in group) for k in kinds]
+        other = statistics.median(sum(v for k, v in s.cpu_by.items() if k not in kinds) for s in group)
+        whole = statistics.median(sum(s.cpu_by.values()) for s in group)
+        lines.append(f"| {scenario} | {tool} | {rows:,} | {' | '.join(f'{c:.2f}' for c in cells)} "
+                     f"| {other:.2f} | {whole:.2f} |")
+    return lines
+
+
+def targets_25_more(samples: list[Sample], rows: int, memory_rows: int, xml_rate: float,
+                    memory_target_mb: float, scale_drop: float) -> list[str]:
+    """Issue 25's other targets: XML records per second per worker, a worker's peak RSS on a 1 GB CSV
+    and a 1 GB XML file, and the throughput of the large run against the ``rows`` one's."""
+    lines = []
+    xml = [s for s in samples if s.scenario == "xml" and s.tool.startswith("dx")]
+    head = f"| XML: at least {xml_rate:,.0f} records/s per worker "
+    if xml:
+        rates = [s.rows_per_s / len(s.peak_mb) for s in xml]
+        best, median = max(rates), statistics.median(rates)
+        verdicts = ["met" if r >= xml_rate else f"**missed**: {r / xml_rate:.0%} of it" for r in (best, median)]
+        lines.append(head + f"| {best:,.0f} / {median:,.0f} | {verdicts[0]} (best), {verdicts[1]} (median) |")
+    else:
+        lines.append(head + "| not measured in this run | — |")
+    for scenario, what in (("memory", "CSV"), ("memory xml", "XML")):
+        big = [s for s in samples if s.scenario == scenario and s.tool.startswith("dx") and s.rows > rows]
+        head = f"| {what}: a file of 1 GB or more: a worker's peak RSS under {memory_target_mb:.0f} MB "
+        if big:
+            peak = max(max(s.peak_mb) for s in big)
+            met = "met" if peak < memory_target_mb else f"**missed** by {peak / memory_target_mb - 1:.0%}"
+            lines.append(head + f"| {peak:.0f} MB ({big[0].note.split(' queued')[0]}) | {met} |")
+        else:
+            lines.append(head + "| not measured in this run | — |")
+    small = [s for s in samples if s.scenario == "memory" and s.tool.startswith("dx") and s.rows == rows]
+    large = [s for s in samples if s.scenario == "memory" and s.tool.startswith("dx") and s.rows == memory_rows]
+    head = f"| {memory_rows:,} rows: throughput within {scale_drop:.0%} of the {rows:,}-row run's "
+    if small and large:
+        kept = large[0].rows_per_s / small[0].rows_per_s
+        met = "met" if kept >= 1 - scale_drop else f"**missed**: {1 - kept:.0%} slower"
+        lines.append(head + f"| {large[0].rows_per_s:,.0f} against {small[0].rows_per_s:,.0f} rows/s "
+                     f"({kept:.0%}) | {met} |")
+    else:
+        lines.append(head + "| not measured in this run | — |")
+    return lines
+
+
 def render(samples: list[Sample], machine: dict[str, str], command: str, when: str, rows: int, memory_rows: int,
            checks: list[tuple[str, str, float]], small_target_s: float, memory_target_mb: float,
            overhead_target_s: float, sections: list[str], notes: list[str], kept: str,
-           checks_25: list[tuple[str, str, float, str]] | None = None) -> str:
+           checks_25: list[tuple[str, str, float, str]] | None = None, more_25: list[str] | None = None) -> str:
     out = ["# Benchmark results", "", f"`{command}` — {when}. Written by `bench/run.py`; regenerate, do not edit"
            " above the notes marker.", "", "## Machine", "", "| | |", "| --- | --- |"]
     out += [f"| {k} | {v} |" for k, v in machine.items()]
@@ -169,7 +227,8 @@ def render(samples: list[Sample], machine: dict[str, str], command: str, when: s
             "reported as best and median.", "",
             "## Targets (issue 6)", "", *targets(samples, rows, memory_rows, checks, small_target_s,
                                                   memory_target_mb, overhead_target_s),
-            *(["", "## Targets (issue 25)", "", *targets_25(samples, rows, checks_25)] if checks_25 else []),
+            *(["", "## Targets (issue 25)", "", *targets_25(samples, rows, checks_25), *(more_25 or [])]
+              if checks_25 else []),
             "", "## Results", "",
             "Each dx run is the process `dx run MODULE --wait`, as a user runs it. Its s (and the ratios) "
             "are the run's own time, request to report: created_at to email_sent_at of its row. "
@@ -177,9 +236,17 @@ def render(samples: list[Sample], machine: dict[str, str], command: str, when: s
             "own time (medians of the differences).", "", *table(samples)]
     if any(s.scenario == "scaling" for s in samples):
         out += ["", f"## Worker processes ({rows:,} rows overwrite)", "", *scaling(samples)]
+    if cpu := cpu_table(samples):
+        out += ["", "## Where the CPU goes", "",
+                "CPU seconds per kind of process during each run (medians over the runs of a scenario and tool),"
+                " read from /proc: dx's workers and its `dx run` client, PostgreSQL's session backends and"
+                " parallel workers (the key build), OpenSSH's sshd (the SFTP server's encryption), the"
+                " kernel's own threads (page writeback among them). \"all\" counts every process but the"
+                " bench's own.", "", *cpu]
     out += ["", "## Every run", "",
             "Busy core-s: the CPU time the whole machine spent during the run, every process counted "
-            f"(PostgreSQL, sshd, workers, psql; other jobs' too, if any), out of {os.cpu_count()} × wall s.", "",
+            "(PostgreSQL, sshd, workers, psql; other jobs' too, if any) but the bench's own, out of "
+            f"{os.cpu_count()} × wall s.", "",
             "| scenario | tool | rows | wall s | `dx run --wait` s | overhead s | busy core-s | peak RSS MB "
             "| note |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]

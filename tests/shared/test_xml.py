@@ -232,3 +232,18 @@ def test_memory_stays_bounded_because_records_are_cleared(write_file, make_sourc
     assert len(before) == 30_000
     assert max(before) <= 1
     assert max(held) < 3_000
+
+
+def test_the_generated_xml_source_reads_as_the_same_contacts_as_the_csv_one(tmp_path, make_source):
+    # Given the benchmark's XML source of some generated contacts (quotes, line breaks, `&`-free text)
+    from dx.devkit.generate import contacts, write_contacts_xml
+
+    path = write_contacts_xml(tmp_path / "contacts.xml", 300, seed=3)
+    # When the reader reads it
+    columns, rows, malformed = read_all(path, xml_source(make_source))
+    # Then every record is there, its fields under their names and its values as the CSV has them
+    expected = contacts(300, seed=3)
+    assert malformed == []
+    assert columns == [c.upper() for c in expected.columns]
+    assert [r[ROW] for r in rows] == list(range(1, 301))
+    assert [{c.lower(): r[c] for c in columns} for r in rows] == expected.to_dicts()

@@ -115,6 +115,28 @@ def write_contacts(path: Path, rows: int, *, seed: int = 7, start: int = 0) -> P
     return path
 
 
+def write_contacts_xml(path: Path, rows: int, *, seed: int = 7, start: int = 0) -> Path:
+    """The same contacts as write_contacts, as an XML source: ``<dataroot>``, one ``<RECORD>`` each,
+    a child element per field (its name upper-cased, as Access exports them), written block by block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as out:
+        out.write(b'<?xml version="1.0" encoding="UTF-8"?>\n<dataroot>\n')
+        for block in contact_blocks(rows, seed=seed, start=start):
+            records = block.select(pl.concat_str(
+                [pl.lit("<RECORD>"),
+                 *(pl.format(f"<{c.upper()}>{{}}</{c.upper()}>", _xml_text(pl.col(c))) for c in block.columns),
+                 pl.lit("</RECORD>\n")]))
+            out.write("".join(records.to_series()).encode("utf-8"))
+        out.write(b"</dataroot>\n")
+    return path
+
+
+def _xml_text(value: pl.Expr) -> pl.Expr:
+    """A value as XML character data (the three characters that must be escaped there, escaped)."""
+    return value.str.replace_all("&", "&amp;", literal=True).str.replace_all("<", "&lt;", literal=True) \
+        .str.replace_all(">", "&gt;", literal=True)
+
+
 def write_csv(frame: pl.DataFrame, path: Path, *, delimiter: str = ",", encoding: str = "utf-8") -> Path:
     """Write the frame as a CSV file in the given encoding."""
     path.parent.mkdir(parents=True, exist_ok=True)
