@@ -116,8 +116,9 @@ def test_the_xml_reader_reads_any_bytes_or_fails_with_a_content_code(tmp_path_fa
     operation_field = "ACTION" if updater else None
     monkeypatch_session.setattr(dxxml, "BATCH_RECORDS", batch)
     try:
-        columns = dxxml.read_columns(path, src, operation_field)
-        batches = list(dxxml.iter_batches(path, src, columns, operation_field))
+        spooled = dxxml.read(path, src, operation_field, path.with_name("in.xml.spool"))
+        columns = spooled.columns
+        batches = list(spooled.batches(columns))
     except RunError as exc:
         assert exc.code in CONTENT_CODES, exc
         return

@@ -21,10 +21,11 @@ pytestmark = pytest.mark.timeout(30)
 def read_all(path: Path, src: SourceCfg, operation_field: str | None = None
              ) -> tuple[list[str], list[dict[str, Any]], list[Malformed]]:
     """(columns, every good record as a dict with __row, every malformed record), over all batches."""
-    columns = dxxml.read_columns(path, src, operation_field)
+    spooled = dxxml.read(path, src, operation_field, path.with_name(f".{path.name}.spool"))
+    columns = spooled.columns
     rows: list[dict[str, Any]] = []
     malformed: list[Malformed] = []
-    for frame, bad in dxxml.iter_batches(path, src, columns, operation_field):
+    for frame, bad in spooled.batches(columns):
         assert frame.columns == [ROW, *columns]
         rows += frame.to_dicts()
         malformed += bad
@@ -118,6 +119,45 @@ def test_malformed_records_keep_their_ordinal_and_the_others_go_on(write_file, m
     assert "<EMAIL>b2@x.it</EMAIL>" in malformed[0].message
 
 
+def test_a_field_first_met_in_a_later_batch_is_absent_from_the_earlier_records(write_file, make_source,
+                                                                               monkeypatch):
+    # Given batches of 2 and a field that only the third record gives, after a malformed record that
+    # names another one past its fault
+    monkeypatch.setattr(dxxml, "BATCH_RECORDS", 2)
+    path = write_file("in.xml", "<dataroot>"
+                      "<RECORD><EMAIL>a@x.it</EMAIL></RECORD>"
+                      "<RECORD><EMAIL>b@x.it</EMAIL><EMAIL>b2@x.it</EMAIL><CITY>Roma</CITY></RECORD>"
+                      "<RECORD><POINTS>3</POINTS><EMAIL>c@x.it</EMAIL></RECORD>"
+                      "</dataroot>")
+    # When read in one pass
+    columns, rows, malformed = read_all(path, xml_source(make_source))
+    # Then the columns are every name in order of first appearance, and a record that lacked one has it null
+    assert columns == ["EMAIL", "CITY", "POINTS"]
+    assert [(r[ROW], r["EMAIL"], r["CITY"], r["POINTS"]) for r in rows] == [
+        (1, "a@x.it", None, None), (3, "c@x.it", None, "3")]
+    assert [m.row_number for m in malformed] == [2]
+
+
+def test_a_fault_after_batches_were_spooled_leaves_no_spool(write_file, make_source, monkeypatch, raises_run_error):
+    # Given batches of 1 and a document that breaks after three records
+    monkeypatch.setattr(dxxml, "BATCH_RECORDS", 1)
+    path = write_file("in.xml", "<dataroot>" + "<RECORD><EMAIL>a@x.it</EMAIL></RECORD>" * 3 + "<RECORD></dataroot>")
+    spool = path.with_name("in.xml.spool")
+    seen: list[int] = []
+    real_flush_target = dxxml.pl.DataFrame.write_ipc
+
+    def spy(frame, target, *args, **kwargs):  # counts the batches spooled before the fault
+        seen.append(frame.height)
+        return real_flush_target(frame, target, *args, **kwargs)
+
+    monkeypatch.setattr(dxxml.pl.DataFrame, "write_ipc", spy)
+    # When read / Then it fails, after spooling three batches, and the spool is gone
+    with raises_run_error(ErrorCode.SOURCE_UNREADABLE):
+        dxxml.read(path, xml_source(make_source), None, spool)
+    assert seen == [1, 1, 1]
+    assert not spool.exists()
+
+
 @pytest.mark.parametrize("declared, codec", [("ISO-8859-1", "latin-1"), ("windows-1252", "cp1252"),
                                              ("UTF-16", "utf-16"), (None, "utf-8-sig")])
 def test_the_encoding_is_the_xml_declarations(write_file, make_source, declared, codec):
@@ -146,11 +186,13 @@ def test_a_document_that_is_not_well_formed_fails_with_line_and_column(write_fil
     # Given a mismatched closing tag on line 3
     path = write_file("in.xml", "<dataroot>\n<RECORD><EMAIL>a@x.it</EMAIL></RECORD>\n"
                       "<RECORD><EMAIL>b@x.it</EMAL></RECORD>\n</dataroot>")
-    # When the columns are read (the first pass checks the whole document)
+    # When read (the one pass checks the whole document before any batch is used)
+    spool = path.with_name("in.xml.spool")
     with raises_run_error(ErrorCode.SOURCE_UNREADABLE) as info:
-        dxxml.read_columns(path, xml_source(make_source), None)
-    # Then the message says where
+        dxxml.read(path, xml_source(make_source), None, spool)
+    # Then the message says where, and the batches spooled before the fault are gone
     assert "line 3, column" in info.value.message
+    assert not spool.exists()
 
 
 BILLION_LAUGHS = """<?xml version="1.0"?>
@@ -180,9 +222,9 @@ BILLION_LAUGHS = """<?xml version="1.0"?>
 def test_entities_and_external_dtds_are_refused_not_expanded(write_file, make_source, raises_run_error, document):
     # Given an entity bomb, an external entity, or an external DTD
     path = write_file("in.xml", document)
-    # When the columns are read / Then the document is refused with SOURCE_UNSAFE
+    # When read / Then the document is refused with SOURCE_UNSAFE
     with raises_run_error(ErrorCode.SOURCE_UNSAFE) as info:
-        dxxml.read_columns(path, xml_source(make_source), None)
+        read_all(path, xml_source(make_source))
     assert "refused" in info.value.message
 
 
@@ -193,7 +235,7 @@ def test_a_wrong_record_element_is_a_clear_error_and_an_empty_root_has_no_column
     empty = write_file("empty.xml", '<?xml version="1.0"?><dataroot/>')
     # When read / Then the first names what it found; the second simply has no columns and no records
     with raises_run_error(ErrorCode.MALFORMED_HEADER) as info:
-        dxxml.read_columns(wrong, xml_source(make_source), None)
+        read_all(wrong, xml_source(make_source))
     assert "<record>" in info.value.message and "record_element" in info.value.message
     assert read_all(empty, xml_source(make_source)) == ([], [], [])
 

@@ -28,19 +28,21 @@ READ_AHEAD = 1
 T = TypeVar("T")
 
 
-def open_source(path: Path, mdef: ModuleDef, opener: csv.Opener | None = None) -> tuple[list[str], Batches]:
+def open_source(path: Path, mdef: ModuleDef, scratch: Path,
+                opener: csv.Opener | None = None) -> tuple[list[str], Batches]:
     """The source's columns and its batches (read lazily, as the iterator is consumed);
-    ``opener`` opens a CSV's bytes (a download still arriving)."""
+    ``opener`` opens the file's bytes (a download still arriving); an XML document is read whole
+    first, its batches spooled in a folder under ``scratch`` (dx's own staging, never the source's)."""
     src, module = mdef.module.source, mdef.module
     assert src is not None
+    opener = opener or csv.open_file
     if src.format == "xml":
         operation_field = module.operation_field if module.kind == "updater" else None
-        columns = xml.read_columns(path, src, operation_field)
+        spooled = xml.read(path, src, operation_field, scratch / f".{path.name}.spool", opener)
+        columns = spooled.columns
         if not columns:  # no record at all: any columns are true of it; these pass the plan's checks
             columns = [*mdef.database.fields, *([operation_field] if operation_field else [])]
-        frames = xml.iter_batches(path, src, columns, operation_field)
-        return columns, ((frame.to_arrow(), bad) for frame, bad in frames)
-    opener = opener or csv.open_file
+        return columns, ((frame.to_arrow(), bad) for frame, bad in spooled.batches(columns))
     columns = csv.read_header(path, src, opener)
     return columns, csv.iter_batches(path, src, columns, opener)
 

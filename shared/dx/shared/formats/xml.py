@@ -20,14 +20,17 @@ The layout platform clients send (Microsoft Access's export among them)::
   one that declares entities or an external DTD is refused, never expanded
   (SOURCE_UNSAFE): billion laughs and external entities never get a chance.
 
-Two passes over the staged file: the first finds the columns (the union of the
-field names, in order of first appearance) and checks the whole document, so
-a broken file fails before any chunk exists; the second yields the batches.
-lxml's ``iterparse`` with each record cleared after use keeps memory flat.
+One pass over the staged file (``read``): it checks the whole document, so a
+broken file fails before any chunk exists, and spools the records as Arrow
+files while the columns (the union of the field names, in order of first
+appearance) are found; the batches are read back from the spool with every
+column. lxml's ``iterparse`` with each record cleared after use keeps memory
+flat.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -37,7 +40,7 @@ from lxml import etree
 
 from dx.shared.config import SourceCfg
 from dx.shared.errors import ErrorCode, RunError
-from dx.shared.formats.csv import ROW, Malformed
+from dx.shared.formats.csv import ROW, Malformed, Opener, open_file
 from dx.shared.formats.csv import _open as open_decompressed
 
 #: Records per batch: bounds memory (a few MB at typical record sizes).
@@ -140,63 +143,94 @@ class _Fields:
                 return True
         return False
 
-    def __call__(self, rec: etree._Element) -> dict[str, str | None] | str:
-        values: dict[str, str | None] = {}
+    def into(self, rec: etree._Element, columns: dict[str, list[str | None]], row: int, size: int) -> str | None:
+        """Write the record's values at ``row`` of ``columns`` (a column first met gets ``size`` Nones:
+        absent); why it is malformed, or None. Per record and field: kept lean."""
         if self.action is not None and rec.attrib:
             for key, value in rec.items():
                 if self.action_in((key,)):
-                    values[self.action[1]] = value
+                    columns.setdefault(self.action[1], [None] * size)[row] = value
+        names = self.names
         for child in rec:
-            field = self.column(child.tag)
-            if field in values:
+            tag = child.tag
+            field = names.get(tag) or self.column(tag)
+            values = columns.get(field)
+            if values is None:
+                values = columns[field] = [None] * size
+            elif values[row] is not None:
                 return f"{field} is given twice in the record"
             if len(child):
                 return f"{field} holds elements instead of a value"
-            values[field] = child.text or ""
-        return values
+            values[row] = child.text or ""
+        return None
 
 
-def read_columns(path: Path, src: SourceCfg, operation_field: str | None) -> list[str]:
-    """The field names of the whole document, in order of first appearance (the
-    operation's column first when an attribute carries it); checks the whole document."""
+class Spooled:
+    """A document read once: its columns (the union of the field names, in order of first appearance;
+    the operation's first when an attribute carries it) and its batches, spooled as Arrow files."""
+
+    def __init__(self, columns: list[str], parts: list[tuple[Path, list[Malformed]]], spool: Path) -> None:
+        self.columns, self.parts, self.spool = columns, parts, spool
+
+    def batches(self, columns: list[str]) -> Iterator[tuple[pl.DataFrame, list[Malformed]]]:
+        """(batch, malformed records of that batch) in source order, ``__row`` and a String column per
+        name of ``columns`` (null where a batch had none: absent); each spool file is removed once read."""
+        try:
+            for part, bad in self.parts:
+                frame = pl.read_ipc(part)
+                part.unlink()
+                missing = [pl.lit(None, pl.String).alias(c) for c in columns if c not in frame.columns]
+                yield frame.with_columns(missing).select([ROW, *columns]), bad
+        finally:
+            shutil.rmtree(self.spool, ignore_errors=True)
+
+
+def read(path: Path, src: SourceCfg, operation_field: str | None, spool: Path,
+         opener: Opener = open_file) -> Spooled:
+    """Read the document once, checking all of it (a broken one fails before any batch is used): each
+    BATCH_RECORDS records go to an Arrow file in ``spool`` with the columns met so far, their malformed
+    records kept beside it; the columns are known at the end."""
     fields = _Fields(src, operation_field)
-    tags: dict[str, None] = {}
+    spool.mkdir(parents=True, exist_ok=True)
+    parts: list[tuple[Path, list[Malformed]]] = []
+    order: dict[str, None] = {}
     action_attribute = False
-    with open_decompressed(path, src.compression) as fh:
-        for rec in _records(fh, src, path.name):
-            action_attribute = action_attribute or fields.action_in(rec.keys())
-            for child in rec:
-                tags[child.tag] = None
-    first = [operation_field] if action_attribute and operation_field else []
-    return list(dict.fromkeys([*first, *(fields.column(t) for t in tags)]))
-
-
-def iter_batches(path: Path, src: SourceCfg, columns: list[str],
-                 operation_field: str | None) -> Iterator[tuple[pl.DataFrame, list[Malformed]]]:
-    """Yield (batch, malformed records of that batch) in source order: ``__row`` and one
-    String column per name of ``columns``."""
-    fields = _Fields(src, operation_field)
-    schema = {ROW: pl.Int64, **{c: pl.String for c in columns}}
-    rows: list[dict[str, str | None]] = []
+    columns: dict[str, list[str | None]] = {}
     numbers: list[int] = []
     bad: list[Malformed] = []
-    with open_decompressed(path, src.compression) as fh:
-        for number, rec in enumerate(_records(fh, src, path.name), start=1):
-            values = fields(rec)
-            if isinstance(values, str):
-                text = etree.tostring(rec, encoding="unicode")[:QUOTED_CHARS]
-                bad.append(Malformed(number, text, 0, 0, reason=values))
-            else:
-                rows.append(values)
-                numbers.append(number)
-            if len(rows) + len(bad) >= BATCH_RECORDS:
-                yield _frame(rows, numbers, columns, schema), bad
-                rows, numbers, bad = [], [], []
-    if rows or bad:
-        yield _frame(rows, numbers, columns, schema), bad
 
+    def flush() -> None:
+        order.update(dict.fromkeys(columns))
+        n = len(numbers)
+        frame = pl.DataFrame({ROW: numbers, **{c: v[:n] for c, v in columns.items()}},
+                             schema={ROW: pl.Int64, **{c: pl.String for c in columns}})
+        part = spool / f"batch-{len(parts):06d}.arrow"
+        frame.write_ipc(part)
+        parts.append((part, bad))
 
-def _frame(rows: list[dict[str, str | None]], numbers: list[int], columns: list[str],
-           schema: dict[str, type[pl.DataType]]) -> pl.DataFrame:
-    data = {ROW: numbers, **{c: [r.get(c) for r in rows] for c in columns}}
-    return pl.DataFrame(data, schema=schema)
+    try:
+        with open_decompressed(path, src.compression, opener) as fh:
+            for number, rec in enumerate(_records(fh, src, path.name), start=1):
+                row = len(numbers)
+                if fields.action is not None and rec.attrib and fields.action_in(rec.keys()):
+                    action_attribute = True
+                why = fields.into(rec, columns, row, BATCH_RECORDS)
+                if why is None:
+                    numbers.append(number)
+                else:
+                    for values in columns.values():
+                        values[row] = None
+                    for child in rec:  # its field names count too, those past its fault as well
+                        columns.setdefault(fields.column(child.tag), [None] * BATCH_RECORDS)
+                    text = etree.tostring(rec, encoding="unicode")[:QUOTED_CHARS]
+                    bad.append(Malformed(number, text, 0, 0, reason=why))
+                if len(numbers) + len(bad) >= BATCH_RECORDS:
+                    flush()
+                    columns, numbers, bad = {}, [], []
+        if numbers or bad:
+            flush()
+    except BaseException:
+        shutil.rmtree(spool, ignore_errors=True)
+        raise
+    first = [operation_field] if action_attribute and operation_field else []
+    return Spooled(list(dict.fromkeys([*first, *order])), parts, spool)

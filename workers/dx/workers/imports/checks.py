@@ -106,7 +106,7 @@ def _preview(mdef: ModuleDef) -> dict[str, Any]:
             raise RunError(ErrorCode.SOURCE_UNREADABLE, f"{info.path} is {info.size_bytes:,} bytes: a preview "
                            f"downloads files up to {PREVIEW_MAX_BYTES:,}; the run itself reads it whole")
         local = remote.fetch(info.path, Path(folder))
-        columns, batches = open_source(local, mdef)
+        columns, batches = open_source(local, mdef, Path(folder))
         kind = import_kind(mdef)
         frame, malformed = _first_records(batches, columns)
         validated = kind.validate(frame, columns)

@@ -103,17 +103,16 @@ class Partitioned(NamedTuple):
     attempt: int | None = None
 
 
-def _partition(run_id: int, kind: ImportKind, source: Path | Download, n_chunks: int) -> Partitioned:
-    """Split the source into chunk files (a CSV download is read while it arrives)."""
+def _partition(run_id: int, kind: ImportKind, source: Path | Download, n_chunks: int, scratch: Path) -> Partitioned:
+    """Split the source into chunk files (a download is read while it arrives; an XML document's
+    batches are spooled under ``scratch``, the plan's own folder)."""
     mdef = kind.mdef
-    src = mdef.module.source
-    assert src is not None
     opener = None
-    if isinstance(source, Download) and src.format == "csv":
+    if isinstance(source, Download):
         path, opener = source.growing, source.opener
     else:
-        path = source.wait() if isinstance(source, Download) else source
-    columns, source_batches = open_source(path, mdef, opener)
+        path = source
+    columns, source_batches = open_source(path, mdef, scratch, opener)
     batches = read_ahead(source_batches)
     if twins := ambiguous_columns(columns, mdef.database):
         raise RunError(ErrorCode.MALFORMED_HEADER, "; ".join(
@@ -263,7 +262,7 @@ def _plan(run_id: int, kind: ImportKind) -> None:
         info, local = stage_query(run_id, mdef, source_dir)
         log.info("plan.fetched", path=info.path, bytes=info.size_bytes, seconds=round(time.monotonic() - started, 3))
         if n_chunks := _n_chunks(info.size_bytes, chunk_bytes):
-            parts = _partition(run_id, kind, local, n_chunks)
+            parts = _partition(run_id, kind, local, n_chunks, source_dir)
     else:
         with open_remote(mdef.connection) as remote:
             picked = _pick_file(remote, src, mdef.connection.id)
@@ -278,7 +277,7 @@ def _plan(run_id: int, kind: ImportKind) -> None:
                                "so it is likely an upload cut short; nothing was imported")
             if n_chunks := _n_chunks(info.size_bytes, chunk_bytes):
                 with downloading(remote, info.path, source_dir) as download:
-                    parts = _partition(run_id, kind, download, n_chunks)
+                    parts = _partition(run_id, kind, download, n_chunks, source_dir)
                 log.info("plan.fetched", path=info.path, bytes=info.size_bytes, seconds=round(download.seconds, 3))
     shutil.rmtree(source_dir, ignore_errors=True)
     with db.transaction() as conn:
