@@ -28,12 +28,12 @@ def stop(proc: subprocess.Popen[bytes], log: Path) -> str:
     return log.read_text(errors="replace")
 
 
-def until(predicate: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    """Poll ``predicate`` until true; fails saying ``what`` did not happen in time."""
+def until(predicate: Callable[[], bool], what: str, timeout_s: float = 60, poll_s: float = 0.2) -> None:
+    """Poll ``predicate`` every ``poll_s`` until true; fails saying ``what`` did not happen in time."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, f"{what} within {timeout_s} s"
-        time.sleep(0.2)
+        time.sleep(poll_s)
 
 
 def answers(url: str) -> bool:

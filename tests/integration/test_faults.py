@@ -186,7 +186,7 @@ def caught(site: Site, module: str, stage: str, tenant: str) -> Iterator[tuple[i
             until(lambda: site.run(run_id)["status"] == "running", "the plan starts", 60)
             gate.hold("SELECT 1 FROM dx.runs WHERE id = %s FOR NO KEY UPDATE", run_id)
         elif stage == "chunk":  # a chunk holds its run FOR SHARE: the next one waits
-            until(lambda: _chunks_done(site, run_id) >= 1, "a chunk commits", 120)
+            until(lambda: _chunks_done(site, run_id) >= 1, "a chunk commits", 120, poll_s=0.01)  # before the last
             gate.hold("SELECT 1 FROM dx.runs WHERE id = %s FOR NO KEY UPDATE", run_id)
         waiter = gate.waiter(STATEMENT_OF[stage])
         run = site.run(run_id)
@@ -362,7 +362,7 @@ UPDATER_CASES = [(stage, fault) for stage in ("plan", "chunk") for fault in FAUL
 
 @pytest.mark.parametrize(("stage", "fault"), UPDATER_CASES, ids=[f"{s}-{f}" for s, f in UPDATER_CASES])
 def test_an_updater_run_matches_the_oracle_through_a_fault_in_flight(stage, fault, cluster):
-    # Given: 60,000 I/U/D records (2% bad) over 20,000 keys, half of them in the table, in about 12 chunks
+    # Given: 60,000 I/U/D records (2% bad) over 20,000 keys, half of them in the table, in about 48 chunks
     tenant = f"u{UPDATER_CASES.index((stage, fault))}"
     rng = random.Random(7)
     records = random_records(rng, 60_000, 20_000, bad_ratio=0.02)
@@ -371,7 +371,7 @@ def test_an_updater_run_matches_the_oracle_through_a_fault_in_flight(stage, faul
     cluster.sftp.put(f"faults/{tenant}.csv", data.encode())
     path = cluster.home / f"{tenant}.yaml"
     path.write_text(config(tenant, cluster.sftp, [
-        {"id": f"{tenant}-ops", "kind": "updater", "chunk_bytes": len(data) // 12, "update_missing": "fail",
+        {"id": f"{tenant}-ops", "kind": "updater", "chunk_bytes": len(data) // 48, "update_missing": "fail",
          "source": {"path": f"faults/{tenant}.csv", "after": "keep"}}], fields=UPDATER_FIELDS))
     cluster.dx("apply", "-f", str(path))
     with psycopg.connect(cluster.url) as conn, conn.cursor().copy(
