@@ -8,6 +8,7 @@ import sys
 
 import httpx
 import pytest
+from psycopg.types.json import Jsonb
 
 from dx.cli import main
 from dx.scheduler.users import MAX_PER_USER, create_user
@@ -162,6 +163,27 @@ def test_test_connection_and_preview_answer_from_a_worker_and_write_nothing(tena
         assert conn.execute("SELECT count(*) AS n FROM dx.runs").fetchone()["n"] == runs_before
         assert conn.execute("SELECT count(*) AS n FROM dx.file_ledger WHERE connection = 'capi-sftp'").fetchone()["n"] == 0
     assert (sshd.root / "capi/in.csv").exists()
+
+
+def test_a_check_is_committed_before_its_message_is_sent(tenant, monkeypatch):
+    # Given: the request's connection inside a transaction already (the module was read), as in a request
+    from dx.scheduler import console_api
+    from dx.scheduler.api_base import Who
+
+    def send(actor, check_id):
+        # a worker taking the message at once: it must see the row, else it drops the message
+        with db.connect() as other:
+            found = other.execute("SELECT kind FROM dx.checks WHERE id = %s", (check_id,)).fetchone()
+            assert found is not None and found["kind"] == "connection", "the check's row was not committed"
+            other.execute("UPDATE dx.checks SET result = %s, finished_at = now() WHERE id = %s",
+                          (Jsonb({"ok": True, "message": "answered"}), check_id))
+            other.commit()
+
+    monkeypatch.setattr(console_api.messages, "send", send)
+    # When: a connection test is asked for / Then: the worker's answer comes back
+    with db.connect() as conn:
+        answer = console_api.run_check("capi-import", "connection", conn, Who("capi", "op@capi.example", "operator"))
+    assert answer.ok and answer.message == "answered"
 
 
 def test_a_check_of_a_server_that_does_not_answer_says_so_with_a_code(tenant, api, sshd, workers, tmp_path):

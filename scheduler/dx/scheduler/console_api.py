@@ -223,10 +223,10 @@ class CheckOut(BaseModel):
             responses={504: {"description": "no worker answered in time"}})
 def run_check(module_id: ModuleId, kind: Literal["connection", "preview"], conn: Connection, who: Tenant) -> CheckOut:
     _module(conn, who, module_id)
-    with conn.transaction():
-        row = conn.execute("INSERT INTO dx.checks (tenant, module, kind, requested_by) VALUES (%s, %s, %s, %s)"
-                           " RETURNING id", (who.tenant, module_id, kind, who.name)).fetchone()
+    row = conn.execute("INSERT INTO dx.checks (tenant, module, kind, requested_by) VALUES (%s, %s, %s, %s)"
+                       " RETURNING id", (who.tenant, module_id, kind, who.name)).fetchone()
     assert row is not None
+    conn.commit()  # the row first: a worker that finds none drops the message
     messages.send(messages.CHECK, check_id=row["id"])
     deadline = time.monotonic() + CHECK_WAIT_S
     while time.monotonic() < deadline:
