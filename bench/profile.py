@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,12 +31,22 @@ STAGES = {"workers/imports/plan.py": "plan", "workers/imports/chunk.py": "chunk"
 DX_FILE = re.compile(r"^(?:.*/)?(?:dx/)?(?:shared|workers|scheduler|cli|devkit)/[^/]")
 
 
+def py_spy() -> str | None:
+    """py-spy's path: beside this interpreter (a virtualenv not activated), else on PATH."""
+    return shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+
+
+def require() -> list[str]:
+    """What is missing for a profile, said before anything is measured."""
+    return [] if py_spy() else ["py-spy is missing (the profile scenario needs it): pip install -e '.[bench]'"]
+
+
 @contextmanager
 def sampling(pids: list[int], out_dir: Path) -> Iterator[list[Path]]:
     """py-spy record on every pid while the block runs; yields the raw output files."""
-    spy = shutil.which("py-spy")
+    spy = py_spy()
     if spy is None:
-        raise RuntimeError("py-spy is missing: pip install -e '.[bench]'")
+        raise RuntimeError(require()[0])
     files = [out_dir / f"pyspy-{pid}.txt" for pid in pids]
     procs = [subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", str(RATE_HZ), "--idle", "--format",
                                "raw", "--output", str(f), "--nonblocking"],

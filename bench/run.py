@@ -335,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in chosen if s not in SCENARIOS]
     problems = [f"unknown scenario {s!r}; choose from {', '.join(SCENARIOS)}" for s in unknown]
     problems += baselines.require_tools()
+    if "profile" in chosen and not args.render:
+        problems += profile.require()
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 2
