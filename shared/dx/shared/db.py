@@ -30,18 +30,15 @@ def _embedded_url(home: str) -> str:
     """Start (or reuse) the embedded PostgreSQL under DX_HOME/pgdata."""
     import warnings
 
-    try:
-        with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on servers, at import too
-            warnings.simplefilter("ignore")
-            import pgserver  # imported here: only the embedded mode needs it, and a server has it not
-    except ImportError:
-        raise ConfigError([
-            "DX_DATABASE_URL is unset and the embedded PostgreSQL (the pgserver package, for the demo only) "
-            "is not installed: set DX_DATABASE_URL=postgresql://..., or install it with "
-            "pip install 'dx-shared[embedded]' (Python 3.11 or 3.12; bash scripts/bootstrap.sh does it)"]) from None
-
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on servers, at pgserver's import
         warnings.simplefilter("ignore")
+        try:
+            import pgserver  # imported here: only the embedded mode needs it, and a server has it not
+        except ImportError:
+            raise ConfigError([
+                "DX_DATABASE_URL is unset and the embedded PostgreSQL (the pgserver package, for the demo only) "
+                "is not installed: set DX_DATABASE_URL=postgresql://..., or install it with "
+                "pip install 'dx-shared[embedded]' (Python 3.11 or 3.12; bash scripts/bootstrap.sh does it)"]) from None
         server = pgserver.get_server(f"{home}/pgdata", cleanup_mode=None)
     return server.get_uri()
 
