@@ -27,6 +27,8 @@ FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^():]+)(?::\d+)?\)$")
 #: The actors by the file that holds them, and paramiko's transport thread (it decrypts SFTP downloads).
 STAGES = {"workers/imports/plan.py": "plan", "workers/imports/chunk.py": "chunk",
           "workers/imports/reduce.py": "reduce", "paramiko/transport.py": "sftp transport thread"}
+#: What a run without py-spy is told.
+MISSING = "py-spy is missing (the profile scenario needs it): pip install -e '.[bench]'"
 #: dx's own files, as py-spy names them (it cuts the path at the package root: ``dx/`` may go too).
 DX_FILE = re.compile(r"^(?:.*/)?(?:dx/)?(?:shared|workers|scheduler|cli|devkit)/[^/]")
 
@@ -38,7 +40,7 @@ def py_spy() -> str | None:
 
 def require() -> list[str]:
     """What is missing for a profile, said before anything is measured."""
-    return [] if py_spy() else ["py-spy is missing (the profile scenario needs it): pip install -e '.[bench]'"]
+    return [] if py_spy() else [MISSING]
 
 
 @contextmanager
@@ -46,7 +48,7 @@ def sampling(pids: list[int], out_dir: Path) -> Iterator[list[Path]]:
     """py-spy record on every pid while the block runs; yields the raw output files."""
     spy = py_spy()
     if spy is None:
-        raise RuntimeError(require()[0])
+        raise RuntimeError(MISSING)
     files = [out_dir / f"pyspy-{pid}.txt" for pid in pids]
     procs = [subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", str(RATE_HZ), "--idle", "--format",
                                "raw", "--output", str(f), "--nonblocking"],
