@@ -154,7 +154,8 @@ class Cluster:
             raise RuntimeError(f"run {run_id} of {module} ended {run['status']}: {run['error_message']}")
         peaks = [peak_mb(p) for p in pids]
         tool = f"dx ({len(pids)} workers)"
-        sample = Sample(scenario, tool, rows, run["own_s"], peaks, note, used.busy_s, process_s, used.by_kind)
+        sample = Sample(scenario, tool, rows, run["own_s"], peaks, note, used.busy_s, process_s, used.by_kind,
+                        used.worker_threads)
         return sample, run
 
 

@@ -41,6 +41,7 @@ class Sample:
     busy_s: float | None = None  # core-seconds the whole machine was busy during the run
     process_s: float | None = None  # dx: the ``dx run --wait`` process, spawn to exit (wall_s: the run's own)
     cpu_by: dict[str, float] = field(default_factory=dict)  # CPU seconds per kind of process
+    worker_threads: dict[str, float] = field(default_factory=dict)  # dx workers' CPU seconds per kind of thread
 
     @property
     def rows_per_s(self) -> float:
@@ -150,6 +151,10 @@ KERNEL_THREAD = re.compile(r"^(kworker|ksoftirqd|kswapd|rcu_|kdamond|jbd2|migrat
 CHILDREN_OF = {"postgres": "postgres backend"}
 #: How often the CPU sampler reads /proc (a process that ends between two reads loses its last part).
 CPU_POLL_S = 0.1
+#: A dx worker's threads by the start of their OS names (``dx.shared.threads``; Polars names its own
+#: pool and executor) -> what they do; any other thread is "other".
+THREAD_KINDS = (("dx-actor", "actors"), ("dx-parse", "parse"), ("dx-fetch", "download"), ("dx-ssh", "ssh"),
+                ("polars", "polars"), ("async-executor", "polars"), ("dx-consumer", "broker"))
 
 
 def process_kind(name: str, argv: list[str]) -> str:
@@ -165,6 +170,11 @@ def process_kind(name: str, argv: list[str]) -> str:
     if KERNEL_THREAD.match(name):
         return "kernel threads"
     return name
+
+
+def thread_kind(name: str) -> str:
+    """What a dx worker's thread does, by its OS name (``THREAD_KINDS``)."""
+    return next((kind for prefix, kind in THREAD_KINDS if name.startswith(prefix)), "other")
 
 
 class Proc(NamedTuple):
@@ -200,6 +210,25 @@ class CpuSampler:
                             (int(rest[13]) + int(rest[14])) / self.tick)
         return out
 
+    def read_threads(self) -> dict[tuple[int, str], tuple[str, float]]:
+        """Each thread of every dx worker process seen: (thread id, start time) -> (its kind, its CPU seconds)."""
+        out = {}
+        workers = {pid for (pid, _), kind in self.kinds.items() if kind == "dx worker"}
+        for pid in workers:
+            try:
+                tasks = list(os.scandir(f"/proc/{pid}/task"))
+            except OSError:  # it ended
+                continue
+            for task in tasks:
+                try:
+                    stat = Path(task.path, "stat").read_text()
+                except OSError:
+                    continue
+                name, rest = stat[stat.find("(") + 1:stat.rfind(")")], stat[stat.rfind(")") + 2:].split()
+                out[(int(task.name), rest[19])] = (thread_kind(name),
+                                                   (int(rest[11]) + int(rest[12])) / self.tick)
+        return out
+
 
 @dataclass
 class Cpu:
@@ -208,6 +237,7 @@ class Cpu:
 
     busy_s: float = 0.0
     by_kind: dict[str, float] = field(default_factory=dict)
+    worker_threads: dict[str, float] = field(default_factory=dict)  # ``threads_attributed``
 
 
 @contextmanager
@@ -219,11 +249,14 @@ def cpu() -> Iterator[Cpu]:
     the kind of the children it was seen with (a PostgreSQL postmaster's: its backends)."""
     sampler, result, done = CpuSampler(), Cpu(), threading.Event()
     first = sampler.read()
+    first_threads = sampler.read_threads()
     last: dict[tuple[int, str], Proc] = {}
+    last_threads: dict[tuple[int, str], tuple[str, float]] = {}
 
     def poll() -> None:
         while not done.wait(CPU_POLL_S):
             last.update(sampler.read())
+            last_threads.update(sampler.read_threads())
 
     busy, own = machine_busy_s(), time.process_time()
     thread = threading.Thread(target=poll, daemon=True)
@@ -235,8 +268,10 @@ def cpu() -> Iterator[Cpu]:
         thread.join()
         final = sampler.read()
         last.update(final)
+        last_threads.update(sampler.read_threads())
         result.busy_s = machine_busy_s() - busy - (time.process_time() - own)
         _attribute(result.by_kind, sampler.kinds, first, last, final)
+        result.worker_threads = threads_attributed(first_threads, last_threads, result.by_kind.get("dx worker", 0.0))
 
 
 def _attribute(by_kind: dict[str, float], kinds: dict[tuple[int, str], str], first: dict[tuple[int, str], Proc],
@@ -258,3 +293,19 @@ def _attribute(by_kind: dict[str, float], kinds: dict[tuple[int, str], str], fir
         if rest > 0:
             kind = kinds[children[0]] if children else CHILDREN_OF.get(kinds[key], f"{kinds[key]} (children)")
             by_kind[kind] = by_kind.get(kind, 0.0) + rest
+
+
+def threads_attributed(first: dict[tuple[int, str], tuple[str, float]], last: dict[tuple[int, str], tuple[str, float]],
+                       workers_s: float) -> dict[str, float]:
+    """The dx workers' CPU seconds per kind of thread, each thread's from its first read to its last;
+    what the workers spent beyond those (a thread's part after its last read, when it ended between
+    two reads) is "other"."""
+    out: dict[str, float] = {}
+    for key, (kind, seconds) in last.items():
+        spent = seconds - (first[key][1] if key in first else 0.0)
+        if spent > 0:
+            out[kind] = out.get(kind, 0.0) + spent
+    rest = workers_s - sum(out.values())
+    if rest > 0:
+        out["other"] = out.get("other", 0.0) + rest
+    return out

@@ -162,21 +162,36 @@ CPU_KINDS = ("dx worker", "dx run", "postgres backend", "postgres parallel worke
              "kernel threads")
 
 
-def cpu_table(samples: list[Sample]) -> list[str]:
-    """Median CPU seconds per kind of process, per scenario and tool: where a run's CPU goes."""
-    groups = {k: g for k, g in _groups(samples).items() if any(s.cpu_by for s in g)}
+def _breakdown(samples: list[Sample], parts: Callable[[Sample], dict[str, float]], order: tuple[str, ...]) -> list[str]:
+    """Median seconds per part of each sample (``parts``), per scenario and tool: the parts of
+    ``order`` that occur, one column each, the rest as "other", and all."""
+    groups = {k: g for k, g in _groups(samples).items() if any(parts(s) for s in g)}
     if not groups:
         return []
-    kinds = [k for k in CPU_KINDS if any(s.cpu_by.get(k) for g in groups.values() for s in g)]
-    lines = [f"| scenario | tool | rows | {' | '.join(kinds)} | other | all |",
-             f"| --- | --- | ---: |{' ---: |' * (len(kinds) + 2)}"]
+    shown = [k for k in order if any(parts(s).get(k) for g in groups.values() for s in g)]
+    lines = [f"| scenario | tool | rows | {' | '.join(shown)} | other | all |",
+             f"| --- | --- | ---: |{' ---: |' * (len(shown) + 2)}"]
     for (scenario, tool, rows), group in groups.items():
-        cells = [statistics.median(s.cpu_by.get(k, 0.0) for s in group) for k in kinds]
-        other = statistics.median(sum(v for k, v in s.cpu_by.items() if k not in kinds) for s in group)
-        whole = statistics.median(sum(s.cpu_by.values()) for s in group)
+        cells = [statistics.median(parts(s).get(k, 0.0) for s in group) for k in shown]
+        other = statistics.median(sum(v for k, v in parts(s).items() if k not in shown) for s in group)
+        whole = statistics.median(sum(parts(s).values()) for s in group)
         lines.append(f"| {scenario} | {tool} | {rows:,} | {' | '.join(f'{c:.2f}' for c in cells)} "
                      f"| {other:.2f} | {whole:.2f} |")
     return lines
+
+
+def cpu_table(samples: list[Sample]) -> list[str]:
+    """Median CPU seconds per kind of process, per scenario and tool: where a run's CPU goes."""
+    return _breakdown(samples, lambda s: s.cpu_by, CPU_KINDS)
+
+
+#: The kinds of a dx worker's threads (``measure.THREAD_KINDS``) the thread table shows, in order.
+THREAD_ORDER = ("actors", "parse", "download", "ssh", "polars", "broker")
+
+
+def thread_table(samples: list[Sample]) -> list[str]:
+    """Median CPU seconds of the dx workers per kind of thread, per scenario: where a worker's CPU goes."""
+    return _breakdown(samples, lambda s: s.worker_threads, THREAD_ORDER)
 
 
 def targets_25_more(samples: list[Sample], rows: int, memory_rows: int, xml_rate: float,
@@ -243,6 +258,14 @@ def render(samples: list[Sample], machine: dict[str, str], command: str, when: s
                 " parallel workers (the key build), OpenSSH's sshd (the SFTP server's encryption), the"
                 " kernel's own threads (page writeback among them). \"all\" counts every process but the"
                 " bench's own.", "", *cpu]
+    if threads := thread_table(samples):
+        out += ["", "## Where a dx worker's CPU goes", "",
+                "The dx workers' CPU seconds per kind of thread (medians over the runs of a scenario), read"
+                " from /proc/<pid>/task by the threads' OS names: the actors (plan, chunks and reduce: chunk"
+                " files, the validation's Python, the binary COPY's encoding), the source's parse, the"
+                " download writing the staging copy, the SSH transport (paramiko's encryption), Polars' own"
+                " threads (the validation's expressions), the broker's consumers; \"other\": the rest (the"
+                " main thread, the heartbeat) and what a thread spent after its last read.", "", *threads]
     out += ["", "## Every run", "",
             "Busy core-s: the CPU time the whole machine spent during the run, every process counted "
             "(PostgreSQL, sshd, workers, psql; other jobs' too, if any) but the bench's own, out of "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from bench.measure import Proc, _attribute, process_kind
+from bench.measure import Proc, _attribute, process_kind, thread_kind, threads_attributed
 
 
 def test_processes_are_named_by_their_role():
@@ -30,3 +30,22 @@ def test_a_process_that_ended_counts_what_its_parent_reaped_beyond_its_last_read
     _attribute(by_kind, kinds, first, {**last, (me, "d"): final[(me, "d")]}, final)
     # Then the worker's 2.5 s count, the backends' 1.3 + 0.2 s, and not the bench's own
     assert by_kind == {"dx worker": 2.5, "postgres backend": 1.5}
+
+
+def test_a_worker_s_threads_are_told_apart_by_their_os_names():
+    assert thread_kind("dx-actor") == "actors"
+    assert thread_kind("dx-parse") == "parse"
+    assert thread_kind("dx-ssh") == "ssh"
+    assert thread_kind("polars-1") == thread_kind("async-executor-") == "polars"
+    assert thread_kind("python") == thread_kind("dx-heartbeat") == "other"
+
+
+def test_what_the_workers_spent_beyond_their_threads_reads_is_other():
+    # Given an actor thread read from 1.0 to 3.0 s, a parse thread born during the run and last read at
+    # 0.8 s, and the workers' processes 3.5 s in all
+    first = {(11, "a"): ("actors", 1.0)}
+    last = {(11, "a"): ("actors", 3.0), (12, "b"): ("parse", 0.8)}
+    # When attributed / Then each thread counts its part, and the 0.7 s nobody read are "other"
+    got = threads_attributed(first, last, 3.5)
+    assert got.keys() == {"actors", "parse", "other"}
+    assert (got["actors"], got["parse"], round(got["other"], 6)) == (2.0, 0.8, 0.7)

@@ -71,6 +71,8 @@ def test_aes_gcm_is_negotiated_with_openssh(sshd: Sftp, monkeypatch: pytest.Monk
         assert no_delay_at_handshake == [1]
         # and the session's replies are buffered in a bytearray (dx's _BytesPipe), not paramiko's array
         assert isinstance(remote.sftp.get_channel().in_buffer, sftp_module._BytesPipe)
+        # and its thread (the decryption's) is named for the operating system
+        assert Path(f"/proc/self/task/{transport.native_id}/comm").read_text() == "dx-ssh\n"
 
 
 def test_a_server_not_listening_is_a_connection_failure(sshd: Sftp, monkeypatch: pytest.MonkeyPatch) -> None:

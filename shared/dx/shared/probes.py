@@ -10,12 +10,13 @@ returns None when well, else the reason, which the 503 answer carries.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import structlog
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
+
+from dx.shared import threads
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +50,6 @@ def serve(port: int, registry: CollectorRegistry, live: Check, ready: Check) -> 
 
     server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # every interface: the kubelet is outside the pod
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="dx-probes", daemon=True).start()
+    threads.Thread(server.serve_forever, "dx-probes").start()
     log.info("probes.listening", port=port)
     return server

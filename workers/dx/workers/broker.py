@@ -22,7 +22,7 @@ from dx.shared.errors import RunError
 from dx.shared.settings import Settings, get_settings
 from dx.workers.heartbeat import Heartbeat
 from dx.workers.metrics import Metrics
-from dx.workers.middleware import GiveBackMemory, LogContext
+from dx.workers.middleware import GiveBackMemory, LogContext, ThreadNames
 
 #: How long past the longest time limit of its actors a stopping worker waits for its threads: a
 #: message that reaches its limit needs a moment to unwind and be retried.
@@ -70,6 +70,7 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
     broker.add_middleware(CurrentMessage())  # a stage's retries left: dx.workers.retries
     broker.add_middleware(GroupCallbacks(backend))
     broker.add_middleware(LogContext())
+    broker.add_middleware(ThreadNames())
     if settings.broker_url and settings.tenant_max_chunks:  # the embedded broker's one worker has none to balance
         from dx.workers.tenants import TenantLimit, leases
 

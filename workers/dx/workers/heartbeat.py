@@ -19,7 +19,7 @@ import psycopg
 import structlog
 from dramatiq.broker import MessageProxy
 
-from dx.shared import db
+from dx.shared import db, threads
 from dx.shared.errors import RetriableError
 
 log = structlog.get_logger(__name__)
@@ -37,7 +37,7 @@ class Heartbeat(dramatiq.Middleware):
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self._stop = threading.Event()  # its own: a worker started again in this process gets a new thread
-        threading.Thread(target=self._beat, args=(self._stop,), name="dx-heartbeat", daemon=True).start()
+        threads.Thread(self._beat, "dx-heartbeat", (self._stop,)).start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self._stop.set()

@@ -5,6 +5,7 @@ logs, the libraries' lines included (the actors bind tenant and module themselve
 loaded the run).
 GiveBackMemory returns to the system what pyarrow's allocator kept after a
 message (see ``dx/workers/__init__.py`` for Polars').
+ThreadNames names dramatiq's threads for the operating system (``dx.shared.threads``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 import dramatiq
 import structlog
 from dramatiq.broker import MessageProxy
+
+from dx.shared.threads import name_native
 
 
 class LogContext(dramatiq.Middleware):
@@ -45,3 +48,14 @@ class GiveBackMemory(dramatiq.Middleware):
         import pyarrow as pa  # here: the scheduler and the API import this module without needing pyarrow
 
         pa.default_memory_pool().release_unused()
+
+
+class ThreadNames(dramatiq.Middleware):
+    """dramatiq's threads, by their OS names: those that run actors, and those that take messages off
+    a queue."""
+
+    def after_worker_thread_boot(self, broker: dramatiq.Broker, thread: Any) -> None:
+        name_native("dx-actor")
+
+    def after_consumer_thread_boot(self, broker: dramatiq.Broker, thread: Any) -> None:
+        name_native("dx-consumer")

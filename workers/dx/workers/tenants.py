@@ -32,7 +32,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import SkipMessage
 from prometheus_client import Counter, Gauge, Histogram
 
-from dx.shared import db, messages
+from dx.shared import db, messages, threads
 from dx.shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -205,7 +205,7 @@ class TenantLimit(dramatiq.Middleware):
     def _start_renewer(self) -> None:
         """Start the thread renewing this process's leases, once (the caller holds the lock)."""
         if self._renewer is None:
-            self._renewer = threading.Thread(target=self._renew_loop, name="dx-tenant-leases", daemon=True)
+            self._renewer = threads.Thread(self._renew_loop, "dx-leases")
             self._renewer.start()
 
     def _renew_loop(self) -> None:

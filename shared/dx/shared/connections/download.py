@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from dx.shared import threads
 from dx.shared.connections import Remote
 
 #: How long the reader waits before looking again for bytes not written yet.
@@ -37,7 +38,7 @@ class Download:
         self.seconds = 0.0
         self._local: Path | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(remote, path, staging), name="dx-fetch", daemon=True)
+        self._thread = threads.Thread(self._run, "dx-fetch", (remote, path, staging))
         self._thread.start()
 
     def _run(self, remote: Remote, path: str, staging: Path) -> None:

@@ -56,6 +56,7 @@ from dx.shared.connections import (
 )
 from dx.shared.errors import STAGING_FULL_ERRNOS, ErrorCode, RunError
 from dx.shared.hosts import open_socket
+from dx.shared.threads import name_native
 
 #: Key classes tried, in order, for a private key given as text.
 KEY_CLASSES: tuple[type[paramiko.PKey], ...] = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
@@ -198,10 +199,15 @@ def _open_sftp(client: paramiko.SSHClient) -> paramiko.SFTPClient:
 
 
 class _Transport(paramiko.Transport):
-    """paramiko's transport with AES-GCM preferred (still offering every other cipher)."""
+    """paramiko's transport with AES-GCM preferred (still offering every other cipher), its thread
+    named ``dx-ssh`` for the operating system (``dx.shared.threads``)."""
 
     _preferred_ciphers = (*GCM, *(c for c in paramiko.Transport._preferred_ciphers  # type: ignore[attr-defined]
                                   if c not in GCM))
+
+    def run(self) -> None:
+        name_native("dx-ssh")
+        super().run()
 
 
 def _private_key(text: str, passphrase: str | None) -> paramiko.PKey:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 
+from dx.shared import threads
 from dx.shared.formats import csv, xml
 from dx.shared.formats.csv import Malformed
 
@@ -77,7 +78,7 @@ def read_ahead(items: Iterator[T]) -> Iterator[T]:
             if close is not None:
                 close()
 
-    thread = threading.Thread(target=produce, name="dx-parse", daemon=True)
+    thread = threads.Thread(produce, "dx-parse")
     thread.start()
     try:
         while True:

@@ -32,7 +32,7 @@ from typing import IO, TypeVar
 
 import structlog
 
-from dx.shared import db
+from dx.shared import db, threads
 from dx.shared.catalog import ModuleDef
 from dx.shared.connections import Remote, open_remote
 from dx.shared.errors import RunError
@@ -103,7 +103,7 @@ def _deliver(run_id: int, mdef: ModuleDef) -> tuple[bytes, list[staging.Staged],
         size_bytes = len(head) + sum(part.stat().st_size for part in local) + len(tail)
         sha256 = None
         with open_remote(connection) as remote:
-            with ThreadPoolExecutor(1) as pool:  # the manifest's digest, read from the local parts meanwhile
+            with ThreadPoolExecutor(1, thread_name_prefix="dx-digest", initializer=threads.name_native) as pool:  # the manifest's digest, read from the local parts meanwhile
                 hashed = pool.submit(file_digest, head, local, tail) if target.manifest else None
                 written_here = _cleaning_up(remote, temp_name(final, run_id), lambda temp: placement.complete(
                     remote, run_id, head, local, tail, temp))

@@ -36,6 +36,7 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from dx.shared import threads
 from dx.shared.catalog import ModuleDef, table_ident
 from dx.shared.db import Conn
 from dx.shared.errors import ErrorCode
@@ -89,7 +90,7 @@ def build_key_while_checking(conn: Conn, run: Run, mdef: ModuleDef,
     """Build the shadow table's key while a thread looks for keys that several chunks applied
     (``applied`` keys in all): (key built, the applications of the repeated keys or None).
     Repeated keys leave the key unbuilt (undone, or refused by PostgreSQL as not unique)."""
-    with ThreadPoolExecutor(1, thread_name_prefix="dx-repeats") as pool:
+    with ThreadPoolExecutor(1, thread_name_prefix="dx-repeats", initializer=threads.name_native) as pool:
         looking = pool.submit(repeated_keys, run, applied)
         conn.execute("SAVEPOINT dx_key")
         try:
