@@ -8,6 +8,7 @@ import sys
 
 import httpx
 import pytest
+import structlog
 from psycopg.types.json import Jsonb
 
 from dx.cli import main
@@ -184,6 +185,26 @@ def test_a_check_is_committed_before_its_message_is_sent(tenant, monkeypatch):
     with db.connect() as conn:
         answer = console_api.run_check("capi-import", "connection", conn, Who("capi", "op@capi.example", "operator"))
     assert answer.ok and answer.message == "answered"
+
+
+def test_a_check_answered_already_is_left_as_it_is_and_the_skip_is_logged(tenant):
+    # Given: a check a worker answered, its message delivered again
+    from dx.workers.imports.checks import check
+
+    with db.connect() as conn:
+        check_id = conn.execute(
+            "INSERT INTO dx.checks (tenant, module, kind, requested_by, result, finished_at)"
+            " VALUES ('capi', 'capi-import', 'connection', 'op@capi.example', %s, now()) RETURNING id",
+            (Jsonb({"ok": True, "message": "first answer"}),)).fetchone()["id"]
+        conn.commit()
+    # When: the worker takes it
+    with structlog.testing.capture_logs() as logs:
+        check(check_id)
+    # Then: the first answer stands, and the log says why nothing was done
+    with db.connect() as conn:
+        assert conn.execute("SELECT result FROM dx.checks WHERE id = %s", (check_id,)).fetchone()["result"] == {
+            "ok": True, "message": "first answer"}
+    assert [e["check_id"] for e in logs if e["event"] == "check.skipped"] == [check_id]
 
 
 def test_a_check_of_a_server_that_does_not_answer_says_so_with_a_code(tenant, api, sshd, workers, tmp_path):

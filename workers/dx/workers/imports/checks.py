@@ -48,7 +48,8 @@ def check(check_id: int) -> None:
     with db.connect() as conn:
         row = conn.execute("SELECT module, kind FROM dx.checks WHERE id = %s AND finished_at IS NULL",
                            (check_id,)).fetchone()
-        if row is None:
+        if row is None:  # answered by an earlier delivery, or never committed by the API
+            log.warning("check.skipped", check_id=check_id, reason="no unanswered check of this id")
             return
         structlog.contextvars.bind_contextvars(module=row["module"])
         try:
