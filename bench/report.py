@@ -221,10 +221,14 @@ def targets_25_more(samples: list[Sample], rows: int, memory_rows: int, xml_rate
     large = [s for s in samples if s.scenario == "memory" and s.tool.startswith("dx") and s.rows == memory_rows]
     head = f"| {memory_rows:,} rows: throughput within {scale_drop:.0%} of the {rows:,}-row run's "
     if small and large:
-        kept = large[0].rows_per_s / small[0].rows_per_s
-        met = "met" if kept >= 1 - scale_drop else f"**missed**: {1 - kept:.0%} slower"
-        lines.append(head + f"| {large[0].rows_per_s:,.0f} against {small[0].rows_per_s:,.0f} rows/s "
-                     f"({kept:.0%}) | {met} |")
+        def verdict(kept: float) -> str:
+            return "met" if kept >= 1 - scale_drop else f"**missed**: {1 - kept:.0%} slower"
+        best = max(s.rows_per_s for s in large) / max(s.rows_per_s for s in small)
+        rate_large, rate_small = (statistics.median(s.rows_per_s for s in g) for g in (large, small))
+        kept = rate_large / rate_small
+        lines.append(head + f"| {rate_large:,.0f} against {rate_small:,.0f} rows/s, medians of {len(large)} "
+                     f"and {len(small)} runs ({kept:.0%}; best against best {best:.0%}) "
+                     f"| {verdict(best)} (best), {verdict(kept)} (median) |")
     else:
         lines.append(head + "| not measured in this run | — |")
     return lines
