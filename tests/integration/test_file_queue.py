@@ -257,3 +257,34 @@ def test_a_file_that_cannot_be_archived_is_a_coded_warning_of_its_run(cluster_en
     # and the file is still there, and the next run does not import it again
     assert (sshd.root / tenant / "in" / "add_001.csv").exists()
     assert run(module)["status"] == "skipped"
+
+
+def test_two_transactions_creating_a_run_of_one_module_see_each_other_s_run(cluster_env, sshd, tmp_path):
+    # Given: a module, and a transaction (a scheduler's fire) that found no run going on and created one,
+    # not committed yet
+    from dx.shared.outbox import active_run, create_queued_run
+    from dx.shared.runs import Trigger
+
+    tenant = "fq-race"
+    module = f"{tenant}-import"
+    apply(config(tenant, sshd, [{"id": module, "mode": "overwrite",
+                                 "source": {"path": f"{tenant}/in/add_*.csv", "files": "all"}}]), tmp_path)
+    seen: list[Any] = []
+    with db.connect() as first:
+        assert active_run(first, module) is None
+        made = create_queued_run(first, tenant, module, Trigger.SCHEDULE, None)
+
+        # When: another transaction (the end of a files: all run) looks for a run going on meanwhile
+        def other() -> None:
+            with db.connect() as second:
+                seen.append(active_run(second, module))
+                second.rollback()
+        looking = threading.Thread(target=other)
+        looking.start()
+        looking.join(1.0)
+        # Then: it waits for the first to commit, and then finds its run (both finding none would make
+        # two runs, each taking the same file)
+        assert looking.is_alive() and not seen, "the second look did not wait for the first transaction"
+        first.commit()
+    looking.join(10)
+    assert seen and seen[0] is not None and seen[0]["id"] == made

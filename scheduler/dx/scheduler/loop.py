@@ -34,7 +34,7 @@ import psycopg
 import structlog
 
 from dx.scheduler.clock import Clock
-from dx.scheduler.requests import ACTIVE, create_queued_run, dispatch
+from dx.scheduler.requests import active_run, create_queued_run, dispatch
 from dx.scheduler.schedule import due, schedule_of
 from dx.scheduler.watchdog import watch
 from dx.shared import db, mail
@@ -208,8 +208,7 @@ class Scheduler:
                 conn.execute("INSERT INTO dx.fire_claims (module, due_at, outcome, claimed_by)"
                              " VALUES (%s, %s, 'coalesced', %s) ON CONFLICT ON CONSTRAINT fire_claims_once"
                              " DO NOTHING", (module, earlier, self.holder))
-            active = conn.execute("SELECT id, status FROM dx.runs WHERE module = %s AND status = ANY(%s)"
-                                  " ORDER BY id DESC LIMIT 1", (module, list(ACTIVE))).fetchone()
+            active = active_run(conn, module)
             if active is not None and cfg.overlap == "forbid":
                 zone = ZoneInfo(cfg.zone(row["tenant_timezone"]))
                 run_id, outcome = create_run(conn, tenant, module, Trigger.SCHEDULE, None, due_at), "skipped"

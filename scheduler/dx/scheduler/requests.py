@@ -13,10 +13,10 @@ import psycopg
 from dx.shared import db
 from dx.shared.db import Conn
 from dx.shared.errors import DxError, ErrorCode
-from dx.shared.outbox import ACTIVE, create_queued_run, dispatch, tenant_enabled
+from dx.shared.outbox import ACTIVE, active_run, create_queued_run, dispatch, tenant_enabled
 from dx.shared.runs import RunStatus, Trigger, finish
 
-__all__ = ["ACTIVE", "TenantDisabled", "UnknownModule", "create_queued_run", "dispatch", "module_tenant",
+__all__ = ["ACTIVE", "active_run", "TenantDisabled", "UnknownModule", "create_queued_run", "dispatch", "module_tenant",
            "request_run"]
 
 

@@ -23,6 +23,17 @@ from dx.shared.runs import RunStatus, Trigger, create_run
 ACTIVE = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 
 
+def active_run(conn: Conn, module_id: str) -> dict | None:
+    """The module's newest run that still goes on, if any, read under a lock on the module's row (held
+    to the caller's commit): a transaction that checks for one and then creates a run of the module
+    waits for another doing the same, and then sees its run, so two never both find none (the
+    scheduler's fire and the end of a ``files: all`` run would each start a run, both taking the
+    same file)."""
+    conn.execute("SELECT 1 FROM dx.modules WHERE id = %s FOR UPDATE", (module_id,))
+    return conn.execute("SELECT id, status FROM dx.runs WHERE module = %s AND status = ANY(%s)"
+                        " ORDER BY id DESC LIMIT 1", (module_id, list(ACTIVE))).fetchone()
+
+
 def tenant_enabled(conn: Conn, tenant: str) -> bool:
     """Whether the tenant has DataExchange enabled (``tenants[].enabled``); False for no such tenant."""
     row = conn.execute("SELECT enabled FROM dx.tenants WHERE id = %s", (tenant,)).fetchone()

@@ -34,7 +34,7 @@ from dx.shared.catalog import ModuleDef
 from dx.shared.config import ConnectionCfg, SourceCfg
 from dx.shared.connections import FileInfo, Remote, open_remote
 from dx.shared.errors import ErrorCode
-from dx.shared.outbox import ACTIVE, create_queued_run, dispatch, tenant_enabled
+from dx.shared.outbox import active_run, create_queued_run, dispatch, tenant_enabled
 from dx.shared.runs import Run, RunStatus, Trigger, definition, get_run, next_run
 from dx.workers.failures import notify
 
@@ -209,8 +209,7 @@ def _next_file(run: Run, src: SourceCfg, connection: ConnectionCfg) -> None:
             if not tenant_enabled(conn, run["tenant"]):
                 log.info("files.next_skipped", reason="the tenant is disabled")
                 return
-            if conn.execute("SELECT 1 FROM dx.runs WHERE module = %s AND status = ANY(%s)",
-                            (run["module"], list(ACTIVE))).fetchone() is not None:
+            if active_run(conn, run["module"]) is not None:
                 log.info("files.next_skipped", reason="another run of the module takes the next file")
                 return
             made = create_queued_run(conn, run["tenant"], run["module"], Trigger(run["trigger"]),
